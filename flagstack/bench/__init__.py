@@ -1,0 +1,1 @@
+"""flagstack.bench: benchmarks for each layer, all writing JSON + markdown to bench/results/."""
