@@ -1,6 +1,7 @@
 """flagstack.ops: Triton operators, each with a PyTorch reference, picked per call by the registry."""
 from flagstack.ops import attention
 from flagstack.ops.registry import all_ops, get, get_backend, set_backend, use_backend
-from flagstack.ops.rms_norm import rms_norm
+from flagstack.ops.rms_norm import add_rms_norm, rms_norm
 
-__all__ = ["attention", "all_ops", "get", "get_backend", "set_backend", "use_backend", "rms_norm"]
+__all__ = ["attention", "all_ops", "get", "get_backend", "set_backend", "use_backend", "rms_norm",
+           "add_rms_norm"]
