@@ -1,0 +1,13 @@
+"""The FlagOS challenge operators: one file per op (kernel -> wrapper -> reference -> ATen adapters
+-> registry entry). Importing this package registers them and offers their ATen overrides to
+`flagstack.ops.enable()`."""
+from flagstack.ops.challenge.asinh import asinh
+from flagstack.ops.challenge.cosh import cosh
+from flagstack.ops.challenge.gcd import gcd
+from flagstack.ops.challenge.leaky_relu import leaky_relu
+from flagstack.ops.challenge.log10 import log10
+from flagstack.ops.challenge.logaddexp import logaddexp
+from flagstack.ops.challenge.roll import roll
+from flagstack.ops.challenge.tril import tril
+
+__all__ = ["asinh", "cosh", "gcd", "leaky_relu", "log10", "logaddexp", "roll", "tril"]
