@@ -6,7 +6,9 @@ happen inside the handlers so `flagstack --help` stays fast.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from typing import Callable
 
 
 def _ops_list(args: argparse.Namespace) -> int:
@@ -17,15 +19,105 @@ def _ops_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _interpret_triton_without_cuda() -> None:
+    """Without CUDA, run Triton kernels through the interpreter (must precede importing flagstack.ops)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def _comma_list(kind: type) -> Callable[[str], list]:
+    """An argparse type for '1,256,4096' or 'a,b': a bad value exits with status 2 and says why."""
+
+    def parse(text: str) -> list:
+        try:
+            values = [kind(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {kind.__name__}, got '{text}'") from None
+        if not values or (kind is int and min(values) < 0):
+            raise argparse.ArgumentTypeError(f"expected a non-empty list of non-negative values, got '{text}'")
+        return values
+    return parse
+
+
+def _ops_test(args: argparse.Namespace) -> int:
+    _interpret_triton_without_cuda()
+    from flagstack import ops
+    from flagstack.ops import selftest
+
+    dtypes = {"fp32": selftest.DTYPES[0], "fp16": selftest.DTYPES[1], "bf16": selftest.DTYPES[2]}
+    bad = [d for d in args.dtypes if d not in dtypes]
+    if bad:
+        raise ValueError(f"--dtypes must be chosen from {', '.join(dtypes)}, got {', '.join(bad)}")
+    entries = [ops.get(n) for n in args.ops] if args.ops else ops.all_ops()
+    results = selftest.run_selftest(entries, args.rows, [dtypes[d] for d in args.dtypes])
+    print(selftest.format_report(results))
+    return 0 if all(r.ok for r in results) else 1
+
+
 def add_ops_commands(sub: argparse._SubParsersAction) -> None:
     ops = sub.add_parser("ops", help="operator library").add_subparsers(dest="ops_cmd", required=True)
     ops.add_parser("list", help="every op with the backends it has").set_defaults(func=_ops_list)
+    test = ops.add_parser("test", help="every op's Triton kernel against its reference (exit 1 on failure)")
+    test.add_argument("--ops", type=_comma_list(str), help="comma-separated op names (default: all)")
+    test.add_argument("--rows", type=_comma_list(int), help="row counts (default: 1,5 on CPU, 1,256,4096 on CUDA)")
+    test.add_argument("--dtypes", type=_comma_list(str), default=["fp32", "fp16", "bf16"],
+                      help="comma-separated from fp32,fp16,bf16 (default: all three)")
+    test.set_defaults(func=_ops_test)
+
+
+def _bench_ops(args: argparse.Namespace) -> int:
+    from flagstack.bench import ops as bench_ops
+
+    bench_ops.run(args)
+    return 0
+
+
+def add_bench_commands(sub: argparse._SubParsersAction) -> None:
+    bench = sub.add_parser("bench", help="benchmarks (JSON + markdown in bench/results/)")
+    kinds = bench.add_subparsers(dest="bench_cmd", required=True)
+    ops = kinds.add_parser("ops", help="ops vs torch eager, torch.compile, FlagGems, Liger and a device copy")
+    ops.add_argument("--rows", type=_comma_list(int), help="row counts (default: 1,256,4096,32768 on CUDA)")
+    ops.add_argument("--dtype", default="bf16", choices=["fp32", "fp16", "bf16"])
+    ops.add_argument("--ops", type=_comma_list(str), help="comma-separated op names (default: the suite's)")
+    ops.add_argument("--suite", default="llm", choices=["llm", "challenge", "attention", "all"])
+    ops.add_argument("--quick", action="store_true", help="fewer rows, shorter timing")
+    ops.add_argument("--fresh", action="store_true", help="re-time rows already in today's results file")
+    ops.add_argument("--out-dir", default="bench/results", help="where the JSON and markdown go")
+    ops.set_defaults(func=_bench_ops)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    """For now: the op self-check and a quick op benchmark, on whatever device is here."""
+    _interpret_triton_without_cuda()
+    print("== flagstack demo, step 1: every op's Triton kernel vs its PyTorch reference (flagstack ops test)")
+    status = _ops_test(argparse.Namespace(ops=None, rows=None, dtypes=["fp32", "fp16", "bf16"]))
+    from flagstack import ops
+
+    known = {e.name for e in ops.all_ops()}
+    bench_ops = [n for n in args.bench_ops if n in known] or ["rms_norm"]
+    print(f"\n== step 2: a quick op benchmark (flagstack bench ops --quick --ops {','.join(bench_ops)})")
+    _bench_ops(argparse.Namespace(rows=None, dtype="fp32", ops=bench_ops, suite="llm", quick=True,
+                                  fresh=True, out_dir=args.out_dir))
+    print(f"\n== demo done: op checks {'passed' if status == 0 else 'FAILED'}; results in {args.out_dir}/")
+    return status
+
+
+def add_demo_command(sub: argparse._SubParsersAction) -> None:
+    demo = sub.add_parser("demo", help="what `make demo` runs: op checks and a quick benchmark")
+    demo.add_argument("--bench-ops", type=_comma_list(str), default=["rms_norm", "silu_and_mul", "softmax"],
+                      help="ops the quick benchmark times (torch.compile on CPU takes seconds per op)")
+    demo.add_argument("--out-dir", default="bench/results")
+    demo.set_defaults(func=_demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flagstack", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     add_ops_commands(sub)
+    add_bench_commands(sub)
+    add_demo_command(sub)
     return parser
 
 

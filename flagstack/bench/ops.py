@@ -1,0 +1,281 @@
+"""`flagstack bench ops`: every registered op with a bench_case, timed against its anchors.
+
+On CUDA, per (op, rows, dtype) and in the same process: our Triton kernel, torch eager (the op's
+reference), torch.compile(reference), FlagGems and Liger-Kernel where installed and where they have
+the op (adapters below map our arguments to theirs; argument preparation is not timed), and a plain
+device copy of the op's minimum bytes (the bandwidth ceiling). On CPU the Triton kernels only run
+through the interpreter, which says nothing about speed, so only eager vs torch.compile is timed
+there, and the results are labelled CPU. `--suite attention` hands over to
+flagstack.bench.attention.run(args), which writes its own results file.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import inspect
+from typing import Any, Callable
+
+import torch
+
+from flagstack.bench.common import (ResultsFile, copy_time_us, default_device, device_description, gbps,
+                                    markdown_table, time_us, torch_versions)
+from flagstack.ops.registry import BenchCase, OpEntry
+
+GPU_ROWS, GPU_QUICK_ROWS = (1, 256, 4096, 32768), (1, 4096)
+CPU_ROWS, CPU_QUICK_ROWS = (1, 256), (64,)
+SUITES = ("llm", "challenge", "attention", "all")
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+ANCHORS = ("eager", "compile", "flaggems", "liger")
+COLUMNS = ("op", "rows", "dtype", "MB", "triton_us", "eager_us", "compile_us", "flaggems_us", "liger_us",
+           "copy_us", "GB/s", "%copy", "best_anchor", "speedup", "notes")
+
+Adapter = Callable[[dict], Callable[[], Any] | None]  # bound args -> timed call, None if not covered
+
+
+def _halves(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    n = x.shape[-1] // 2
+    return x[..., :n], x[..., n:]
+
+
+def _rope_cos_sin(a: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    half = a["cos_sin_cache"].shape[-1] // 2
+    return a["cos_sin_cache"][:, :half], a["cos_sin_cache"][:, half:]
+
+
+def _liger(name: str) -> Callable:
+    return getattr(importlib.import_module("liger_kernel.transformers.functional"), name)
+
+
+def _flaggems(name: str) -> Callable:
+    return getattr(importlib.import_module("flag_gems"), name)
+
+
+def _qk(a: dict) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """q, k and head size of a rotary call (vLLM names them query/key)."""
+    return a.get("query", a.get("q")), a.get("key", a.get("k")), a["head_size"]
+
+
+def _liger_rms_norm(a: dict) -> Callable[[], Any]:
+    fn = _liger("liger_rms_norm")
+    return lambda: fn(a["x"], a["weight"], a["eps"])
+
+
+def _liger_add_rms_norm(a: dict) -> Callable[[], Any]:
+    fn = _liger("liger_fused_add_rms_norm")
+    return lambda: fn(a["x"], a["residual"], a["weight"], a["eps"])
+
+
+def _liger_glu(fn_name: str, approximate: str | None) -> Adapter:
+    def adapter(a: dict) -> Callable[[], Any] | None:
+        if approximate is not None and a.get("approximate", "none") != approximate:
+            return None
+        gate, up = (h.contiguous() for h in _halves(a["x"]))  # Liger wants two dense tensors
+        fn = _liger(fn_name)
+        return lambda: fn(gate, up)
+    return adapter
+
+
+def _liger_rope(a: dict) -> Callable[[], Any] | None:
+    q, k, head = _qk(a)
+    cos, sin = _rope_cos_sin(a)
+    if not a.get("is_neox", True) or 2 * cos.shape[-1] != head:
+        return None  # Liger rotates halves of the whole head only
+    tokens = q.shape[0]
+    # Liger takes HF's [batch, heads, tokens, head_dim] view and full-width cos/sin per token.
+    qv, kv = (t.view(1, tokens, -1, head).transpose(1, 2) for t in (q, k))
+    cos_t, sin_t = (torch.cat([c, c], -1)[a["positions"]].unsqueeze(0).to(q.dtype) for c in (cos, sin))
+    fn = _liger("liger_rope")
+    return lambda: fn(qv, kv, cos_t, sin_t)
+
+
+def _liger_softmax(a: dict) -> Callable[[], Any] | None:
+    if a.get("dim", -1) not in (-1, a["x"].dim() - 1) or a.get("dtype") is not None:
+        return None  # Liger normalizes the last dim, in the input dtype
+    fn = _liger("liger_softmax")
+    return lambda: fn(a["x"])
+
+
+LIGER: dict[str, Adapter] = {
+    "rms_norm": _liger_rms_norm,
+    "add_rms_norm": _liger_add_rms_norm,
+    "silu_and_mul": _liger_glu("liger_swiglu", None),
+    "gelu_and_mul": _liger_glu("liger_geglu", "tanh"),  # Liger's GeGLU is the tanh form only
+    "rotary_embedding": _liger_rope,
+    "softmax": _liger_softmax,
+}
+
+
+def _flaggems_rms_norm(a: dict) -> Callable[[], Any]:
+    fn = _flaggems("rms_norm")
+    return lambda: fn(a["x"], [a["x"].shape[-1]], a["weight"], a["eps"])
+
+
+def _flaggems_add_rms_norm(a: dict) -> Callable[[], Any]:
+    fn = _flaggems("fused_add_rms_norm")
+    return lambda: fn(a["x"], a["residual"], [a["x"].shape[-1]], a["weight"], a["eps"])
+
+
+def _flaggems_glu(fn_name: str) -> Adapter:
+    def adapter(a: dict) -> Callable[[], Any]:
+        fn, (gate, up) = _flaggems(fn_name), _halves(a["x"])
+        extra = () if "approximate" not in a else (a["approximate"],)
+        return lambda: fn(gate, up, *extra)
+    return adapter
+
+
+def _flaggems_rope(a: dict) -> Callable[[], Any]:
+    q, k, head = _qk(a)
+    cos, sin = _rope_cos_sin(a)
+    qv, kv = q.view(q.shape[0], -1, head), k.view(k.shape[0], -1, head)
+    fn = _flaggems("apply_rotary_pos_emb")
+    return lambda: fn(qv, kv, cos, sin, a["positions"], rotary_interleaved=not a.get("is_neox", True),
+                      inplace=True)
+
+
+def _flaggems_softmax(fn_name: str) -> Adapter:
+    def adapter(a: dict) -> Callable[[], Any]:
+        fn = _flaggems(fn_name)
+        return lambda: fn(a["x"], a.get("dim", -1), False)
+    return adapter
+
+
+def _flaggems_argmax(a: dict) -> Callable[[], Any]:
+    fn = _flaggems("argmax")
+    return lambda: fn(a["x"], a.get("dim", -1), a.get("keepdim", False))
+
+
+def _flaggems_embedding(a: dict) -> Callable[[], Any]:
+    fn = _flaggems("embedding")
+    return lambda: fn(a["weight"], a["ids"])
+
+
+FLAGGEMS: dict[str, Adapter] = {
+    "rms_norm": _flaggems_rms_norm,
+    "add_rms_norm": _flaggems_add_rms_norm,
+    "silu_and_mul": _flaggems_glu("silu_and_mul"),
+    "gelu_and_mul": _flaggems_glu("gelu_and_mul"),
+    "rotary_embedding": _flaggems_rope,
+    "softmax": _flaggems_softmax("softmax"),
+    "log_softmax": _flaggems_softmax("log_softmax"),
+    "argmax": _flaggems_argmax,
+    "embedding": _flaggems_embedding,
+}
+
+
+def suite_of(entry: OpEntry) -> str:
+    """'attention', 'challenge' or 'llm', from the module that defines the op's reference."""
+    module = entry.reference.__module__
+    for suite in ("attention", "challenge"):
+        if module.startswith(f"flagstack.ops.{suite}"):
+            return suite
+    return "llm"
+
+
+def select_ops(names: list[str] | None, suite: str) -> list[OpEntry]:
+    """The ops to time: the named ones, else every op of the suite that has a bench_case."""
+    from flagstack import ops
+
+    if names:
+        return [ops.get(n) for n in names]
+    wanted = {"llm", "challenge"} if suite == "all" else {suite}
+    return [e for e in ops.all_ops() if e.bench_case is not None and suite_of(e) in wanted]
+
+
+def _timed_calls(entry: OpEntry, case: BenchCase, on_gpu: bool) -> dict[str, Callable[[], Callable[[], Any] | None]]:
+    """Implementation name -> a builder of the zero-argument call to time (None: not covered)."""
+    ref = entry.reference
+    bound = inspect.signature(ref).bind(*case.args, **case.kwargs)
+    bound.apply_defaults()
+    args = dict(bound.arguments)
+    call = lambda fn: (lambda: fn(*case.args, **case.kwargs))  # noqa: E731
+    builders: dict[str, Callable[[], Callable[[], Any] | None]] = {}
+    if on_gpu and entry.triton is not None:
+        builders["triton"] = lambda: call(entry.triton)
+    builders["eager"] = lambda: call(ref)
+    builders["compile"] = lambda: (torch._dynamo.reset(), call(torch.compile(ref, dynamic=False)))[1]
+    if on_gpu and entry.name in FLAGGEMS and importlib.util.find_spec("flag_gems"):
+        builders["flaggems"] = lambda: FLAGGEMS[entry.name](args)
+    elif on_gpu and "flaggems" in entry.backends():
+        builders["flaggems"] = lambda: call(entry.impl("flaggems"))
+    if on_gpu and entry.name in LIGER and importlib.util.find_spec("liger_kernel"):
+        builders["liger"] = lambda: LIGER[entry.name](args)
+    return builders
+
+
+def bench_one(entry: OpEntry, rows: int, dtype: torch.dtype, device: str, timing: dict) -> dict:
+    """Time every implementation of one op case; a failing implementation is noted, not fatal."""
+    on_gpu = device.startswith("cuda")
+    dname = next(k for k, v in DTYPES.items() if v == dtype)
+    row: dict = {"op": entry.name, "rows": rows, "dtype": dname}
+    notes, times = [], {}
+    torch.manual_seed(0)
+    nbytes = entry.bench_case(rows, dtype, device).bytes_moved
+    for impl in ("triton", *ANCHORS):
+        torch.manual_seed(0)  # fresh inputs per implementation: some ops write into theirs
+        case = entry.bench_case(rows, dtype, device)
+        builder = _timed_calls(entry, case, on_gpu).get(impl)
+        try:
+            fn = builder() if builder is not None else None
+            if fn is not None:
+                with torch.inference_mode():
+                    times[impl] = time_us(fn, device, **timing)
+        except Exception as err:  # noqa: BLE001 -- one broken implementation must not stop the run
+            notes.append(f"{impl}: {type(err).__name__}: {str(err).splitlines()[0][:80] if str(err) else ''}")
+        del case
+        if on_gpu:
+            torch.cuda.empty_cache()
+    copy_us = copy_time_us(nbytes, device, **timing) if nbytes else None
+    ours = times.get("triton") if on_gpu else times.get("compile")
+    anchors = {k: v for k, v in times.items() if k in ANCHORS and (on_gpu or k == "eager")}
+    best = min(anchors, key=anchors.get) if anchors else None
+    row.update({"MB": nbytes / 1e6, **{f"{k}_us": times.get(k) for k in ("triton", *ANCHORS)},
+                "copy_us": copy_us, "GB/s": gbps(nbytes, ours) if ours and nbytes else None,
+                "%copy": 100 * copy_us / ours if ours and copy_us else None, "best_anchor": best,
+                "speedup": anchors[best] / ours if ours and best else None, "notes": "; ".join(notes)})
+    return row
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    """Run the benchmark described by the CLI arguments; returns the rows (also written to files)."""
+    device = default_device()
+    on_gpu = device == "cuda"
+    if args.dtype not in DTYPES:
+        raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got '{args.dtype}'")
+    rows_list = args.rows or (GPU_QUICK_ROWS if args.quick else GPU_ROWS) if on_gpu else \
+        args.rows or (CPU_QUICK_ROWS if args.quick else CPU_ROWS)
+    timing = {"warmup_ms": 5, "rep_ms": 20} if args.quick else {}
+    out: list[dict] = []
+    if args.suite in ("attention", "all") and not args.ops:
+        if importlib.util.find_spec("flagstack.bench.attention") is None:
+            print("bench: flagstack.bench.attention does not exist yet; attention suite skipped")
+        else:
+            attention_rows = importlib.import_module("flagstack.bench.attention").run(args)
+            print(markdown_table(attention_rows))
+            out += attention_rows
+        if args.suite == "attention":
+            return out
+    entries = select_ops(args.ops, args.suite)
+    mode = ("cuda: Triton vs anchors" if on_gpu else
+            "CPU: torch eager vs torch.compile only (Triton runs through the interpreter here and is not "
+            "timed); 'speedup' is eager / compile")
+    meta = {"device": device_description(device), "mode": mode, "quick": bool(args.quick), **torch_versions()}
+    results = ResultsFile("ops-quick" if args.quick else "ops", meta, key=("op", "rows", "dtype"),
+                          out_dir=args.out_dir, columns=COLUMNS)
+    op_rows: list[dict] = []
+    print(f"bench ops on {meta['device']} ({mode}); {len(entries)} ops x rows {list(rows_list)} x {args.dtype}")
+    for entry in entries:
+        for rows in rows_list:
+            key = {"op": entry.name, "rows": rows, "dtype": args.dtype}
+            if not args.fresh and results.has(key):
+                print(f"  {entry.name} rows={rows}: already in {results.json_path}, skipped (--fresh re-times)")
+                op_rows += [r for r in results.rows if all(r[k] == v for k, v in key.items())]
+                continue
+            row = bench_one(entry, rows, DTYPES[args.dtype], device, timing)
+            results.add(row)
+            op_rows.append(row)
+            print("  " + markdown_table([row], COLUMNS).splitlines()[-1])
+    print()
+    print(markdown_table(op_rows, COLUMNS))
+    print(f"written: {results.json_path} and {results.md_path}")
+    return out + op_rows
