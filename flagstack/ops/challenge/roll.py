@@ -63,14 +63,16 @@ def _normalize(x: torch.Tensor, shifts, dims) -> tuple[list[int], dict[int, int]
     if dims and len(shifts) != len(dims):
         raise RuntimeError(f"shifts and dimensions must align. shifts: {len(shifts)}, dims:{len(dims)}")
     shape = list(x.shape) if dims else [x.numel()]
-    rank = max(x.dim(), 1)
+    if dims and x.dim() == 0:
+        raise IndexError(f"Dimension specified as {dims[0]} but tensor has no dimensions")
+    rank = len(shape)
     merged: dict[int, int] = {}
     for shift, dim in zip(shifts, dims or [0]):
         if not -rank <= dim < rank:
             raise IndexError(f"Dimension out of range (expected to be in range of [{-rank}, {rank - 1}], "
                              f"but got {dim})")
         merged[dim % rank] = merged.get(dim % rank, 0) + shift
-    if x.dim() == 0 or x.numel() == 0:
+    if x.numel() == 0:
         return shape, {}
     return shape, {d: s % shape[d] for d, s in merged.items() if s % shape[d]}
 

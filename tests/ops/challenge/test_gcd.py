@@ -1,0 +1,95 @@
+"""gcd: Triton kernel against torch.gcd, exact (integer dtypes, signs, broadcasting, out=, in-place)."""
+import pytest
+import torch
+
+from flagstack.ops.challenge.gcd import gcd_inplace, gcd_triton
+from tests.ops.challenge.common import (FLOAT_DTYPES, INT_DTYPES, LARGE_SHAPES, REGULAR_SHAPES, SMALL_SHAPES,
+                                        check, covers, large_only_on_gpu, make, same_error)
+from tests.ops.helpers import DEVICE
+
+
+def ints(shape, dtype, span=None):
+    info = torch.iinfo(dtype)
+    low, high = (info.min, info.max) if span is None else (max(-span, info.min), min(span, info.max))
+    return torch.randint(low, high, shape, dtype=dtype, device=DEVICE)
+
+
+@covers("small", "regular", "ranks", "int_dtypes")
+@pytest.mark.parametrize("dtype", INT_DTYPES)
+@pytest.mark.parametrize("shape", SMALL_SHAPES + REGULAR_SHAPES + [()])
+def test_shapes_dtypes(shape, dtype):
+    a, b = ints(shape, dtype), ints(shape, dtype)
+    check(gcd_triton(a, b), torch.gcd(a, b), exact=True)
+
+
+@covers("large")
+@large_only_on_gpu
+@pytest.mark.parametrize("shape", LARGE_SHAPES)
+def test_large(shape):
+    a, b = ints(shape, torch.int32), ints(shape, torch.int32)
+    check(gcd_triton(a, b), torch.gcd(a, b), exact=True)
+
+
+@covers("params")
+def test_special_values():
+    vals = torch.tensor([0, 1, -1, 12, -18, 2**31 - 1, -2**31, 2**30, 7919], dtype=torch.int32, device=DEVICE)
+    a, b = vals[:, None].expand(9, 9), vals[None, :].expand(9, 9)  # every pair, including INT_MIN
+    check(gcd_triton(a, b), torch.gcd(a, b), exact=True)
+    big = torch.tensor([2**62, -2**63, 10**18, 0], device=DEVICE)
+    check(gcd_triton(big, big.flip(0)), torch.gcd(big, big.flip(0)), exact=True)
+
+
+@covers("broadcast", "params", "int_dtypes")
+@pytest.mark.parametrize("shapes", [((3, 1, 5), (4, 1)), ((), (4, 5)), ((6, 1), (1, 7))])
+def test_broadcasting_and_promotion(shapes):
+    a, b = ints(shapes[0], torch.int16, 1000), ints(shapes[1], torch.int64, 10**6)
+    check(gcd_triton(a, b), torch.gcd(a, b), exact=True)
+    check(gcd_triton(b.to(torch.uint8), a.to(torch.int8)), torch.gcd(b.to(torch.uint8), a.to(torch.int8)), exact=True)
+
+
+@covers("empty")
+def test_empty():
+    a = torch.empty(0, 4, dtype=torch.int32, device=DEVICE)
+    assert gcd_triton(a, a).shape == (0, 4)
+
+
+@covers("noncontiguous")
+def test_noncontiguous():
+    a, b = ints((12, 10), torch.int64, 10**4), ints((10, 12), torch.int64, 10**4)
+    check(gcd_triton(a, b.t()), torch.gcd(a, b.t()), exact=True)
+    check(gcd_triton(a[::3, 1::2], b.t()[::3, ::2]), torch.gcd(a[::3, 1::2], b.t()[::3, ::2]), exact=True)
+
+
+@covers("out", "inplace")
+def test_out_and_inplace():
+    a, b = ints((5, 6), torch.int32, 500), ints((6,), torch.int32, 500)
+    out = torch.empty(5, 6, dtype=torch.int64, device=DEVICE)
+    assert gcd_triton(a, b, out=out) is out
+    check(out, torch.gcd(a, b).long(), exact=True)
+    target = a.clone()
+    assert gcd_inplace(target, b) is target
+    check(target, torch.gcd(a, b), exact=True)
+    narrow = a.clone()
+    gcd_inplace(narrow, b.long())  # int64 result cast back into int32 self, as ATen does
+    check(narrow, a.clone().gcd_(b.long()), exact=True)
+    transposed = a.clone().t().contiguous().t()
+    check(gcd_inplace(transposed, b), torch.gcd(a, b), exact=True)
+
+
+@covers("errors", "float_dtypes")
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES + [torch.bool])
+def test_dtype_errors(dtype):
+    x = make((4,), dtype, 1, 5)
+    same_error(lambda: gcd_triton(x, x), lambda: torch.gcd(x, x))
+
+
+@covers("errors")
+def test_shape_and_out_errors():
+    a, b = ints((3,), torch.int32), ints((2,), torch.int32)
+    same_error(lambda: gcd_triton(a, b), lambda: torch.gcd(a, b))
+    small, wide = ints((3,), torch.int64, 9), ints((2, 3), torch.int64, 9)
+    same_error(lambda: gcd_inplace(small.clone(), wide), lambda: small.clone().gcd_(wide))
+    bad = torch.empty(3, dtype=torch.bool, device=DEVICE)
+    same_error(lambda: gcd_triton(small, small, out=bad), lambda: torch.gcd(small, small, out=bad))
+    as_float = torch.empty(3, dtype=torch.float32, device=DEVICE)  # ATen allows a float out
+    check(gcd_triton(small, small, out=as_float), torch.gcd(small, small).float(), exact=True)
