@@ -1,7 +1,8 @@
 """flagstack.ops: Triton operators, each with a PyTorch reference, picked per call by the registry."""
-from flagstack.ops import attention
+from flagstack.ops import attention, challenge
+from flagstack.ops.activation import gelu, gelu_and_mul, silu, silu_and_mul
 from flagstack.ops.registry import all_ops, get, get_backend, set_backend, use_backend
 from flagstack.ops.rms_norm import add_rms_norm, rms_norm
 
-__all__ = ["attention", "all_ops", "get", "get_backend", "set_backend", "use_backend", "rms_norm",
-           "add_rms_norm"]
+__all__ = ["attention", "challenge", "all_ops", "get", "get_backend", "set_backend", "use_backend", "rms_norm",
+           "add_rms_norm", "silu_and_mul", "gelu_and_mul", "silu", "gelu"]

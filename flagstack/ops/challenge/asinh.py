@@ -14,7 +14,7 @@ import triton.language as tl
 
 from flagstack.ops.challenge.pointwise import (flat_offsets, float_result_dtype, launch_elementwise,
                                                to_compute_dtype)
-from flagstack.ops.registry import register, register_aten
+from flagstack.ops.registry import BenchCase, register, register_aten
 
 LN2 = tl.constexpr(0.6931471805599453)
 LARGE = tl.constexpr(4096.0)
@@ -45,7 +45,13 @@ def asinh_reference(x: torch.Tensor, *, out: torch.Tensor | None = None) -> torc
     return torch.asinh(x, out=out)
 
 
+
+def _bench_case(rows: int, dtype: torch.dtype, device: str, cols: int = 4096) -> BenchCase:
+    x = (torch.randn(rows, cols, device=device) * 100).to(dtype)
+    return BenchCase((x,), bytes_moved=2 * x.numel() * x.element_size())
+
 register_aten("aten::asinh", asinh_triton)
 register_aten("aten::asinh.out", asinh_triton)
 register_aten("aten::asinh_", lambda self: asinh_triton(self, out=self))
-asinh = register("asinh", reference=asinh_reference, triton=asinh_triton, flaggems="ops.asinh")
+asinh = register("asinh", reference=asinh_reference, triton=asinh_triton, flaggems="ops.asinh",
+                  bench_case=_bench_case)

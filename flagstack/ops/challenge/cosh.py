@@ -1,9 +1,9 @@
 """cosh: the hyperbolic cosine of every element (torch.cosh, cosh_, cosh(out=)).
 
 Memory traffic: read n inputs, write n outputs; 4096^2 bf16 moves 67 MB, ~22 us at 3.0 TB/s.
-cosh(x) = e + 1/(4e) with e = e^(|x| - ln 2), which stays finite up to cosh's own overflow. fp32 results need fp32 relative accuracy up to 3.4e38, which the
-fast hardware exp (error grows with |x|) does not give, so fp32/fp64 inputs compute in fp64;
-fp16/bf16 compute in fp32 (their own rounding dominates).
+cosh(x) = e + 1/(4e) with e = e^(|x| - ln 2), finite up to cosh's own overflow. fp32 results need
+fp32 relative accuracy up to 3.4e38, which the fast hardware exp (its error grows with |x|) does not
+give, so fp32/fp64 inputs compute in fp64; fp16/bf16 compute in fp32 (their rounding dominates).
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 
 from flagstack.ops.challenge.pointwise import flat_offsets, float_result_dtype, launch_elementwise
-from flagstack.ops.registry import register, register_aten
+from flagstack.ops.registry import BenchCase, register, register_aten
 
 LN2 = tl.constexpr(0.6931471805599453)
 
@@ -37,7 +37,13 @@ def cosh_reference(x: torch.Tensor, *, out: torch.Tensor | None = None) -> torch
     return torch.cosh(x, out=out)
 
 
+
+def _bench_case(rows: int, dtype: torch.dtype, device: str, cols: int = 4096) -> BenchCase:
+    x = (torch.randn(rows, cols, device=device) * 4).to(dtype)
+    return BenchCase((x,), bytes_moved=2 * x.numel() * x.element_size())
+
 register_aten("aten::cosh", cosh_triton)
 register_aten("aten::cosh.out", cosh_triton)
 register_aten("aten::cosh_", lambda self: cosh_triton(self, out=self))
-cosh = register("cosh", reference=cosh_reference, triton=cosh_triton, flaggems="ops.cosh")
+cosh = register("cosh", reference=cosh_reference, triton=cosh_triton, flaggems="ops.cosh",
+                 bench_case=_bench_case)

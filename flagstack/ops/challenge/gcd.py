@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 
 from flagstack.ops.challenge.pointwise import INT_DTYPES, check_kernel_dtype, flat_offsets, launch_elementwise
-from flagstack.ops.registry import register, register_aten
+from flagstack.ops.registry import BenchCase, register, register_aten
 
 
 @triton.jit
@@ -50,7 +50,16 @@ def gcd_reference(a: torch.Tensor, b: torch.Tensor, *, out: torch.Tensor | None 
     return torch.gcd(a, b, out=out)
 
 
+
+def _bench_case(rows: int, dtype: torch.dtype, device: str, cols: int = 4096) -> BenchCase:
+    """Full-range random integers; a float dtype (as `flagstack ops test` passes) means int32."""
+    dtype = dtype if not dtype.is_floating_point else torch.int32
+    info = torch.iinfo(dtype)
+    a, b = (torch.randint(info.min, info.max, (rows, cols), device=device, dtype=dtype) for _ in range(2))
+    return BenchCase((a, b), bytes_moved=3 * a.numel() * a.element_size())
+
 register_aten("aten::gcd", gcd_triton)
 register_aten("aten::gcd.out", gcd_triton)
 register_aten("aten::gcd_", gcd_inplace)
-gcd = register("gcd", reference=gcd_reference, triton=gcd_triton, flaggems="ops.gcd")
+gcd = register("gcd", reference=gcd_reference, triton=gcd_triton, flaggems="ops.gcd",
+                bench_case=_bench_case)

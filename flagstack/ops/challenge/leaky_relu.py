@@ -11,7 +11,7 @@ import triton.language as tl
 
 from flagstack.ops.challenge.pointwise import (FLOAT_DTYPES, aten_dtype_name, check_kernel_dtype,
                                                flat_offsets, launch_elementwise, to_compute_dtype)
-from flagstack.ops.registry import register, register_aten
+from flagstack.ops.registry import BenchCase, register, register_aten
 
 
 @triton.jit
@@ -71,10 +71,15 @@ def leaky_relu_reference(x: torch.Tensor, negative_slope: float = 0.01, *,
     return torch.ops.aten.leaky_relu.out(x, negative_slope, out=out)
 
 
+
+def _bench_case(rows: int, dtype: torch.dtype, device: str, cols: int = 4096) -> BenchCase:
+    x = torch.randn(rows, cols, device=device, dtype=dtype)
+    return BenchCase((x, 0.01), bytes_moved=2 * x.numel() * x.element_size())
+
 register_aten("aten::leaky_relu", leaky_relu_triton)
 register_aten("aten::leaky_relu.out", leaky_relu_triton)
 register_aten("aten::leaky_relu_", leaky_relu_inplace)
 register_aten("aten::leaky_relu_backward", leaky_relu_backward_triton)
 register_aten("aten::leaky_relu_backward.grad_input", leaky_relu_backward_triton)
 leaky_relu = register("leaky_relu", reference=leaky_relu_reference, triton=leaky_relu_triton,
-                      flaggems="ops.leaky_relu")
+                      flaggems="ops.leaky_relu", bench_case=_bench_case)

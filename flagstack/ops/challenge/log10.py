@@ -12,7 +12,7 @@ import triton.language as tl
 
 from flagstack.ops.challenge.pointwise import (flat_offsets, float_result_dtype, launch_elementwise,
                                                to_compute_dtype)
-from flagstack.ops.registry import register, register_aten
+from flagstack.ops.registry import BenchCase, register, register_aten
 
 INV_LN10 = tl.constexpr(0.43429448190325176)
 
@@ -34,7 +34,13 @@ def log10_reference(x: torch.Tensor, *, out: torch.Tensor | None = None) -> torc
     return torch.log10(x, out=out)
 
 
+
+def _bench_case(rows: int, dtype: torch.dtype, device: str, cols: int = 4096) -> BenchCase:
+    x = (torch.rand(rows, cols, device=device) * 100 + 1e-3).to(dtype)
+    return BenchCase((x,), bytes_moved=2 * x.numel() * x.element_size())
+
 register_aten("aten::log10", log10_triton)
 register_aten("aten::log10.out", log10_triton)
 register_aten("aten::log10_", lambda self: log10_triton(self, out=self))
-log10 = register("log10", reference=log10_reference, triton=log10_triton, flaggems="ops.log10")
+log10 = register("log10", reference=log10_reference, triton=log10_triton, flaggems="ops.log10",
+                  bench_case=_bench_case)

@@ -12,7 +12,7 @@ import triton.language as tl
 
 from flagstack.ops.challenge.pointwise import (FLOAT_DTYPES, check_kernel_dtype, flat_offsets,
                                                launch_elementwise, to_compute_dtype)
-from flagstack.ops.registry import register, register_aten
+from flagstack.ops.registry import BenchCase, register, register_aten
 
 INF = tl.constexpr(float("inf"))
 
@@ -40,7 +40,12 @@ def logaddexp_reference(a: torch.Tensor, b: torch.Tensor, *, out: torch.Tensor |
     return torch.logaddexp(a, b, out=out)
 
 
+
+def _bench_case(rows: int, dtype: torch.dtype, device: str, cols: int = 4096) -> BenchCase:
+    a, b = (torch.randn(rows, cols, device=device, dtype=dtype) * 10 for _ in range(2))
+    return BenchCase((a, b), bytes_moved=3 * a.numel() * a.element_size())
+
 register_aten("aten::logaddexp", logaddexp_triton)
 register_aten("aten::logaddexp.out", logaddexp_triton)
 logaddexp = register("logaddexp", reference=logaddexp_reference, triton=logaddexp_triton,
-                     flaggems="ops.logaddexp")
+                     flaggems="ops.logaddexp", bench_case=_bench_case)

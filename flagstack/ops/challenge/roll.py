@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from flagstack.ops.challenge.pointwise import check_same_dtype, resize_out
-from flagstack.ops.registry import register, register_aten
+from flagstack.ops.registry import BenchCase, register, register_aten
 
 MAX_ROW_DIMS = 3  # leading rolled dims handled per pass; more take another pass (rare)
 TILE = 4096
@@ -126,6 +126,12 @@ def roll_reference(x: torch.Tensor, shifts, dims=(), *, out: torch.Tensor | None
     return torch.ops.aten.roll.out(x, shifts, dims, out=out)
 
 
+
+def _bench_case(rows: int, dtype: torch.dtype, device: str, cols: int = 4096) -> BenchCase:
+    x = torch.randn(rows, cols, device=device, dtype=dtype)
+    return BenchCase((x, (17, -5), (0, 1)), bytes_moved=2 * x.numel() * x.element_size())
+
 register_aten("aten::roll", roll_triton)
 register_aten("aten::roll.out", roll_triton)
-roll = register("roll", reference=roll_reference, triton=roll_triton, flaggems="ops.roll")
+roll = register("roll", reference=roll_reference, triton=roll_triton, flaggems="ops.roll",
+                 bench_case=_bench_case)

@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 
 from flagstack.ops.challenge.pointwise import check_same_dtype, resize_out
-from flagstack.ops.registry import register, register_aten
+from flagstack.ops.registry import BenchCase, register, register_aten
 
 BLOCK_M, BLOCK_N = 16, 128
 
@@ -83,7 +83,14 @@ def tril_reference(x: torch.Tensor, diagonal: int = 0, *, out: torch.Tensor | No
     return torch.tril(x, diagonal, out=out)
 
 
+
+def _bench_case(rows: int, dtype: torch.dtype, device: str, cols: int = 4096) -> BenchCase:
+    x = torch.randn(rows, cols, device=device, dtype=dtype)
+    kept = sum(min(max(r + 4, 0), cols) for r in range(rows))  # elements read with diagonal=3
+    return BenchCase((x, 3), bytes_moved=(kept + x.numel()) * x.element_size())
+
 register_aten("aten::tril", tril_triton)
 register_aten("aten::tril.out", tril_triton)
 register_aten("aten::tril_", tril_inplace)
-tril = register("tril", reference=tril_reference, triton=tril_triton, flaggems="ops.tril")
+tril = register("tril", reference=tril_reference, triton=tril_triton, flaggems="ops.tril",
+                 bench_case=_bench_case)

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from flagstack.ops.challenge.roll import roll_reference, roll_triton
-from tests.ops.challenge.common import FLOAT_DTYPES, INT_DTYPES, check, covers, large_only_on_gpu, make, nonfinite, same_error
+from tests.ops.challenge.common import (FLOAT_DTYPES, INT_DTYPES, check, covers, large_only_on_gpu, make, nonfinite,
+                                        same_error)
 from tests.ops.helpers import DEVICE, ON_GPU
 
 CASES = [  # shape, shifts, dims

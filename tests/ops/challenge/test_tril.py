@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from flagstack.ops.challenge.tril import tril_inplace, tril_triton
-from tests.ops.challenge.common import FLOAT_DTYPES, INT_DTYPES, check, covers, large_only_on_gpu, make, nonfinite, same_error
+from tests.ops.challenge.common import (FLOAT_DTYPES, INT_DTYPES, check, covers, large_only_on_gpu, make, nonfinite,
+                                        same_error)
 from tests.ops.helpers import DEVICE, ON_GPU
 
 DIAGONALS = [0, 3, -2, 200, -200]
