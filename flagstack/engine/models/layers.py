@@ -1,0 +1,177 @@
+"""The decoder pieces Llama and Qwen3 share: RMSNorm, fused gate/up MLP, the fused-QKV attention block,
+the decoder layer / stack, and the causal-LM wrapper the engine talks to.
+
+The two architectures differ only in how q and k are prepared before attention (Qwen3 normalizes
+each head before RoPE), so each model file supplies that one step (`Attention.rotate`).
+Every op goes through flagstack.ops (Triton on CUDA, PyTorch references elsewhere).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PretrainedConfig
+
+from flagstack.engine.models.attention import PagedAttention
+from flagstack.ops import rms_norm
+
+try:
+    from flagstack.ops import add_rms_norm, embedding, rope_cos_sin_cache, silu_and_mul
+except ImportError:  # engineer A's ops not landed yet
+    from flagstack.engine.models._pending_ops import add_rms_norm, embedding, rope_cos_sin_cache, silu_and_mul
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, size: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
+        """rms_norm(x); with a residual: residual += x in place, return (rms_norm(residual), residual)."""
+        if residual is None:
+            return rms_norm(x, self.weight, self.eps)
+        return add_rms_norm(x, residual, self.weight, self.eps)
+
+
+class FusedLinear(nn.Linear):
+    """A Linear whose output rows stack several HF projections (q|k|v or gate|up); the loader
+    copies each HF shard into its row range."""
+
+    def __init__(self, in_features: int, shard_sizes: list[int], bias: bool) -> None:
+        super().__init__(in_features, sum(shard_sizes), bias=bias)
+        self.shard_sizes = list(shard_sizes)
+
+    def shard_range(self, index: int) -> tuple[int, int]:
+        start = sum(self.shard_sizes[:index])
+        return start, start + self.shard_sizes[index]
+
+
+class GatedMLP(nn.Module):
+    """down(silu(gate(x)) * up(x)) with gate and up in one GEMM."""
+
+    def __init__(self, hidden: int, intermediate: int, bias: bool) -> None:
+        super().__init__()
+        self.gate_up_proj = FusedLinear(hidden, [intermediate, intermediate], bias)
+        self.down_proj = nn.Linear(intermediate, hidden, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
+
+
+def head_dim_of(config: PretrainedConfig) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+class Attention(nn.Module):
+    """Fused QKV projection, q/k rotation (subclass hook), paged attention, output projection."""
+
+    def __init__(self, config: PretrainedConfig) -> None:
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
+        self.head_dim = head_dim_of(config)
+        self.q_size, self.kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        bias = bool(getattr(config, "attention_bias", False))
+        self.qkv_proj = FusedLinear(config.hidden_size, [self.q_size, self.kv_size, self.kv_size], bias)
+        self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=bias)
+        self.attn = PagedAttention(self.num_heads, self.num_kv_heads, self.head_dim, self.head_dim ** -0.5)
+
+    def rotate(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
+               cos_sin_cache: torch.Tensor) -> None:
+        """Apply position encoding to q [T, Hq*D] and k [T, Hkv*D] in place."""
+        raise NotImplementedError
+
+    def forward(self, positions: torch.Tensor, x: torch.Tensor, cos_sin_cache: torch.Tensor) -> torch.Tensor:
+        qkv = self.qkv_proj(x)
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        self.rotate(positions, q, k, cos_sin_cache)
+        t = x.shape[0]
+        o = self.attn(q.view(t, self.num_heads, self.head_dim), k.view(t, self.num_kv_heads, self.head_dim),
+                      v.view(t, self.num_kv_heads, self.head_dim))
+        return self.o_proj(o.reshape(t, self.q_size))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: PretrainedConfig, attention_cls: type[Attention]) -> None:
+        super().__init__()
+        self.self_attn = attention_cls(config)
+        self.mlp = GatedMLP(config.hidden_size, config.intermediate_size, bool(getattr(config, "mlp_bias", False)))
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, positions: torch.Tensor, h: torch.Tensor, residual: torch.Tensor | None,
+                cos_sin_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # residual stream kept apart from the normalized input, so each add is fused into the next norm
+        if residual is None:
+            residual, h = h, self.input_layernorm(h)
+        else:
+            h, residual = self.input_layernorm(h, residual)
+        h = self.self_attn(positions, h, cos_sin_cache)
+        h, residual = self.post_attention_layernorm(h, residual)
+        return self.mlp(h), residual
+
+
+def rope_settings(config: PretrainedConfig) -> tuple[float, dict | None]:
+    """(rope base, scaling dict or None) from a transformers 5 `rope_parameters` or legacy fields."""
+    params = dict(getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {})
+    base = params.pop("rope_theta", None) or getattr(config, "rope_theta", None) or 10000.0
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    if rope_type not in ("default", "llama3"):
+        raise ValueError(f"rope scaling type '{rope_type}' is not supported (default or llama3)")
+    return float(base), (params if rope_type == "llama3" else None)
+
+
+class DecoderModel(nn.Module):
+    def __init__(self, config: PretrainedConfig, attention_cls: type[Attention]) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config, attention_cls) for _ in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, cos_sin_cache: torch.Tensor) -> torch.Tensor:
+        h = embedding(input_ids, self.embed_tokens.weight)
+        residual = None
+        for layer in self.layers:
+            h, residual = layer(positions, h, residual, cos_sin_cache)
+        return self.norm(h, residual)[0]
+
+
+class CausalLM(nn.Module):
+    """The engine-facing model: forward(input_ids[T], positions[T]) -> hidden[T, H] over the paged
+    cache (attention reads flagstack.engine.context), compute_logits(hidden) -> fp32 logits."""
+
+    attention_cls: type[Attention] = Attention
+    # HF projection name -> (our fused module name, shard index)
+    packed_modules = {"q_proj": ("qkv_proj", 0), "k_proj": ("qkv_proj", 1), "v_proj": ("qkv_proj", 2),
+                      "gate_proj": ("gate_up_proj", 0), "up_proj": ("gate_up_proj", 1)}
+
+    def __init__(self, config: PretrainedConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.model = DecoderModel(config, self.attention_cls)
+        self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
+        if not self.tie_word_embeddings:
+            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.head_dim = head_dim_of(config)
+        self.rope_base, self.rope_scaling = rope_settings(config)
+        self.register_buffer("cos_sin_cache", torch.empty(0), persistent=False)
+
+    def materialize(self, device: torch.device | str) -> None:
+        """Allocate (uninitialized) parameters on `device` for a model built on meta; build the RoPE table."""
+        self.to_empty(device=device)
+        self.cos_sin_cache = rope_cos_sin_cache(self.head_dim, self.config.max_position_embeddings, self.rope_base,
+                                                self.rope_scaling).to(device)
+
+    @property
+    def lm_head_weight(self) -> torch.Tensor:
+        return self.model.embed_tokens.weight if self.tie_word_embeddings else self.lm_head.weight
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids, positions, self.cos_sin_cache)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return F.linear(hidden, self.lm_head_weight).float()
+
+    def attention_layers(self) -> list[PagedAttention]:
+        return [layer.self_attn.attn for layer in self.model.layers]
