@@ -1,0 +1,120 @@
+"""Activations: Triton kernels vs HF transformers' activation functions (ACT2FN) and torch."""
+import pytest
+import torch
+from transformers.activations import ACT2FN
+
+from flagstack.ops import gelu, gelu_and_mul, silu, silu_and_mul, use_backend
+from flagstack.ops.activation import (aten_gelu, aten_silu, gelu_and_mul_triton, gelu_triton,
+                                      silu_and_mul_triton, silu_triton)
+from flagstack.ops.registry import aten_overrides
+from tests.ops.helpers import DEVICE, DTYPES, assert_close, gpu_only, rows_for_device
+
+HF_NAME = {("silu", "none"): "silu", ("gelu", "none"): "gelu", ("gelu", "tanh"): "gelu_pytorch_tanh"}
+GATED = [("silu", "none"), ("gelu", "none"), ("gelu", "tanh")]
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def assert_close_gated(out, ref):
+    """HF rounds the activation, then the product: a last-bit fp32 difference in the activation can
+    flip the first rounding, so fp16 (whose 1e-3 tolerance is one ulp) is allowed two ulps."""
+    if ref.dtype == torch.float16:
+        torch.testing.assert_close(out, ref, rtol=2 * 2.0**-10, atol=1e-4, equal_nan=True)
+    else:
+        assert_close(out, ref)
+
+
+def hf_gated(x, act, approximate):
+    """Qwen3MLP / GemmaMLP: act_fn(gate) * up, each op in the model dtype."""
+    n = x.shape[-1] // 2
+    return ACT2FN[HF_NAME[act, approximate]](x[..., :n]) * x[..., n:]
+
+
+def run_gated(x, act, approximate):
+    return silu_and_mul_triton(x) if act == "silu" else gelu_and_mul_triton(x, approximate)
+
+
+def run_pointwise(x, act, approximate):
+    return silu_triton(x) if act == "silu" else gelu_triton(x, approximate)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows", rows_for_device([1, 3], [1, 256, 4096]))
+@pytest.mark.parametrize("n", rows_for_device([1031, 129, 1], [9728, 129]))
+@pytest.mark.parametrize("act,approximate", GATED)
+def test_gated_matches_hf(act, approximate, n, rows, dtype):
+    x = torch.randn(rows, 2 * n, dtype=dtype, device=DEVICE) * 3
+    assert_close_gated(run_gated(x, act, approximate), hf_gated(x, act, approximate))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("act,approximate", GATED)
+def test_pointwise_matches_hf(act, approximate, dtype):
+    x = torch.randn(3, 1031, dtype=dtype, device=DEVICE) * 4
+    assert_close(run_pointwise(x, act, approximate), ACT2FN[HF_NAME[act, approximate]](x))
+
+
+@pytest.mark.parametrize("act,approximate", GATED)
+def test_nonfinite_empty_and_strided(act, approximate):
+    special = torch.tensor([float("inf"), float("-inf"), float("nan"), -0.0, 0.0, -90.0, 90.0, 1e30, -1e30],
+                           device=DEVICE)
+    torch_fn = ACT2FN[HF_NAME[act, approximate]]
+    assert_close(run_pointwise(special, act, approximate), torch_fn(special))
+    x = torch.cat([special[None], torch.randn(1, 9, device=DEVICE)], dim=-1)
+    assert_close_gated(run_gated(x, act, approximate), hf_gated(x, act, approximate))
+    assert run_gated(torch.empty(0, 8, device=DEVICE), act, approximate).shape == (0, 4)
+    assert run_pointwise(torch.empty(2, 0, device=DEVICE), act, approximate).shape == (2, 0)
+    base = torch.randn(4, 5, 40, device=DEVICE)
+    strided = base[:, ::2, 8:]  # strided rows, unit last stride: no copy
+    assert_close_gated(run_gated(strided, act, approximate), hf_gated(strided, act, approximate))
+    transposed = torch.randn(16, 6, device=DEVICE).t()
+    assert_close_gated(run_gated(transposed, act, approximate), hf_gated(transposed, act, approximate))
+    assert_close(run_pointwise(transposed, act, approximate), torch_fn(transposed))
+    scalar = torch.tensor(1.5, device=DEVICE)
+    assert_close(run_pointwise(scalar, act, approximate), torch_fn(scalar))
+
+
+def test_dispatch_and_errors():
+    x = torch.randn(2, 6)
+    with use_backend("reference"):
+        assert_close(silu_and_mul(x), hf_gated(x, "silu", "none"))
+        assert_close(gelu_and_mul(x, "tanh"), hf_gated(x, "gelu", "tanh"))
+        assert_close(silu(x), torch.nn.functional.silu(x))
+        assert_close(gelu(x), torch.nn.functional.gelu(x))
+    with pytest.raises(ValueError, match="must be even"):
+        silu_and_mul(torch.randn(2, 5))
+    with pytest.raises(ValueError, match="approximate must be one of"):
+        gelu_and_mul(x, "erf")
+    with pytest.raises(ValueError, match="approximate must be one of"):
+        gelu(x, approximate="fast")
+    with pytest.raises(ValueError, match="x must have dtype"):
+        silu(x.long())
+    with pytest.raises(ValueError, match="x must be a torch.Tensor"):
+        silu_and_mul([1.0, 2.0])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_aten_overrides(dtype):
+    overrides = aten_overrides()
+    assert overrides["aten::silu"] is aten_silu and overrides["aten::gelu"] is aten_gelu
+    x = torch.randn(4, 33, dtype=dtype, device=DEVICE)
+    assert_close(aten_silu(x), torch.nn.functional.silu(x), dtype=dtype if dtype != torch.float64 else torch.float32)
+    for approximate in ("none", "tanh"):
+        want = torch.nn.functional.gelu(x, approximate=approximate)
+        assert_close(aten_gelu(x, approximate=approximate), want,
+                     dtype=dtype if dtype != torch.float64 else torch.float32)
+    with pytest.raises(ValueError, match="approximate"):
+        aten_gelu(x, approximate="bad")
+
+
+@gpu_only
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("rows", [1, 256, 4096, 32768])
+@pytest.mark.parametrize("act,approximate", GATED)
+def test_qwen3_shapes_gpu(act, approximate, rows, dtype):
+    x = torch.randn(rows, 2 * 9728, dtype=dtype, device="cuda")
+    assert_close_gated(run_gated(x, act, approximate), hf_gated(x, act, approximate))
+    assert_close(run_pointwise(x, act, approximate), ACT2FN[HF_NAME[act, approximate]](x))
