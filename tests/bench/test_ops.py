@@ -1,0 +1,64 @@
+"""bench/ops.py on CPU: suite selection, rows written and resumed (torch.compile stubbed out: its CPU
+compile takes seconds and is not what is under test here)."""
+import argparse
+import json
+
+import pytest
+import torch
+
+from flagstack.bench import ops as bench_ops
+from flagstack.ops import get
+
+
+def _args(tmp_path, **over):
+    base = dict(rows=[2], dtype="fp32", ops=["rms_norm"], suite="llm", quick=True, fresh=False,
+                out_dir=str(tmp_path))
+    return argparse.Namespace(**{**base, **over})
+
+
+@pytest.fixture
+def no_compile(monkeypatch):
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)
+
+
+def test_suites():
+    assert bench_ops.suite_of(get("rms_norm")) == "llm"
+    assert bench_ops.suite_of(get("store_kv")) == "attention"
+    llm = {e.name for e in bench_ops.select_ops(None, "llm")}
+    assert "rms_norm" in llm and "store_kv" not in llm
+    assert all(get(n).bench_case is not None for n in llm)
+    with pytest.raises(ValueError, match="unknown op 'nope'"):
+        bench_ops.select_ops(["nope"], "llm")
+
+
+def test_cpu_run_writes_rows_and_resumes(tmp_path, no_compile, monkeypatch):
+    rows = bench_ops.run(_args(tmp_path))
+    (row,) = rows
+    assert (row["op"], row["rows"], row["dtype"]) == ("rms_norm", 2, "fp32")
+    assert row["triton_us"] is None and row["flaggems_us"] is None  # not timed on CPU
+    assert row["eager_us"] > 0 and row["compile_us"] > 0 and row["copy_us"] > 0
+    assert row["MB"] == pytest.approx(2 * 2 * 2560 * 4 / 1e6)
+    assert row["speedup"] == pytest.approx(row["eager_us"] / row["compile_us"])
+    (json_path,) = tmp_path.glob("ops-quick-cpu-*.json")
+    assert "CPU" in json.loads(json_path.read_text())["meta"]["mode"]
+
+    def must_not_run(*a, **k):
+        raise AssertionError("a stored row was timed again")
+    monkeypatch.setattr(bench_ops, "bench_one", must_not_run)
+    assert bench_ops.run(_args(tmp_path)) == rows  # resumed from the JSON
+    with pytest.raises(AssertionError, match="timed again"):
+        bench_ops.run(_args(tmp_path, fresh=True))
+
+
+def test_failing_implementation_is_noted_not_fatal(tmp_path, monkeypatch):
+    def broken(fn, **kwargs):
+        raise RuntimeError("no compiler")
+    monkeypatch.setattr(torch, "compile", broken)
+    (row,) = bench_ops.run(_args(tmp_path))
+    assert row["compile_us"] is None and "compile: RuntimeError: no compiler" in row["notes"]
+    assert row["eager_us"] > 0 and row["speedup"] is None
+
+
+def test_bad_dtype(tmp_path):
+    with pytest.raises(ValueError, match="--dtype must be one of"):
+        bench_ops.run(_args(tmp_path, dtype="fp8"))
