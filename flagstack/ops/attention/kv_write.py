@@ -1,12 +1,56 @@
 """KV write: store the step's new K and V rows into their cache slots (slot -1 = padding, skipped).
 
-slot = block_id * block_size + offset. Memory traffic: read and write 2 * T * Hkv * D elements.
+slot = block_id * block_size + offset. Memory traffic: read and write 2 * T * Hkv * D elements
+(one program per token moves its K and V rows for all kv heads: 2 * Hkv * D elements each way).
 """
 from __future__ import annotations
 
 import torch
+import triton
+import triton.language as tl
 
-from flagstack.ops.registry import register
+from flagstack.ops.attention.common import INDEX_DTYPES, check_cache
+from flagstack.ops.checks import check_same_device, check_tensor
+from flagstack.ops.registry import BenchCase, register
+
+
+@triton.jit
+def _store_kv_kernel(key_ptr, value_ptr, k_cache_ptr, v_cache_ptr, slot_ptr,
+                     key_stride_t, key_stride_h, value_stride_t, value_stride_h,
+                     kc_stride_b, kc_stride_t, kc_stride_h, vc_stride_b, vc_stride_t, vc_stride_h,
+                     num_kv_heads, BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr):
+    token = tl.program_id(0).to(tl.int64)
+    slot = tl.load(slot_ptr + token).to(tl.int64)
+    if slot >= 0:
+        heads = tl.arange(0, BLOCK_H)[:, None]
+        dims = tl.arange(0, HEAD_DIM)[None, :]
+        mask = heads < num_kv_heads
+        block, offset = slot // BLOCK_SIZE, slot % BLOCK_SIZE
+        k = tl.load(key_ptr + token * key_stride_t + heads * key_stride_h + dims, mask=mask)
+        v = tl.load(value_ptr + token * value_stride_t + heads * value_stride_h + dims, mask=mask)
+        tl.store(k_cache_ptr + block * kc_stride_b + offset * kc_stride_t + heads * kc_stride_h + dims,
+                 k.to(k_cache_ptr.dtype.element_ty), mask=mask)
+        tl.store(v_cache_ptr + block * vc_stride_b + offset * vc_stride_t + heads * vc_stride_h + dims,
+                 v.to(v_cache_ptr.dtype.element_ty), mask=mask)
+
+
+def store_kv_triton(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor,
+                    v_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
+    """Write key/value [T, Hkv, D] into their cache slots with one launch for all tokens."""
+    if key.shape[0] == 0:
+        return
+    if key.stride(-1) != 1:
+        key = key.contiguous()
+    if value.stride(-1) != 1:
+        value = value.contiguous()
+    block_size, kv_heads, head_dim = k_cache.shape[1:]
+    _store_kv_kernel[(key.shape[0],)](
+        key, value, k_cache, v_cache, slot_mapping,
+        key.stride(0), key.stride(1), value.stride(0), value.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+        kv_heads, BLOCK_SIZE=block_size, HEAD_DIM=head_dim, BLOCK_H=triton.next_power_of_2(kv_heads),
+        num_warps=4 if kv_heads * head_dim >= 1024 else 1)
 
 
 def store_kv_reference(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor,
@@ -20,4 +64,33 @@ def store_kv_reference(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Te
     v_flat[slots] = value[valid].to(v_cache.dtype)
 
 
-store_kv = register("store_kv", reference=store_kv_reference)
+def _validate(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+              slot_mapping: torch.Tensor) -> None:
+    _, kv_heads, head_dim = check_cache(k_cache, v_cache)
+    check_tensor("key", key, min_dim=3, max_dim=3)
+    check_tensor("value", value, min_dim=3, max_dim=3)
+    if key.shape != value.shape or tuple(key.shape[1:]) != (kv_heads, head_dim):
+        raise ValueError(f"key and value must both be [T, {kv_heads}, {head_dim}] to match the cache, "
+                         f"got {tuple(key.shape)} and {tuple(value.shape)}")
+    check_tensor("slot_mapping", slot_mapping, dtypes=INDEX_DTYPES, min_dim=1, max_dim=1)
+    if slot_mapping.shape[0] != key.shape[0]:
+        raise ValueError(f"slot_mapping must have one slot per token ({key.shape[0]}), "
+                         f"got shape {tuple(slot_mapping.shape)}")
+    check_same_device(key=key, value=value, k_cache=k_cache, v_cache=v_cache, slot_mapping=slot_mapping)
+
+
+def _bench_case(rows: int, dtype: torch.dtype, device: str, kv_heads: int = 8, head_dim: int = 128,
+                block_size: int = 16) -> BenchCase:
+    """`rows` new tokens (Qwen3-4B kv heads) scattered over a cache with room for twice as many."""
+    num_blocks = 2 * triton.cdiv(rows, block_size) + 1
+    key = torch.randn(rows, kv_heads, head_dim, dtype=dtype, device=device)
+    value = torch.randn_like(key)
+    k_cache = torch.zeros(num_blocks, block_size, kv_heads, head_dim, dtype=dtype, device=device)
+    slots = torch.randperm(num_blocks * block_size, device=device)[:rows]
+    slots[::7] = -1
+    return BenchCase((key, value, k_cache, torch.zeros_like(k_cache), slots),
+                     bytes_moved=4 * key.numel() * key.element_size())
+
+
+store_kv = register("store_kv", reference=store_kv_reference, triton=store_kv_triton,
+                    validate=_validate, bench_case=_bench_case)

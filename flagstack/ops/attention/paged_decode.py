@@ -3,13 +3,197 @@
 q [S, Hq, D]; seq_lens [S] = context length including the token just stored; block_tables
 [S, max_blocks]. Memory traffic: read each sequence's K and V once (2 * sum(seq_lens) * Hkv * D
 elements), which is why GQA heads of one group must share each page load.
+
+Kernel (flash-decoding): one program per (sequence, kv head, split). It holds the group's q heads as
+the rows of one tile (padded to 16 for tl.dot), so every K/V row is loaded once for the whole group,
+and walks its share of the context BLOCK_N tokens at a time, looking up each token's page. With more
+than one split, programs write unnormalized partial outputs plus their row max and sum, and a
+second kernel merges the splits. Splits are chosen from the batch size alone, so the launch needs
+no host sync and is CUDA-graph safe; each sequence is cut into `num_splits` equal spans at run time.
 """
 from __future__ import annotations
 
-import torch
+import functools
+from dataclasses import dataclass
 
+import torch
+import triton
+import triton.language as tl
+
+from flagstack.ops.attention.common import (check_attention_args, dot_precision, interpreting,
+                                            score_scale, softmax_tile_step)
 from flagstack.ops.attention.varlen import attend
-from flagstack.ops.registry import register
+from flagstack.ops.registry import BenchCase, register
+
+MIN_SPLIT_TOKENS = 256  # below this a split's fixed cost (q load, partial write, merge) dominates
+MAX_SPLITS = 64
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """Launch parameters of the decode kernel (the benchmark sweeps them)."""
+
+    block_n: int = 64
+    num_splits: int = 1
+    num_warps: int = 4
+    num_stages: int = 2
+
+
+@functools.lru_cache(maxsize=None)
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device; 8 elsewhere (so CPU tests exercise splitting)."""
+    if device.type != "cuda":
+        return 8
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def decode_config(batch: int, kv_heads: int, max_tokens: int, head_dim: int,
+                  device: torch.device) -> DecodeConfig:
+    """Split the context until about 4 programs per SM are launched, keeping >= 256 tokens a split."""
+    programs = batch * kv_heads
+    target = 4 * sm_count(device)
+    splits = min(triton.cdiv(target, programs), max(1, max_tokens // MIN_SPLIT_TOKENS), MAX_SPLITS)
+    return DecodeConfig(block_n=64 if head_dim <= 128 else 32, num_splits=max(1, splits))
+
+
+@triton.jit
+def _decode_tile(acc, m_i, l_i, q, start, hi, first, table, k_head, v_head, kc_stride_b, kc_stride_t,
+                 vc_stride_b, vc_stride_t, qk_scale, softcap, HEAD_DIM: tl.constexpr,
+                 BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, USE_WINDOW: tl.constexpr,
+                 USE_SOFTCAP: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+    # Tokens start..start+BLOCK_N: one page-table lookup per token, then one K and one V row each.
+    tokens = start + tl.arange(0, BLOCK_N)
+    ok = tokens < hi
+    page = tl.load(table + tokens // BLOCK_SIZE, mask=ok, other=0).to(tl.int64)
+    offset = tokens % BLOCK_SIZE
+    dims = tl.arange(0, HEAD_DIM)
+    k_rows = page * kc_stride_b + offset * kc_stride_t
+    v_rows = page * vc_stride_b + offset * vc_stride_t
+    k = tl.load(k_head + k_rows[:, None] + dims[None, :], mask=ok[:, None], other=0.0)
+    v = tl.load(v_head + v_rows[:, None] + dims[None, :], mask=ok[:, None], other=0.0)
+    keep = ok
+    if USE_WINDOW:
+        keep = keep & (tokens >= first)
+    return softmax_tile_step(acc, m_i, l_i, q, k, v, keep[None, :], qk_scale, softcap,
+                             True, USE_SOFTCAP, UPCAST, PRECISION)
+
+
+@triton.jit
+def _paged_decode_kernel(q_ptr, k_cache_ptr, v_cache_ptr, seq_lens_ptr, block_tables_ptr, out_ptr,
+                         part_out_ptr, part_max_ptr, part_sum_ptr,
+                         q_stride_s, q_stride_h, kc_stride_b, kc_stride_t, kc_stride_h,
+                         vc_stride_b, vc_stride_t, vc_stride_h, bt_stride_s, out_stride_s, out_stride_h,
+                         num_q_heads, num_splits, qk_scale, softcap, window,
+                         GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr,
+                         BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr,
+                         USE_WINDOW: tl.constexpr, USE_SOFTCAP: tl.constexpr, INTERPRET: tl.constexpr,
+                         PRECISION: tl.constexpr):
+    seq = tl.program_id(0).to(tl.int64)
+    kv_head = tl.program_id(1)
+    split = tl.program_id(2)
+    seq_len = tl.load(seq_lens_ptr + seq).to(tl.int32)
+    first = 0
+    if USE_WINDOW:
+        first = tl.maximum(seq_len - window, 0)
+    base = first // BLOCK_N * BLOCK_N
+    per_split = tl.cdiv(tl.cdiv(seq_len - base, num_splits), BLOCK_N) * BLOCK_N
+    lo = base + split * per_split
+    hi = tl.minimum(lo + per_split, seq_len)
+
+    rows = tl.arange(0, BLOCK_G)
+    heads = kv_head * GROUP + rows
+    row_ok = rows < GROUP
+    dims = tl.arange(0, HEAD_DIM)
+    q = tl.load(q_ptr + seq * q_stride_s + heads[:, None] * q_stride_h + dims[None, :],
+                mask=row_ok[:, None], other=0.0)
+    m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_G], tl.float32)
+    acc = tl.zeros([BLOCK_G, HEAD_DIM], tl.float32)
+    table = block_tables_ptr + seq * bt_stride_s
+    k_head = k_cache_ptr + kv_head * kc_stride_h
+    v_head = v_cache_ptr + kv_head * vc_stride_h
+    if INTERPRET:  # the interpreter cannot index range() with scalars loaded under numpy >= 2.4
+        start = lo
+        while start < hi:
+            acc, m_i, l_i = _decode_tile(acc, m_i, l_i, q, start, hi, first, table, k_head, v_head,
+                                         kc_stride_b, kc_stride_t, vc_stride_b, vc_stride_t, qk_scale,
+                                         softcap, HEAD_DIM, BLOCK_SIZE, BLOCK_N, USE_WINDOW, USE_SOFTCAP,
+                                         INTERPRET, PRECISION)
+            start += BLOCK_N
+    else:
+        for start in range(lo, hi, BLOCK_N):
+            acc, m_i, l_i = _decode_tile(acc, m_i, l_i, q, start, hi, first, table, k_head, v_head,
+                                         kc_stride_b, kc_stride_t, vc_stride_b, vc_stride_t, qk_scale,
+                                         softcap, HEAD_DIM, BLOCK_SIZE, BLOCK_N, USE_WINDOW, USE_SOFTCAP,
+                                         INTERPRET, PRECISION)
+    if SPLIT:
+        part = (seq * num_q_heads + heads) * num_splits + split  # [S, Hq, splits] flattened
+        tl.store(part_out_ptr + part[:, None] * HEAD_DIM + dims[None, :], acc, mask=row_ok[:, None])
+        tl.store(part_max_ptr + part, m_i, mask=row_ok)
+        tl.store(part_sum_ptr + part, l_i, mask=row_ok)
+    else:
+        out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+        tl.store(out_ptr + seq * out_stride_s + heads[:, None] * out_stride_h + dims[None, :],
+                 out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
+
+
+@triton.jit
+def _merge_splits_kernel(part_out_ptr, part_max_ptr, part_sum_ptr, out_ptr, out_stride_s, out_stride_h,
+                         num_q_heads, num_splits, HEAD_DIM: tl.constexpr, BLOCK_SPLITS: tl.constexpr):
+    # Reads splits * (D + 2) fp32 per (seq, head): small next to the K/V pages the splits read.
+    seq = tl.program_id(0).to(tl.int64)
+    head = tl.program_id(1)
+    splits = tl.arange(0, BLOCK_SPLITS)
+    ok = splits < num_splits
+    part = (seq * num_q_heads + head) * num_splits + splits
+    m = tl.load(part_max_ptr + part, mask=ok, other=float("-inf"))
+    l = tl.load(part_sum_ptr + part, mask=ok, other=0.0)
+    m_all = tl.max(m, 0)
+    weight = tl.exp2(m - tl.where(m_all == float("-inf"), 0.0, m_all))  # empty splits weigh 0
+    dims = tl.arange(0, HEAD_DIM)
+    o = tl.load(part_out_ptr + part[:, None] * HEAD_DIM + dims[None, :], mask=ok[:, None], other=0.0)
+    total = tl.sum(weight * l, 0)
+    out = tl.sum(weight[:, None] * o, 0) / tl.where(total > 0, total, 1.0)
+    tl.store(out_ptr + seq * out_stride_s + head * out_stride_h + dims, out.to(out_ptr.dtype.element_ty))
+
+
+def paged_decode_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                        seq_lens: torch.Tensor, block_tables: torch.Tensor, scale: float,
+                        sliding_window: int | None = None, softcap: float | None = None, *,
+                        config: DecodeConfig | None = None) -> torch.Tensor:
+    """Decode attention with the split-K Triton kernel; `config` overrides the launch heuristic."""
+    num_seqs, q_heads, head_dim = q.shape
+    out = torch.empty_like(q)
+    if num_seqs == 0:
+        return out
+    if q.stride(-1) != 1:
+        q = q.contiguous()
+    block_size, kv_heads = k_cache.shape[1], k_cache.shape[2]
+    group = q_heads // kv_heads
+    max_tokens = block_tables.shape[1] * block_size
+    if sliding_window is not None:
+        max_tokens = min(max_tokens, sliding_window + 64)
+    cfg = config or decode_config(num_seqs, kv_heads, max_tokens, head_dim, q.device)
+    split = cfg.num_splits > 1
+    parts = (num_seqs, q_heads, cfg.num_splits) if split else (1,)
+    part_out = torch.empty(*parts, head_dim if split else 1, dtype=torch.float32, device=q.device)
+    part_max = torch.empty(parts, dtype=torch.float32, device=q.device)
+    part_sum = torch.empty(parts, dtype=torch.float32, device=q.device)
+    qk_scale, cap = score_scale(scale, softcap)
+    _paged_decode_kernel[(num_seqs, kv_heads, cfg.num_splits)](
+        q, k_cache, v_cache, seq_lens, block_tables, out, part_out, part_max, part_sum,
+        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0),
+        out.stride(0), out.stride(1), q_heads, cfg.num_splits, qk_scale, cap, sliding_window or 0,
+        GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
+        BLOCK_SIZE=block_size, BLOCK_N=cfg.block_n, SPLIT=split, USE_WINDOW=sliding_window is not None,
+        USE_SOFTCAP=softcap is not None, INTERPRET=interpreting(), PRECISION=dot_precision(q.dtype),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    if split:
+        _merge_splits_kernel[(num_seqs, q_heads)](
+            part_out, part_max, part_sum, out, out.stride(0), out.stride(1), q_heads, cfg.num_splits,
+            HEAD_DIM=head_dim, BLOCK_SPLITS=triton.next_power_of_2(cfg.num_splits), num_warps=4)
+    return out
 
 
 def paged_decode_reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -34,4 +218,43 @@ def paged_decode_reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     return o[:, :, 0].to(q.dtype)
 
 
-paged_decode = register("paged_decode", reference=paged_decode_reference)
+def _validate(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, seq_lens: torch.Tensor,
+              block_tables: torch.Tensor, scale: float, sliding_window: int | None = None,
+              softcap: float | None = None) -> None:
+    check_attention_args(q, k_cache, v_cache, seq_lens, block_tables, scale, sliding_window, softcap)
+    if q.shape[0] != seq_lens.shape[0]:
+        raise ValueError(f"q must have one token per sequence ({seq_lens.shape[0]}), got shape {tuple(q.shape)}")
+
+
+def random_paged_kv(seq_lens: list[int], kv_heads: int, head_dim: int, block_size: int,
+                    dtype: torch.dtype, device: str | torch.device, spare_blocks: int = 1
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random K/V caches and a block table giving each sequence its own pages in shuffled order."""
+    blocks = [triton.cdiv(n, block_size) for n in seq_lens]
+    total = sum(blocks) + spare_blocks
+    shape = (total, block_size, kv_heads, head_dim)
+    k_cache = torch.randn(shape, dtype=dtype, device=device)
+    v_cache = torch.randn(shape, dtype=dtype, device=device)
+    order = torch.randperm(total, device=device).to(torch.int32)
+    table = torch.zeros(len(seq_lens), max(blocks, default=0) or 1, dtype=torch.int32, device=device)
+    used = 0
+    for s, n in enumerate(blocks):
+        table[s, :n] = order[used:used + n]
+        used += n
+    return k_cache, v_cache, table
+
+
+def _bench_case(rows: int, dtype: torch.dtype, device: str, context: int | None = None) -> BenchCase:
+    """`rows` sequences of Qwen3-4B heads (32 q / 8 kv, head_dim 128), block size 16."""
+    # CPU: interpreter-sized; GPU: 256 x 2048 tokens at most (the reference pads K/V to fp32 copies)
+    context = context or (24 if device == "cpu" else max(16, min(2048, 2 ** 19 // rows)))
+    lens = [context - 3 * (s % 5) for s in range(rows)]
+    k_cache, v_cache, table = random_paged_kv(lens, 8, 128, 16, dtype, device)
+    q = torch.randn(rows, 32, 128, dtype=dtype, device=device)
+    seq_lens = torch.tensor(lens, dtype=torch.int32, device=device)
+    return BenchCase((q, k_cache, v_cache, seq_lens, table, 128 ** -0.5),
+                     bytes_moved=2 * sum(lens) * 8 * 128 * k_cache.element_size())
+
+
+paged_decode = register("paged_decode", reference=paged_decode_reference, triton=paged_decode_triton,
+                        validate=_validate, bench_case=_bench_case)

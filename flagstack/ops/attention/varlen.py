@@ -6,13 +6,28 @@ Inputs: q [T, Hq, D] packed by sequence; cu_seqlens_q [S+1] int32 (query offsets
 int32 = total KV length of each sequence including the new tokens (already stored in the cache);
 block_tables [S, max_blocks] int32. The new queries of sequence s are its last
 (cu_seqlens_q[s+1] - cu_seqlens_q[s]) positions. GQA: Hq must be a multiple of Hkv.
+
+Kernel (flash-attention tiles): one program per (query tile, kv head). A tile packs BLOCK_Q query
+tokens x the GQA group's heads into BLOCK_M rows, so each K/V tile is loaded once for the group and
+decode rows (1 token x group heads) still fill a tl.dot. Tiles are laid out without a host sync:
+sequence s owns tiles cu_seqlens_q[s] // BLOCK_Q + s onward (one more than it may need; spare tiles
+exit at once), and each program finds its sequence by binary search over cu_seqlens_q. Keys a tile
+sees in full (below its first query position) run without masks; only the diagonal tiles mask.
+Compute: 4 * sum(n_new * kv_visible) * Hq * D flops; K/V reads are once per tile per kv head.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
+import triton
+import triton.language as tl
 
-from flagstack.ops.registry import register
+from flagstack.ops.attention.common import (check_attention_args, dot_precision, interpreting,
+                                            score_scale, softmax_tile_step)
+from flagstack.ops.checks import check_tensor
+from flagstack.ops.registry import BenchCase, register
 
 
 def gather_kv(cache: torch.Tensor, block_table: torch.Tensor, length: int) -> torch.Tensor:
@@ -32,6 +47,174 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
     scores = softcap * torch.tanh((q @ k.transpose(-1, -2)) * scale / softcap)
     return scores.masked_fill(~mask, float("-inf")).softmax(-1) @ v
+
+
+@dataclass(frozen=True)
+class VarlenConfig:
+    """Launch parameters of the varlen kernel (the benchmark sweeps them)."""
+
+    block_m: int = 128  # rows = query tokens x group heads
+    block_n: int = 64
+    num_warps: int = 8
+    num_stages: int = 3
+
+
+def varlen_config(num_tokens: int, num_seqs: int, group: int, head_dim: int) -> VarlenConfig:
+    """Big tiles for prefill; tiles just tall enough for the mean query length of decode-heavy batches."""
+    mean_rows = triton.cdiv(num_tokens, max(num_seqs, 1)) * group
+    block_m = max(16, triton.next_power_of_2(group), min(128, triton.next_power_of_2(mean_rows)))
+    block_n = 64 if head_dim <= 128 else 32
+    return VarlenConfig(block_m=block_m, block_n=block_n, num_warps=8 if block_m >= 128 else 4,
+                        num_stages=3 if head_dim <= 128 else 2)
+
+
+@triton.jit
+def _find_sequence(cu_seqlens_q_ptr, num_seqs, tile, BLOCK_Q: tl.constexpr):
+    """The sequence owning `tile`: the last s with cu_seqlens_q[s] // BLOCK_Q + s <= tile."""
+    lo = 0
+    hi = num_seqs - 1
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if tl.load(cu_seqlens_q_ptr + mid) // BLOCK_Q + mid <= tile:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+@triton.jit
+def _varlen_tile(acc, m_i, l_i, q, q_pos, start, hi, table, k_head, v_head, kc_stride_b, kc_stride_t,
+                 vc_stride_b, vc_stride_t, qk_scale, softcap, window, HEAD_DIM: tl.constexpr,
+                 BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, DIAGONAL: tl.constexpr,
+                 USE_WINDOW: tl.constexpr, USE_SOFTCAP: tl.constexpr, UPCAST: tl.constexpr,
+                 PRECISION: tl.constexpr):
+    # Keys start..start+BLOCK_N; off the diagonal every key is below every row's position and
+    # inside the cache, so neither the loads nor the scores need a mask (unless a window cuts in).
+    tokens = start + tl.arange(0, BLOCK_N)
+    dims = tl.arange(0, HEAD_DIM)
+    if DIAGONAL:
+        ok = tokens < hi
+        page = tl.load(table + tokens // BLOCK_SIZE, mask=ok, other=0).to(tl.int64)
+    else:
+        page = tl.load(table + tokens // BLOCK_SIZE).to(tl.int64)
+    offset = tokens % BLOCK_SIZE
+    k_ptrs = k_head + (page * kc_stride_b + offset * kc_stride_t)[:, None] + dims[None, :]
+    v_ptrs = v_head + (page * vc_stride_b + offset * vc_stride_t)[:, None] + dims[None, :]
+    if DIAGONAL:
+        k = tl.load(k_ptrs, mask=ok[:, None], other=0.0)
+        v = tl.load(v_ptrs, mask=ok[:, None], other=0.0)
+        keep = tokens[None, :] <= q_pos[:, None]
+    else:
+        k = tl.load(k_ptrs)
+        v = tl.load(v_ptrs)
+        keep = tokens[None, :] >= 0
+    if USE_WINDOW:
+        keep = keep & (tokens[None, :] > q_pos[:, None] - window)
+    return softmax_tile_step(acc, m_i, l_i, q, k, v, keep, qk_scale, softcap,
+                             DIAGONAL or USE_WINDOW, USE_SOFTCAP, UPCAST, PRECISION)
+
+
+@triton.jit
+def _varlen_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, cu_seqlens_q_ptr, seq_lens_ptr,
+                   block_tables_ptr, q_stride_t, q_stride_h, kc_stride_b, kc_stride_t, kc_stride_h,
+                   vc_stride_b, vc_stride_t, vc_stride_h, bt_stride_s, out_stride_t, out_stride_h,
+                   num_seqs, qk_scale, softcap, window,
+                   GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr,
+                   HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
+                   USE_WINDOW: tl.constexpr, USE_SOFTCAP: tl.constexpr, INTERPRET: tl.constexpr,
+                   PRECISION: tl.constexpr):
+    # Highest tile index first: the last tiles of a causal sequence see the most keys, so they start
+    # early and the short ones fill the tail.
+    tile = tl.num_programs(0) - 1 - tl.program_id(0)
+    kv_head = tl.program_id(1)
+    seq = _find_sequence(cu_seqlens_q_ptr, num_seqs, tile, BLOCK_Q)
+    q_begin = tl.load(cu_seqlens_q_ptr + seq)
+    n_new = tl.load(cu_seqlens_q_ptr + seq + 1) - q_begin
+    q0 = (tile - (q_begin // BLOCK_Q + seq)) * BLOCK_Q
+    if q0 < n_new:
+        kv_len = tl.load(seq_lens_ptr + seq).to(tl.int32)
+        rows = tl.arange(0, BLOCK_M)
+        q_idx = q0 + rows // GROUP
+        heads = kv_head * GROUP + rows % GROUP
+        row_ok = (rows < BLOCK_Q * GROUP) & (q_idx < n_new)
+        q_pos = kv_len - n_new + q_idx
+        dims = tl.arange(0, HEAD_DIM)
+        q_tokens = (q_begin + q_idx).to(tl.int64)
+        q = tl.load(q_ptr + q_tokens[:, None] * q_stride_t + heads[:, None] * q_stride_h + dims[None, :],
+                    mask=row_ok[:, None], other=0.0)
+        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_M], tl.float32)
+        acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+        first_pos = kv_len - n_new + q0
+        hi = tl.minimum(first_pos + BLOCK_Q, kv_len)  # keys past the tile's last query are never seen
+        lo = 0
+        if USE_WINDOW:
+            lo = tl.maximum(first_pos - window + 1, 0) // BLOCK_N * BLOCK_N
+        full_end = tl.maximum((first_pos + 1) // BLOCK_N * BLOCK_N, lo)
+        table = block_tables_ptr + seq.to(tl.int64) * bt_stride_s
+        k_head = k_cache_ptr + kv_head * kc_stride_h
+        v_head = v_cache_ptr + kv_head * vc_stride_h
+        if INTERPRET:  # the interpreter cannot index range() with scalars loaded under numpy >= 2.4
+            start = lo
+            while start < full_end:
+                acc, m_i, l_i = _varlen_tile(acc, m_i, l_i, q, q_pos, start, hi, table, k_head, v_head,
+                                             kc_stride_b, kc_stride_t, vc_stride_b, vc_stride_t, qk_scale,
+                                             softcap, window, HEAD_DIM, BLOCK_SIZE, BLOCK_N, False,
+                                             USE_WINDOW, USE_SOFTCAP, INTERPRET, PRECISION)
+                start += BLOCK_N
+            while start < hi:
+                acc, m_i, l_i = _varlen_tile(acc, m_i, l_i, q, q_pos, start, hi, table, k_head, v_head,
+                                             kc_stride_b, kc_stride_t, vc_stride_b, vc_stride_t, qk_scale,
+                                             softcap, window, HEAD_DIM, BLOCK_SIZE, BLOCK_N, True,
+                                             USE_WINDOW, USE_SOFTCAP, INTERPRET, PRECISION)
+                start += BLOCK_N
+        else:
+            for start in range(lo, full_end, BLOCK_N):
+                acc, m_i, l_i = _varlen_tile(acc, m_i, l_i, q, q_pos, start, hi, table, k_head, v_head,
+                                             kc_stride_b, kc_stride_t, vc_stride_b, vc_stride_t, qk_scale,
+                                             softcap, window, HEAD_DIM, BLOCK_SIZE, BLOCK_N, False,
+                                             USE_WINDOW, USE_SOFTCAP, INTERPRET, PRECISION)
+            for start in range(full_end, hi, BLOCK_N):
+                acc, m_i, l_i = _varlen_tile(acc, m_i, l_i, q, q_pos, start, hi, table, k_head, v_head,
+                                             kc_stride_b, kc_stride_t, vc_stride_b, vc_stride_t, qk_scale,
+                                             softcap, window, HEAD_DIM, BLOCK_SIZE, BLOCK_N, True,
+                                             USE_WINDOW, USE_SOFTCAP, INTERPRET, PRECISION)
+        out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+        tl.store(out_ptr + q_tokens[:, None] * out_stride_t + heads[:, None] * out_stride_h + dims[None, :],
+                 out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
+
+
+def varlen_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                            cu_seqlens_q: torch.Tensor, seq_lens: torch.Tensor,
+                            block_tables: torch.Tensor, scale: float, sliding_window: int | None = None,
+                            softcap: float | None = None, *,
+                            config: VarlenConfig | None = None) -> torch.Tensor:
+    """Causal attention of packed new queries over the paged cache with one Triton launch."""
+    num_tokens, q_heads, head_dim = q.shape
+    num_seqs = seq_lens.shape[0]
+    out = torch.empty_like(q)
+    if num_tokens == 0 or num_seqs == 0:
+        return out
+    if q.stride(-1) != 1:
+        q = q.contiguous()
+    block_size, kv_heads = k_cache.shape[1], k_cache.shape[2]
+    group = q_heads // kv_heads
+    cfg = config or varlen_config(num_tokens, num_seqs, group, head_dim)
+    if cfg.block_m < group:
+        raise ValueError(f"config.block_m must be >= the GQA group size ({group}), got {cfg.block_m}")
+    block_q = cfg.block_m // group
+    qk_scale, cap = score_scale(scale, softcap)
+    grid = (num_tokens // block_q + num_seqs, kv_heads)
+    _varlen_kernel[grid](
+        q, k_cache, v_cache, out, cu_seqlens_q, seq_lens, block_tables,
+        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0),
+        out.stride(0), out.stride(1), num_seqs, qk_scale, cap, sliding_window or 0,
+        GROUP=group, BLOCK_M=cfg.block_m, BLOCK_Q=block_q, HEAD_DIM=head_dim, BLOCK_SIZE=block_size,
+        BLOCK_N=cfg.block_n, USE_WINDOW=sliding_window is not None, USE_SOFTCAP=softcap is not None,
+        INTERPRET=interpreting(), PRECISION=dot_precision(q.dtype),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    return out
 
 
 def varlen_attention_reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -60,4 +243,35 @@ def varlen_attention_reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: 
     return out
 
 
-varlen_attention = register("varlen_attention", reference=varlen_attention_reference)
+def _validate(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cu_seqlens_q: torch.Tensor,
+              seq_lens: torch.Tensor, block_tables: torch.Tensor, scale: float,
+              sliding_window: int | None = None, softcap: float | None = None) -> None:
+    check_attention_args(q, k_cache, v_cache, seq_lens, block_tables, scale, sliding_window, softcap)
+    check_tensor("cu_seqlens_q", cu_seqlens_q, dtypes=(torch.int32, torch.int64), min_dim=1, max_dim=1)
+    if cu_seqlens_q.shape[0] != seq_lens.shape[0] + 1:
+        raise ValueError(f"cu_seqlens_q must have num_seqs + 1 ({seq_lens.shape[0] + 1}) entries, "
+                         f"got shape {tuple(cu_seqlens_q.shape)}")
+    if cu_seqlens_q.device != q.device:
+        raise ValueError(f"cu_seqlens_q must be on q's device ({q.device}), got {cu_seqlens_q.device}")
+
+
+def _bench_case(rows: int, dtype: torch.dtype, device: str, new_tokens: int | None = None,
+                cached: int | None = None) -> BenchCase:
+    """`rows` sequences of Qwen3-4B heads, each with `new_tokens` queries over `cached` prefix tokens."""
+    from flagstack.ops.attention.paged_decode import random_paged_kv
+
+    # CPU: interpreter-sized; GPU: at most 32k new tokens (the reference loops over sequences)
+    new_tokens = new_tokens or (9 if device == "cpu" else max(1, min(1024, 2 ** 15 // rows)))
+    cached = cached if cached is not None else (12 if device == "cpu" else new_tokens)
+    news = [max(1, new_tokens - 2 * (s % 3)) for s in range(rows)]
+    lens = [cached + n for n in news]
+    k_cache, v_cache, table = random_paged_kv(lens, 8, 128, 16, dtype, device)
+    q = torch.randn(sum(news), 32, 128, dtype=dtype, device=device)
+    cu = torch.tensor([0] + news, device=device).cumsum(0).to(torch.int32)
+    seq_lens = torch.tensor(lens, dtype=torch.int32, device=device)
+    return BenchCase((q, k_cache, v_cache, cu, seq_lens, table, 128 ** -0.5),
+                     bytes_moved=2 * sum(lens) * 8 * 128 * k_cache.element_size() + 2 * q.numel() * q.element_size())
+
+
+varlen_attention = register("varlen_attention", reference=varlen_attention_reference,
+                            triton=varlen_attention_triton, validate=_validate, bench_case=_bench_case)
