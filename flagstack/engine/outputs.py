@@ -1,0 +1,73 @@
+"""What generation returns, with vLLM's shapes: a RequestOutput per prompt holding one
+CompletionOutput per sample (n), cumulative or as deltas since the last report (streaming)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flagstack.engine.sequence import Logprobs, Request, Sequence
+
+
+@dataclass
+class CompletionOutput:
+    index: int
+    text: str
+    token_ids: list[int]
+    cumulative_logprob: float | None
+    logprobs: list[Logprobs] | None
+    finish_reason: str | None = None  # "stop" | "length" | "abort" | None while running
+    stop_reason: int | str | None = None  # the stop token id or stop string that ended it
+
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+@dataclass
+class RequestMetrics:
+    arrival_time: float
+    first_token_time: float | None
+    finished_time: float | None
+    num_cached_tokens: int  # prompt tokens served by the prefix cache
+
+
+@dataclass
+class RequestOutput:
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    prompt_logprobs: list[Logprobs | None] | None
+    outputs: list[CompletionOutput]
+    finished: bool
+    metrics: RequestMetrics
+
+
+class DeltaTracker:
+    """How much of each sequence's tokens and text was already reported (for streaming deltas)."""
+
+    def __init__(self) -> None:
+        self.tokens: dict[int, int] = {}
+        self.chars: dict[int, int] = {}
+
+    def completion(self, seq: Sequence) -> CompletionOutput:
+        tokens, chars = self.tokens.get(seq.seq_id, 0), self.chars.get(seq.seq_id, 0)
+        out_ids = seq.output_token_ids
+        self.tokens[seq.seq_id], self.chars[seq.seq_id] = len(out_ids), len(seq.text)
+        return CompletionOutput(seq.index, seq.text[chars:], out_ids[tokens:], seq.cumulative_logprob,
+                                None if seq.logprobs is None else seq.logprobs[tokens:],
+                                seq.finish_reason, seq.stop_reason)
+
+
+def completion(seq: Sequence) -> CompletionOutput:
+    """Everything the sequence produced so far."""
+    return CompletionOutput(seq.index, seq.text, seq.output_token_ids,
+                            seq.cumulative_logprob if seq.num_output_tokens else None,
+                            seq.logprobs, seq.finish_reason, seq.stop_reason)
+
+
+def request_output(request: Request, now: float, tracker: DeltaTracker | None = None) -> RequestOutput:
+    """The request's state as a RequestOutput: cumulative, or deltas when a tracker is given."""
+    outs = [tracker.completion(s) if tracker else completion(s) for s in request.sequences]
+    finished = request.finished
+    return RequestOutput(
+        request.request_id, request.prompt, request.prompt_token_ids, request.prompt_logprobs, outs, finished,
+        RequestMetrics(request.arrival, request.first_token_time, now if finished else None,
+                       request.sequences[0].num_cached_tokens))

@@ -1,0 +1,120 @@
+"""Token choice for one step: penalties, min_tokens, temperature / top-k / top-p / min-p, per-request
+seeds, and logprobs (of the raw model distribution, as vLLM reports them by default).
+
+Random choice uses the exponential race: argmax(p / q) with q ~ Exp(1) i.i.d. is an exact sample of
+p, so each row's randomness is one noise vector drawn from that row's generator (a seeded request
+gets the same tokens whatever else shares its batch).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from flagstack.engine.sequence import Logprobs, Sequence
+
+
+@dataclass
+class SampleOutput:
+    token_ids: list[int]
+    logprobs: list[Logprobs | None]  # per row: top-N plus the chosen token, or None when not asked
+    chosen_logprobs: list[float]  # raw logprob of each chosen token (for cumulative_logprob)
+
+
+def logprob_dicts(logprobs: torch.Tensor, chosen: torch.Tensor, top_n: list[int]) -> list[Logprobs]:
+    """Per row: the top_n[row] most likely tokens and the chosen token, id -> logprob."""
+    k = max(top_n, default=0)
+    top_vals, top_ids = (logprobs.topk(k, dim=-1) if k else (logprobs[:, :0], logprobs[:, :0].long()))
+    chosen_vals = logprobs.gather(1, chosen[:, None].long())[:, 0]
+    top_vals, top_ids, chosen_vals = top_vals.tolist(), top_ids.tolist(), chosen_vals.tolist()
+    out = []
+    for row, n in enumerate(top_n):
+        entry = dict(zip(top_ids[row][:n], top_vals[row][:n]))
+        entry[int(chosen[row])] = chosen_vals[row]
+        out.append(entry)
+    return out
+
+
+def apply_penalties(logits: torch.Tensor, seqs: list[Sequence]) -> None:
+    """vLLM semantics, in place: repetition penalty on prompt + output tokens (positive logits divided,
+    negative multiplied); presence and frequency penalties on output tokens."""
+    rows, vocab = logits.shape
+    device = logits.device
+    seen = torch.zeros(rows, vocab + 1, dtype=torch.bool, device=device)  # column `vocab` = padding
+    counts = torch.zeros(rows, vocab + 1, dtype=logits.dtype, device=device)
+    for r, seq in enumerate(seqs):
+        p = seq.params
+        if p.repetition_penalty != 1.0:
+            seen[r, torch.tensor(seq.token_ids, device=device)] = True
+        out = seq.output_token_ids
+        if out and (p.presence_penalty or p.frequency_penalty):
+            counts[r].index_add_(0, torch.tensor(out, device=device), torch.ones(len(out), device=device))
+    seen, counts = seen[:, :vocab], counts[:, :vocab]
+    rep = torch.tensor([s.params.repetition_penalty for s in seqs], device=device)[:, None]
+    presence = torch.tensor([s.params.presence_penalty for s in seqs], device=device)[:, None]
+    frequency = torch.tensor([s.params.frequency_penalty for s in seqs], device=device)[:, None]
+    penalized = torch.where(logits > 0, logits / rep, logits * rep)
+    logits.copy_(torch.where(seen, penalized, logits))
+    logits -= presence * (counts > 0) + frequency * counts
+
+
+def filtered_probs(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
+                   min_p: torch.Tensor) -> torch.Tensor:
+    """Softmax(logits / T) with tokens outside top-k, the top-p nucleus or below min_p * max zeroed."""
+    probs = torch.softmax(logits / temperature[:, None], dim=-1)
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    rank = torch.arange(probs.shape[1], device=probs.device)[None, :]
+    k = torch.where(top_k > 0, top_k, probs.shape[1])[:, None]
+    before = sorted_probs.cumsum(-1) - sorted_probs  # mass of the tokens ranked above
+    drop = (rank >= k) | (before >= top_p[:, None]) | (sorted_probs < min_p[:, None] * sorted_probs[:, :1])
+    drop[:, 0] = False  # the most likely token always stays
+    return probs.scatter(1, order, sorted_probs.masked_fill(drop, 0.0))
+
+
+class Sampler:
+    def __init__(self, generator: torch.Generator) -> None:
+        self.generator = generator  # for requests without their own seed
+
+    def __call__(self, logits: torch.Tensor, seqs: list[Sequence], eos_token_ids: list[int]) -> SampleOutput:
+        """Choose one token per row of logits [B, V] (fp32, not modified) for seqs[row]."""
+        params = [s.params for s in seqs]
+        raw_logprobs = torch.log_softmax(logits, dim=-1)
+        work = logits
+        if any(p.has_penalties for p in params):
+            work = logits.clone()
+            apply_penalties(work, seqs)
+        banned = [r for r, s in enumerate(seqs) if s.num_output_tokens < s.params.min_tokens]
+        if banned:
+            work = work.clone() if work is logits else work
+            for r in banned:
+                stop_ids = list(seqs[r].params.stop_token_ids) + ([] if params[r].ignore_eos else eos_token_ids)
+                work[r, stop_ids] = float("-inf")
+        chosen = work.argmax(dim=-1)
+        random_rows = [r for r, p in enumerate(params) if not p.greedy]
+        if random_rows:
+            chosen[random_rows] = self._sample(work[random_rows], [seqs[r] for r in random_rows])
+        wanted = [p.logprobs for p in params]
+        dicts: list[Logprobs | None] = [None] * len(seqs)
+        asked = [r for r, n in enumerate(wanted) if n is not None]
+        if asked:
+            for r, d in zip(asked, logprob_dicts(raw_logprobs[asked], chosen[asked], [wanted[r] for r in asked])):
+                dicts[r] = d
+        chosen_lp = raw_logprobs.gather(1, chosen[:, None])[:, 0].tolist()
+        return SampleOutput(chosen.tolist(), dicts, chosen_lp)
+
+    def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+        device = logits.device
+        p = [s.params for s in seqs]
+        probs = filtered_probs(
+            logits,
+            torch.tensor([x.temperature for x in p], device=device),
+            torch.tensor([x.top_k for x in p], device=device),
+            torch.tensor([x.top_p for x in p], device=device),
+            torch.tensor([x.min_p for x in p], device=device))
+        noise = torch.empty_like(probs)
+        if all(s.generator is None for s in seqs):
+            noise.exponential_(generator=self.generator)
+        else:
+            for r, seq in enumerate(seqs):
+                noise[r].exponential_(generator=seq.generator or self.generator)
+        return (probs / noise).argmax(dim=-1)

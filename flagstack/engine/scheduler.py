@@ -1,0 +1,138 @@
+"""Continuous batching with chunked prefill and preemption by recompute.
+
+Each step spends a budget of `max_num_batched_tokens` new tokens: running sequences first (decode
+tokens before unfinished prompts, in arrival order), then waiting sequences in arrival order, each
+taking a chunk of its prompt as large as the budget left (whole prompts only when chunked prefill is
+off). When the block pool runs dry, the most recently arrived running sequence is preempted: its
+blocks are freed and it goes back to the front of the queue to be recomputed later (its prefix
+blocks often survive in the prefix cache).
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from flagstack.engine.config import EngineConfig
+from flagstack.engine.kv_cache import BlockManager
+from flagstack.engine.sequence import Sequence, Status
+
+
+@dataclass
+class ScheduledBatch:
+    """The sequences of one step and how many new tokens each computes."""
+
+    seqs: list[Sequence] = field(default_factory=list)
+    num_new_tokens: list[int] = field(default_factory=list)
+    num_preempted: int = 0
+
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+    @property
+    def is_decode(self) -> bool:
+        return all(n == 1 for n in self.num_new_tokens)
+
+
+class Scheduler:
+    def __init__(self, config: EngineConfig, blocks: BlockManager) -> None:
+        self.config, self.blocks = config, blocks
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.num_preemptions = 0
+
+    def add(self, seq: Sequence) -> None:
+        self.waiting.append(seq)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def max_cached_tokens(self, seq: Sequence) -> int:
+        """How much of seq the prefix cache may serve: not its last token (its logits are needed),
+        and no prompt row whose logits give a wanted prompt logprob (row p-1 scores token p)."""
+        limit = len(seq) - 1
+        request = seq.request
+        if request.params.prompt_logprobs is not None and not request.prompt_logprobs_done:
+            limit = min(limit, request.params.first_scored_prompt_position(seq.num_prompt_tokens) - 1)
+        return limit
+
+    def schedule(self) -> ScheduledBatch:
+        batch = ScheduledBatch()
+        budget = self.config.max_num_batched_tokens
+        chunked = self.config.enable_chunked_prefill
+        # decode tokens first so a long prompt never stalls generation
+        queue = deque(sorted(self.running, key=lambda s: s.num_uncomputed_tokens != 1))
+        kept: list[Sequence] = []
+        while queue:
+            seq = queue.popleft()
+            n = min(seq.num_uncomputed_tokens, budget)
+            if n == 0 or (not chunked and n < seq.num_uncomputed_tokens):
+                kept.append(seq)
+                continue
+            while not self.blocks.can_allocate(seq, n):
+                victim = queue.pop() if queue else seq
+                self._preempt(victim)
+                batch.num_preempted += 1
+                if victim is seq:
+                    break
+            else:
+                self.blocks.allocate(seq, n)
+                batch.seqs.append(seq)
+                batch.num_new_tokens.append(n)
+                budget -= n
+                kept.append(seq)
+        self.running = kept
+        if batch.num_preempted == 0:
+            budget = self._admit_waiting(batch, budget)
+        return batch
+
+    def _admit_waiting(self, batch: ScheduledBatch, budget: int) -> int:
+        chunked = self.config.enable_chunked_prefill
+        bs = self.blocks.block_size
+        while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
+            seq = self.waiting[0]
+            if seq.block_table:  # an n > 1 sibling already holding the shared prompt blocks
+                hit_blocks, free_hits = 0, 0
+                start = seq.num_computed_tokens
+            else:
+                hit_blocks, free_hits = self.blocks.count_hits(seq, self.max_cached_tokens(seq))
+                start = hit_blocks * bs
+            n = min(len(seq) - start, budget)
+            if not chunked and n < len(seq) - start:
+                break
+            need = self.blocks.blocks_needed(start + n) - len(seq.block_table) - hit_blocks + free_hits
+            if need > self.blocks.num_free_blocks:
+                break
+            self.waiting.popleft()
+            if not seq.block_table:
+                self.blocks.admit(seq, self.max_cached_tokens(seq))
+            self.blocks.allocate(seq, n)
+            seq.status = Status.RUNNING
+            self.running.append(seq)
+            batch.seqs.append(seq)
+            batch.num_new_tokens.append(n)
+            budget -= n
+        return budget
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.blocks.free_sequence(seq)
+        seq.status = Status.WAITING
+        seq.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.appendleft(seq)
+
+    def after_step(self, batch: ScheduledBatch) -> None:
+        """Mark the step's tokens computed and publish newly full blocks to the prefix cache."""
+        stats = self.blocks.stats
+        for seq, n in zip(batch.seqs, batch.num_new_tokens):
+            old = seq.num_computed_tokens
+            seq.num_computed_tokens = old + n
+            stats.prompt_tokens_computed += max(0, min(old + n, seq.num_prompt_tokens) - old)
+            self.blocks.commit_full_blocks(seq, old)
+
+    def finish(self, seq: Sequence) -> None:
+        """Drop a finished or aborted sequence from the queues and free its blocks."""
+        if seq in self.running:
+            self.running.remove(seq)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+        self.blocks.free_sequence(seq)
