@@ -56,9 +56,26 @@ def _ops_test(args: argparse.Namespace) -> int:
     return 0 if all(r.ok for r in results) else 1
 
 
+def _ops_score(args: argparse.Namespace) -> int:
+    _interpret_triton_without_cuda()
+    from flagstack.bench.common import markdown_table
+    from flagstack.ops import score
+
+    scores, paths = score.score(args.ops, tests=not args.no_tests, speed=not args.no_speed, out_dir=args.out_dir)
+    print(markdown_table([s.summary() for s in scores.values()]))
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0 if all(s.failed == 0 for s in scores.values()) else 1
+
+
 def add_ops_commands(sub: argparse._SubParsersAction) -> None:
     ops = sub.add_parser("ops", help="operator library").add_subparsers(dest="ops_cmd", required=True)
     ops.add_parser("list", help="every op with the backends it has").set_defaults(func=_ops_list)
+    score = ops.add_parser("score", help="challenge ops scorecard: tests, test categories, speed vs torch/FlagGems")
+    score.add_argument("--ops", type=_comma_list(str), help="comma-separated challenge op names (default: all)")
+    score.add_argument("--no-tests", action="store_true", help="skip the correctness matrix")
+    score.add_argument("--no-speed", action="store_true", help="skip the timings (they need CUDA anyway)")
+    score.add_argument("--out-dir", default="bench/results", help="where the JSON, markdown and HTML go")
+    score.set_defaults(func=_ops_score)
     test = ops.add_parser("test", help="every op's Triton kernel against its reference (exit 1 on failure)")
     test.add_argument("--ops", type=_comma_list(str), help="comma-separated op names (default: all)")
     test.add_argument("--rows", type=_comma_list(int), help="row counts (default: 1,5 on CPU, 1,256,4096 on CUDA)")

@@ -30,7 +30,7 @@ def test_large(shape):
     check(gcd_triton(a, b), torch.gcd(a, b), exact=True)
 
 
-@covers("params")
+@covers("params", "nonfinite")  # integers have no inf/nan: their special values are 0, +-1, MIN, MAX
 def test_special_values():
     vals = torch.tensor([0, 1, -1, 12, -18, 2**31 - 1, -2**31, 2**30, 7919], dtype=torch.int32, device=DEVICE)
     a, b = vals[:, None].expand(9, 9), vals[None, :].expand(9, 9)  # every pair, including INT_MIN

@@ -1,0 +1,201 @@
+"""`flagstack ops score`: the challenge's scorecard for its operators.
+
+Per op: (1) the correctness matrix: the op's test file tests/ops/challenge/test_<op>.py run through
+pytest (pass/fail/skip counts); (2) the test-completeness checklist: which of the challenge's test
+categories the op's passing tests carry in their `covers` marks; (3) speed on fixed core shapes
+(CUDA only): median latency of our kernel, torch eager and FlagGems where it has the op, speedup over
+each, their geometric means, and the challenge's targets. Writes JSON, markdown and an HTML page to
+bench/results/score-<device>-<date>.*.
+"""
+from __future__ import annotations
+
+import datetime
+import html
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from flagstack.bench.common import RESULTS_DIR, device_description, markdown_table, slug, time_us, torch_versions
+from flagstack.ops import registry
+
+TEST_DIR = Path(__file__).resolve().parents[2] / "tests" / "ops" / "challenge"
+CATEGORIES = ("small", "regular", "large", "ranks", "params", "float_dtypes", "int_dtypes", "empty",
+              "nonfinite", "noncontiguous", "inplace", "out", "errors")
+# Core shapes (rows, cols, dtype) per op; the first of each is the one measured in DESIGN.md.
+CORE_SHAPES: dict[str, list[tuple[int, int, torch.dtype]]] = {
+    "log10": [(4096, 4096, torch.float32), (4096, 4096, torch.bfloat16), (1024, 1024, torch.float32)],
+    "logaddexp": [(4096, 4096, torch.float32), (4096, 4096, torch.bfloat16), (1024, 1024, torch.float32)],
+    "cosh": [(4096, 4096, torch.bfloat16), (4096, 4096, torch.float32), (1024, 1024, torch.bfloat16)],
+    "gcd": [(4096, 4096, torch.int32), (4096, 4096, torch.int64), (1024, 1024, torch.int32)],
+    "tril": [(4096, 4096, torch.float32), (4096, 4096, torch.bfloat16), (1024, 1024, torch.float32)],
+    "roll": [(4096, 4096, torch.float32), (4096, 4096, torch.bfloat16), (1024, 1024, torch.float32)],
+    "leaky_relu": [(4096, 4096, torch.bfloat16), (4096, 4096, torch.float32), (1024, 1024, torch.bfloat16)],
+    "asinh": [(4096, 4096, torch.float32), (4096, 4096, torch.bfloat16), (1024, 1024, torch.float32)],
+}
+TARGET_MIN, TARGET_GEOMEAN = 0.9, 1.2  # speedup over torch: every core shape, and their geomean
+
+
+@dataclass
+class OpScore:
+    op: str
+    passed: int = 0
+    failed: int = 0
+    skipped: int = 0
+    covered: set = field(default_factory=set)  # categories with a passing test
+    gpu_only: set = field(default_factory=set)  # categories whose tests were all skipped here
+    speed: list = field(default_factory=list)  # one dict per core shape
+
+    def checklist(self) -> dict[str, str]:
+        """Category -> 'yes', 'skipped' (tests exist, none ran here) or 'missing'."""
+        return {c: "yes" if c in self.covered else "skipped" if c in self.gpu_only else "missing"
+                for c in CATEGORIES}
+
+    def summary(self) -> dict:
+        """One row of the summary table: tests, checklist, speedups and whether targets are met."""
+        row = {"op": self.op, "passed": self.passed, "failed": self.failed, "skipped": self.skipped,
+               "categories": f"{sum(v == 'yes' for v in self.checklist().values())}/{len(CATEGORIES)}"}
+        torch_x = [r["speedup"] for r in self.speed if r.get("speedup")]
+        fg_x = [r["vs_flaggems"] for r in self.speed if r.get("vs_flaggems")]
+        row["min_speedup"] = min(torch_x) if torch_x else None
+        row["geomean_speedup"] = geomean(torch_x)
+        row["geomean_vs_flaggems"] = geomean(fg_x)
+        if torch_x:
+            row["targets_met"] = (min(torch_x) >= TARGET_MIN and geomean(torch_x) >= TARGET_GEOMEAN
+                                  and (not fg_x or min(fg_x) >= 1.0))
+        return row
+
+
+def geomean(values: list[float]) -> float | None:
+    """Geometric mean, None for an empty list."""
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else None
+
+
+class _Collector:
+    """pytest plugin: per op (from the file name test_<op>.py), outcome counts and covered categories."""
+
+    def __init__(self, scores: dict[str, OpScore]):
+        self.scores = scores
+        self.categories: dict[str, set] = {}
+
+    def pytest_collection_modifyitems(self, items):
+        for item in items:
+            self.categories[item.nodeid] = {c for m in item.iter_markers("covers") for c in m.args}
+
+    def pytest_runtest_logreport(self, report):
+        op = Path(report.nodeid.split("::")[0]).stem.removeprefix("test_")
+        score = self.scores.get(op)
+        if score is None or (report.when != "call" and not report.failed and not report.skipped):
+            return
+        cats = self.categories.get(report.nodeid, set())
+        if report.failed:
+            score.failed += 1
+        elif report.skipped:
+            score.skipped += 1
+            score.gpu_only |= cats - score.covered
+        elif report.when == "call":
+            score.passed += 1
+            score.covered |= cats
+            score.gpu_only -= cats
+
+
+def run_tests(scores: dict[str, OpScore], test_dir: Path = TEST_DIR) -> None:
+    """Run each op's test file in this process and record counts and categories into `scores`."""
+    import pytest
+
+    files = [str(test_dir / f"test_{op}.py") for op in scores if (test_dir / f"test_{op}.py").exists()]
+    if files:
+        pytest.main(["-q", "-p", "no:cacheprovider", "--no-header", "-W", "ignore::pytest.PytestUnknownMarkWarning",
+                     *files], plugins=[_Collector(scores)])
+
+
+def time_op(op: str, rows: int, cols: int, dtype: torch.dtype, device: str) -> dict:
+    """Median latency of our kernel, torch and FlagGems (where it has the op) on one core shape."""
+    entry = registry.get(op)
+    case = entry.bench_case(rows, dtype, device, cols=cols)
+    row: dict = {"op": op, "shape": f"{rows}x{cols}", "dtype": str(dtype).replace("torch.", "")}
+    impls = {"triton": entry.triton, "torch": entry.reference}
+    if "flaggems" in entry.backends():
+        impls["flaggems"] = entry.impl("flaggems")
+    for name, fn in impls.items():
+        try:
+            row[f"{name}_us"] = time_us(lambda: fn(*case.args, **case.kwargs), device)
+        except Exception as err:  # noqa: BLE001 -- a missing or broken anchor is reported, not fatal
+            row[f"{name}_us"] = None
+            row["notes"] = f"{name}: {type(err).__name__}"
+    ours = row.get("triton_us")
+    row["GB/s"] = case.bytes_moved / ours / 1e3 if ours else None
+    row["speedup"] = row["torch_us"] / ours if ours and row.get("torch_us") else None
+    row["vs_flaggems"] = row["flaggems_us"] / ours if ours and row.get("flaggems_us") else None
+    return row
+
+
+def score(ops: list[str] | None = None, *, tests: bool = True, speed: bool = True,
+          out_dir: str | Path = RESULTS_DIR, test_dir: Path = TEST_DIR) -> tuple[dict[str, OpScore], list[Path]]:
+    """Score the given challenge ops (default: all with core shapes); returns the scores and files written."""
+    ops = ops or list(CORE_SHAPES)
+    unknown = [op for op in ops if op not in CORE_SHAPES]
+    if unknown:
+        raise ValueError(f"ops must be challenge ops ({', '.join(CORE_SHAPES)}), got {', '.join(unknown)}")
+    scores = {op: OpScore(op) for op in ops}
+    if tests:
+        run_tests(scores, test_dir)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if speed and device == "cuda":  # interpreter timings on CPU would say nothing about the kernels
+        for op in ops:
+            scores[op].speed = [time_op(op, *shape, device) for shape in CORE_SHAPES[op]]
+    return scores, write_reports(scores, out_dir, speed_note=None if device == "cuda" or not speed
+                                 else "speed not measured: no CUDA device")
+
+
+def write_reports(scores: dict[str, OpScore], out_dir: str | Path, speed_note: str | None = None) -> list[Path]:
+    """Write score-<device>-<date>.json/.md/.html: a summary table and one table per op."""
+    meta = {"device": device_description(), "date": datetime.date.today().isoformat(), **torch_versions(),
+            "targets": f"speedup >= {TARGET_MIN} on every core shape, geomean >= {TARGET_GEOMEAN}, >= FlagGems"}
+    if speed_note:
+        meta["note"] = speed_note
+    summary = [s.summary() for s in scores.values()]
+    stem = Path(out_dir) / f"score-{slug(meta['device'])}-{meta['date']}"
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    body = {"meta": meta, "summary": summary,
+            "ops": {op: {"checklist": s.checklist(), "speed": s.speed} for op, s in scores.items()}}
+    paths = [stem.with_suffix(".json"), stem.with_suffix(".md"), stem.with_suffix(".html")]
+    paths[0].write_text(json.dumps(body, indent=1, default=str) + "\n")
+    md = ["# Challenge ops scorecard", "", *(f"- {k}: {v}" for k, v in meta.items()), "", markdown_table(summary)]
+    for op, s in scores.items():
+        md += [f"## {op}", "", markdown_table([s.checklist()])]
+        if s.speed:
+            md.append(markdown_table(s.speed))
+    paths[1].write_text("\n".join(md) + "\n")
+    paths[2].write_text(_html(meta, summary, scores))
+    return paths
+
+
+def _html_table(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+
+    def cell(value) -> str:
+        good = {True: "ok", "yes": "ok", False: "bad", "missing": "bad"}.get(value, "") if not isinstance(
+            value, (int, float)) or isinstance(value, bool) else ""
+        text = f"{value:.3g}" if isinstance(value, float) else "-" if value is None else str(value)
+        return f'<td class="{good}">{html.escape(text)}</td>'
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(cell(r.get(c)) for c in columns) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _html(meta: dict, summary: list[dict], scores: dict[str, OpScore]) -> str:
+    style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
+             "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}.ok{background:#d4f4d4}"
+             ".bad{background:#f8d0d0}")
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>flagstack ops scorecard</title>"
+             f"<style>{style}</style></head><body><h1>Challenge ops scorecard</h1><ul>",
+             *(f"<li>{html.escape(str(k))}: {html.escape(str(v))}</li>" for k, v in meta.items()),
+             "</ul>", _html_table(summary)]
+    for op, s in scores.items():
+        parts += [f"<h2>{html.escape(op)}</h2>", _html_table([s.checklist()]), _html_table(s.speed)]
+    return "".join(parts) + "</body></html>\n"

@@ -1,0 +1,66 @@
+"""The scorecard's bookkeeping: pytest outcomes and categories per op, targets, and the report files."""
+import json
+import textwrap
+
+import pytest
+
+from flagstack.ops.score import CATEGORIES, OpScore, geomean, run_tests, score, write_reports
+
+FAKE_TESTS = '''
+import pytest
+
+@pytest.mark.covers("small", "errors")
+def test_passes():
+    assert 1 + 1 == 2
+
+@pytest.mark.covers("out")
+def test_fails():
+    assert 1 + 1 == 3
+
+@pytest.mark.covers("large")
+@pytest.mark.skipif(True, reason="gpu only")
+def test_skipped():
+    pass
+'''
+
+
+def test_run_tests_counts_outcomes_and_categories(tmp_path):
+    (tmp_path / "test_fakeop.py").write_text(textwrap.dedent(FAKE_TESTS))
+    scores = {"fakeop": OpScore("fakeop"), "absent": OpScore("absent")}
+    run_tests(scores, tmp_path)
+    fake = scores["fakeop"]
+    assert (fake.passed, fake.failed, fake.skipped) == (1, 1, 1)
+    checklist = fake.checklist()
+    assert checklist["small"] == "yes" and checklist["errors"] == "yes"
+    assert checklist["large"] == "skipped" and checklist["out"] == "missing"
+    assert fake.summary()["categories"] == f"2/{len(CATEGORIES)}"
+    assert scores["absent"].passed == 0  # an op without a test file is scored, not an error
+
+
+def test_summary_speed_targets():
+    assert geomean([]) is None and geomean([2.0, 8.0]) == pytest.approx(4.0)
+    fast = OpScore("a", speed=[{"speedup": 1.5, "vs_flaggems": 1.1}, {"speedup": 1.0, "vs_flaggems": None}])
+    row = fast.summary()
+    assert row["min_speedup"] == 1.0 and row["geomean_speedup"] == pytest.approx(1.5 ** 0.5)
+    assert row["targets_met"] is True
+    slow = OpScore("b", speed=[{"speedup": 2.0, "vs_flaggems": 0.8}, {"speedup": 3.0}])
+    assert slow.summary()["targets_met"] is False  # slower than FlagGems
+    below_bar = OpScore("c", speed=[{"speedup": 0.85}, {"speedup": 4.0}])
+    assert below_bar.summary()["targets_met"] is False  # one shape under 0.9x
+    assert "targets_met" not in OpScore("d").summary()  # no timings, no verdict
+
+
+def test_write_reports(tmp_path):
+    s = OpScore("log10", passed=3, covered={"small"}, speed=[{"op": "log10", "shape": "4x4", "speedup": 1.3}])
+    paths = write_reports({"log10": s}, tmp_path, speed_note="a note")
+    body = json.loads(paths[0].read_text())
+    assert body["summary"][0]["op"] == "log10" and body["meta"]["note"] == "a note"
+    assert body["ops"]["log10"]["checklist"]["small"] == "yes"
+    assert "## log10" in paths[1].read_text()
+    page = paths[2].read_text()
+    assert page.startswith("<!doctype html>") and "<h2>log10</h2>" in page
+
+
+def test_unknown_op():
+    with pytest.raises(ValueError, match="challenge ops"):
+        score(["nope"], tests=False, speed=False)
