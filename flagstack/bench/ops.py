@@ -135,8 +135,17 @@ def _flaggems_rope(a: dict) -> Callable[[], Any]:
 
 def _flaggems_softmax(fn_name: str) -> Adapter:
     def adapter(a: dict) -> Callable[[], Any]:
+        fn, x = _flaggems(fn_name), a["x"]
+        half_to_float = a.get("dtype") == torch.float32 and x.dtype != torch.float32  # ATen's only upcast
+        return lambda: fn(x, a.get("dim", -1), half_to_float)
+    return adapter
+
+
+def _flaggems_activation(fn_name: str) -> Adapter:
+    def adapter(a: dict) -> Callable[[], Any]:
         fn = _flaggems(fn_name)
-        return lambda: fn(a["x"], a.get("dim", -1), False)
+        kwargs = {"approximate": a["approximate"]} if "approximate" in a else {}
+        return lambda: fn(a["x"], **kwargs)
     return adapter
 
 
@@ -147,7 +156,10 @@ def _flaggems_argmax(a: dict) -> Callable[[], Any]:
 
 def _flaggems_embedding(a: dict) -> Callable[[], Any]:
     fn = _flaggems("embedding")
-    return lambda: fn(a["weight"], a["ids"])
+    tensors = [v for v in a.values() if isinstance(v, torch.Tensor)]
+    ids = next(t for t in tensors if not t.is_floating_point())
+    weight = next(t for t in tensors if t.is_floating_point())
+    return lambda: fn(weight, ids)
 
 
 FLAGGEMS: dict[str, Adapter] = {
@@ -156,6 +168,8 @@ FLAGGEMS: dict[str, Adapter] = {
     "silu_and_mul": _flaggems_glu("silu_and_mul"),
     "gelu_and_mul": _flaggems_glu("gelu_and_mul"),
     "rotary_embedding": _flaggems_rope,
+    "silu": _flaggems_activation("silu"),
+    "gelu": _flaggems_activation("gelu"),
     "softmax": _flaggems_softmax("softmax"),
     "log_softmax": _flaggems_softmax("log_softmax"),
     "argmax": _flaggems_argmax,
