@@ -103,7 +103,8 @@ def roll_triton(x: torch.Tensor, shifts, dims=(), *, out: torch.Tensor | None = 
         resize_out(out, x.shape)
     result = out if out is not None and out.is_contiguous() else torch.empty_like(
         x, memory_format=torch.contiguous_format)
-    source = x.contiguous()
+    aliased = out is not None and out.untyped_storage().data_ptr() == x.untyped_storage().data_ptr()
+    source = x.clone(memory_format=torch.contiguous_format) if aliased else x.contiguous()
     # Rolls of distinct dims commute: MAX_ROW_DIMS + 1 dims per pass, in as many passes as needed.
     per_pass = MAX_ROW_DIMS + 1
     ordered = sorted(rolls.items())

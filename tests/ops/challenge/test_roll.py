@@ -71,6 +71,8 @@ def test_out():
     check(out, torch.roll(x, (2, 3), (0, 1)), exact=True)
     strided = torch.empty(7, 5, dtype=torch.float16, device=DEVICE).t()
     check(roll_triton(x, -4, 1, out=strided), torch.roll(x, -4, 1), exact=True)
+    same = x.clone()
+    check(roll_triton(same, 2, 1, out=same), torch.roll(x, 2, 1), exact=True)  # out is the input itself
     with pytest.warns(UserWarning, match="resized"):
         check(roll_triton(x, 1, out=torch.empty(2, dtype=torch.float16, device=DEVICE)), torch.roll(x, 1),
               exact=True)
