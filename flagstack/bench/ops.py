@@ -250,6 +250,25 @@ def bench_one(entry: OpEntry, rows: int, dtype: torch.dtype, device: str, timing
     return row
 
 
+def shortfalls(rows: list[dict]) -> list[str]:
+    """Rows that miss the issue's targets: >= 1.0x the best anchor at >= 256 rows, >= 85% of copy
+    bandwidth at 32768 rows, and within 1.2x of the best anchor at 1 row."""
+    misses = []
+    for r in rows:
+        where = f"{r['op']} rows={r['rows']} {r['dtype']}"
+        if r.get("triton_us") is None:
+            misses.append(f"{where}: Triton not timed ({r.get('notes') or 'no Triton implementation'})")
+            continue
+        speedup, pct = r.get("speedup"), r.get("%copy")
+        if speedup is not None and r["rows"] >= 256 and speedup < 1.0:
+            misses.append(f"{where}: {speedup:.2f}x the best anchor ({r['best_anchor']}), target >= 1.0x")
+        if speedup is not None and r["rows"] == 1 and speedup < 1 / 1.2:
+            misses.append(f"{where}: {speedup:.2f}x the best anchor ({r['best_anchor']}), target >= 0.83x")
+        if pct is not None and r["rows"] >= 32768 and pct < 85:
+            misses.append(f"{where}: {pct:.0f}% of copy bandwidth, target >= 85%")
+    return misses
+
+
 def run(args: argparse.Namespace) -> list[dict]:
     """Run the benchmark described by the CLI arguments; returns the rows (also written to files)."""
     device = default_device()
@@ -291,5 +310,8 @@ def run(args: argparse.Namespace) -> list[dict]:
             print("  " + markdown_table([row], COLUMNS).splitlines()[-1])
     print()
     print(markdown_table(op_rows, COLUMNS))
+    if on_gpu:
+        misses = shortfalls(op_rows)
+        print("targets: " + ("all met" if not misses else f"{len(misses)} short\n  " + "\n  ".join(misses)))
     print(f"written: {results.json_path} and {results.md_path}")
     return out + op_rows

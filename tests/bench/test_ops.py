@@ -62,3 +62,16 @@ def test_failing_implementation_is_noted_not_fatal(tmp_path, monkeypatch):
 def test_bad_dtype(tmp_path):
     with pytest.raises(ValueError, match="--dtype must be one of"):
         bench_ops.run(_args(tmp_path, dtype="fp8"))
+
+
+def test_shortfalls_against_the_targets():
+    def row(rows, speedup, pct, triton_us=10.0):
+        return {"op": "x", "rows": rows, "dtype": "bf16", "triton_us": triton_us, "speedup": speedup,
+                "%copy": pct, "best_anchor": "compile", "notes": ""}
+    assert bench_ops.shortfalls([row(1, 0.9, 5), row(256, 1.0, 50), row(32768, 1.1, 85)]) == []
+    misses = bench_ops.shortfalls([row(1, 0.8, 5), row(4096, 0.99, 90), row(32768, 1.2, 84.0),
+                                   row(256, None, None, triton_us=None)])
+    assert misses == ["x rows=1 bf16: 0.80x the best anchor (compile), target >= 0.83x",
+                      "x rows=4096 bf16: 0.99x the best anchor (compile), target >= 1.0x",
+                      "x rows=32768 bf16: 84% of copy bandwidth, target >= 85%",
+                      "x rows=256 bf16: Triton not timed (no Triton implementation)"]
