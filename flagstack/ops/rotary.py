@@ -1,0 +1,197 @@
+"""Rotary position embedding (RoPE) of q and k in place, both in one launch, plus the cos/sin cache.
+
+cos_sin_cache[max_pos, rot_dim] rows are [cos(rot_dim/2) | sin(rot_dim/2)] in fp32 (built by
+`rope_cos_sin_cache`). Styles: NeoX rotates the two halves of the rotary dims (Llama, Qwen3: HF's
+`rotate_half`); GPT-J rotates interleaved pairs (2i, 2i+1). Dims past rot_dim (partial rotary) are
+left untouched, and never read.
+
+Grid: (tokens, q head blocks + k head blocks). A program loads its token's cos/sin row once and
+rotates BLOCK_H heads, so q and k share one launch. Memory traffic: read + write the rotary dims of
+q and k, 2*T*(Hq+Hk)*rot_dim*elem_size bytes, plus one cos/sin row per token (rot_dim*4 bytes, reused
+from L2 by the token's other head blocks). Maths in fp32 with fp32 cos/sin, rounded once to q's dtype.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from flagstack.ops.checks import check_same_device, check_tensor
+from flagstack.ops.registry import BenchCase, register
+
+INT_DTYPES = (torch.int32, torch.int64)
+ROPE_TYPES = ("default", "linear", "llama3")
+
+
+@triton.jit
+def rope_pair_offsets(d, half, IS_NEOX: tl.constexpr):
+    """Offsets in a head of the two elements rotated together by frequency d."""
+    if IS_NEOX:
+        first, second = d, d + half
+    else:
+        first, second = 2 * d, 2 * d + 1
+    return first, second
+
+
+@triton.jit
+def _rope_heads(ptr, token, first_head, n_heads, token_stride, head_stride, cos, sin, half,
+                IS_NEOX: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
+    heads = first_head + tl.arange(0, BLOCK_H)
+    d = tl.arange(0, BLOCK_D)
+    off1, off2 = rope_pair_offsets(d, half, IS_NEOX)
+    mask = (heads < n_heads)[:, None] & (d < half)[None, :]
+    base = ptr + token * token_stride + heads[:, None].to(tl.int64) * head_stride
+    x1 = tl.load(base + off1[None, :], mask=mask, other=0.0).to(tl.float32)
+    x2 = tl.load(base + off2[None, :], mask=mask, other=0.0).to(tl.float32)
+    tl.store(base + off1[None, :], (x1 * cos - x2 * sin).to(ptr.dtype.element_ty), mask=mask)
+    tl.store(base + off2[None, :], (x2 * cos + x1 * sin).to(ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _rotary_kernel(pos_ptr, q_ptr, k_ptr, cache_ptr, n_q_heads, n_k_heads, q_token_stride, q_head_stride,
+                   k_token_stride, k_head_stride, cache_stride, half, IS_NEOX: tl.constexpr,
+                   BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
+    token = tl.program_id(0).to(tl.int64)
+    head_block = tl.program_id(1)
+    d = tl.arange(0, BLOCK_D)
+    row = cache_ptr + tl.load(pos_ptr + token).to(tl.int64) * cache_stride
+    cos = tl.load(row + d, mask=d < half, other=0.0).to(tl.float32)[None, :]
+    sin = tl.load(row + half + d, mask=d < half, other=0.0).to(tl.float32)[None, :]
+    q_blocks = tl.cdiv(n_q_heads, BLOCK_H)
+    if head_block < q_blocks:
+        _rope_heads(q_ptr, token, head_block * BLOCK_H, n_q_heads, q_token_stride, q_head_stride, cos, sin,
+                    half, IS_NEOX, BLOCK_H, BLOCK_D)
+    else:
+        _rope_heads(k_ptr, token, (head_block - q_blocks) * BLOCK_H, n_k_heads, k_token_stride, k_head_stride,
+                    cos, sin, half, IS_NEOX, BLOCK_H, BLOCK_D)
+
+
+def heads_view(t: torch.Tensor, head_size: int) -> torch.Tensor:
+    """[T, H*D] or [T, H, D] as a [T, H, D] view of the same memory (for in-place updates)."""
+    return t.unflatten(-1, (-1, head_size)) if t.dim() == 2 else t
+
+
+def rotary_embedding_triton(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
+                            cos_sin_cache: torch.Tensor, head_size: int,
+                            is_neox: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate q and k in place with the Triton kernel (one launch); returns (q, k)."""
+    qh, kh = heads_view(q, head_size), heads_view(k, head_size)
+    tokens, half = qh.shape[0], cos_sin_cache.shape[1] // 2
+    if tokens == 0 or half == 0:
+        return q, k
+    block_d = triton.next_power_of_2(half)
+    block_h = min(triton.next_power_of_2(max(qh.shape[1], kh.shape[1])), max(1, 512 // block_d))
+    grid = (tokens, triton.cdiv(qh.shape[1], block_h) + triton.cdiv(kh.shape[1], block_h))
+    _rotary_kernel[grid](positions, qh, kh, cos_sin_cache, qh.shape[1], kh.shape[1], qh.stride(0), qh.stride(1),
+                         kh.stride(0), kh.stride(1), cos_sin_cache.stride(0), half, IS_NEOX=is_neox,
+                         BLOCK_H=block_h, BLOCK_D=block_d, num_warps=4)
+    return q, k
+
+
+def rotate_reference(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, is_neox: bool) -> torch.Tensor:
+    """Rotate the first 2*cos.shape[-1] dims of x [T, H, D] in fp32; cos, sin: [T, rot_dim/2] fp32."""
+    half = cos.shape[-1]
+    rot = x[..., :2 * half].float()
+    x1, x2 = (rot[..., :half], rot[..., half:]) if is_neox else (rot[..., 0::2], rot[..., 1::2])
+    cos, sin = cos[:, None, :], sin[:, None, :]
+    o1, o2 = x1 * cos - x2 * sin, x2 * cos + x1 * sin
+    rotated = torch.cat([o1, o2], -1) if is_neox else torch.stack([o1, o2], -1).flatten(-2)
+    return torch.cat([rotated.to(x.dtype), x[..., 2 * half:]], -1)
+
+
+def rotary_embedding_reference(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
+                               cos_sin_cache: torch.Tensor, head_size: int,
+                               is_neox: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """RoPE of q and k in place (NeoX halves or GPT-J pairs, fp32 maths); returns (q, k)."""
+    cos, sin = cos_sin_cache[positions.long()].float().chunk(2, dim=-1)
+    for t in (q, k):
+        view = heads_view(t, head_size)
+        view.copy_(rotate_reference(view, cos, sin, is_neox))
+    return q, k
+
+
+def _inverse_frequencies(rot_dim: int, base: float, rope_scaling: dict | None) -> torch.Tensor:
+    """Per-pair inverse frequencies, computed as HF transformers does (fp32)."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, rot_dim, 2, dtype=torch.int64).float() / rot_dim))
+    kind = (rope_scaling or {}).get("rope_type", (rope_scaling or {}).get("type", "default"))
+    if kind not in ROPE_TYPES:
+        raise ValueError(f"rope_scaling type must be one of {ROPE_TYPES}, got {kind!r}")
+    if kind == "linear":
+        return inv_freq / rope_scaling["factor"]
+    if kind == "llama3":
+        # Llama 3.1: long wavelengths are slowed by `factor`, short ones kept, the band between blended.
+        factor, low, high = rope_scaling["factor"], rope_scaling["low_freq_factor"], rope_scaling["high_freq_factor"]
+        old_len = rope_scaling["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+        smooth = (old_len / wavelen - low) / (high - low)
+        blended = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+        return torch.where(medium, blended, scaled)
+    return inv_freq
+
+
+def rope_cos_sin_cache(head_dim: int, max_pos: int, base: float = 10000.0, rope_scaling: dict | None = None,
+                       dtype: torch.dtype = torch.float32, rotary_dim: int | None = None,
+                       device: torch.device | str | None = None) -> torch.Tensor:
+    """[max_pos, rot_dim] rows [cos | sin] of position * inverse frequency (HF's values, fp32 maths)."""
+    rot_dim = head_dim if rotary_dim is None else rotary_dim
+    if head_dim <= 0 or rot_dim <= 0 or rot_dim % 2 or rot_dim > head_dim:
+        raise ValueError(f"rotary_dim must be even and in 2..head_dim ({head_dim}), got {rot_dim}")
+    if max_pos < 0:
+        raise ValueError(f"max_pos must be >= 0, got {max_pos}")
+    if not base > 0:
+        raise ValueError(f"base must be > 0, got {base}")
+    freqs = torch.arange(max_pos, dtype=torch.int64).float()[:, None] * _inverse_frequencies(rot_dim, base, rope_scaling)
+    return torch.cat([freqs.cos(), freqs.sin()], dim=-1).to(dtype=dtype, device=device)
+
+
+def check_rope_args(positions: torch.Tensor, cos_sin_cache: torch.Tensor, tokens: int, head_size: int) -> None:
+    """Shared checks of the positions and cos/sin cache of a RoPE call."""
+    check_tensor("positions", positions, dtypes=INT_DTYPES, min_dim=1, max_dim=1)
+    if positions.shape[0] != tokens:
+        raise ValueError(f"positions must have one entry per token ({tokens}), got shape {tuple(positions.shape)}")
+    check_tensor("cos_sin_cache", cos_sin_cache, min_dim=2, max_dim=2)
+    rot_dim = cos_sin_cache.shape[1]
+    if rot_dim % 2 or rot_dim > head_size or cos_sin_cache.stride(1) != 1:
+        raise ValueError(f"cos_sin_cache must be [max_pos, rot_dim] with rot_dim even, <= head_size ({head_size}) "
+                         f"and unit-stride, got shape {tuple(cos_sin_cache.shape)}")
+
+
+def check_heads(name: str, t: torch.Tensor, head_size: int) -> None:
+    """t must be [T, H*head_size] or [T, H, head_size] with a unit-stride last dim (written in place)."""
+    check_tensor(name, t, min_dim=2, max_dim=3)
+    bad_width = t.shape[-1] % head_size != 0 if t.dim() == 2 else t.shape[-1] != head_size
+    if bad_width:
+        raise ValueError(f"{name} must be [T, heads*{head_size}] or [T, heads, {head_size}], got {tuple(t.shape)}")
+    if t.stride(-1) != 1:
+        raise ValueError(f"{name} must have a unit-stride last dim (it is updated in place)")
+
+
+def _validate(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, cos_sin_cache: torch.Tensor,
+              head_size: int, is_neox: bool = True) -> None:
+    if not isinstance(head_size, int) or head_size <= 0:
+        raise ValueError(f"head_size must be a positive int, got {head_size!r}")
+    check_heads("q", q, head_size)
+    check_heads("k", k, head_size)
+    if k.dtype != q.dtype or k.shape[0] != q.shape[0]:
+        raise ValueError(f"k must match q in dtype and tokens ({q.dtype}, {q.shape[0]}), got {k.dtype}, {k.shape[0]}")
+    check_rope_args(positions, cos_sin_cache, q.shape[0], head_size)
+    check_same_device(positions=positions, q=q, k=k, cos_sin_cache=cos_sin_cache)
+
+
+def _bench_case(rows: int, dtype: torch.dtype, device: str, q_heads: int = 32, kv_heads: int = 8,
+                head_dim: int = 128) -> BenchCase:
+    q = torch.randn(rows, q_heads * head_dim, dtype=dtype, device=device)
+    k = torch.randn(rows, kv_heads * head_dim, dtype=dtype, device=device)
+    cache = rope_cos_sin_cache(head_dim, max(rows, 1), 1e6, device=device)
+    positions = torch.arange(rows, device=device)
+    qk_bytes = 2 * (q.numel() + k.numel()) * q.element_size()
+    return BenchCase((positions, q, k, cache, head_dim, True),
+                     bytes_moved=qk_bytes + rows * (head_dim * 4 + positions.element_size()))
+
+
+rotary_embedding = register("rotary_embedding", reference=rotary_embedding_reference,
+                            triton=rotary_embedding_triton, validate=_validate, bench_case=_bench_case)
