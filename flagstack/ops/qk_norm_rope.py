@@ -67,6 +67,7 @@ def qk_norm_rope_triton(q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor
     head_size = q_weight.shape[0]
     qh, kh = heads_view(q, head_size), heads_view(k, head_size)
     tokens, half = qh.shape[0], head_size // 2
+    positions = positions.contiguous()  # the kernel reads positions[token] at unit stride
     if tokens == 0:
         return q, k
     block_d = triton.next_power_of_2(half)

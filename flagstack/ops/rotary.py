@@ -79,6 +79,7 @@ def rotary_embedding_triton(positions: torch.Tensor, q: torch.Tensor, k: torch.T
     """Rotate q and k in place with the Triton kernel (one launch); returns (q, k)."""
     qh, kh = heads_view(q, head_size), heads_view(k, head_size)
     tokens, half = qh.shape[0], cos_sin_cache.shape[1] // 2
+    positions = positions.contiguous()  # the kernel reads positions[token] at unit stride
     if tokens == 0 or half == 0:
         return q, k
     block_d = triton.next_power_of_2(half)

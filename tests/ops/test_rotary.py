@@ -116,7 +116,7 @@ def test_fused_qkv_views_llama3_and_nonfinite():
     v_before = v.clone()
     q[0, 3] = float("nan")
     k[1, 0] = float("inf")
-    positions = torch.tensor([3, 1, 4, 1, 5, 9], dtype=torch.int32, device=DEVICE)
+    positions = torch.tensor([3, 0, 1, 0, 4, 0, 1, 0, 5, 0, 9, 0], dtype=torch.int32, device=DEVICE)[::2]  # strided
     want_q = hf_neox(q.view(tokens, hq, d), positions.long(), d, scaling=LLAMA3)
     want_k = hf_neox(k.reshape(tokens, hk, d), positions.long(), d, scaling=LLAMA3)
     rotary_embedding_triton(positions, q, k, rope_cos_sin_cache(d, 16, 1e6, LLAMA3, device=DEVICE), d)
