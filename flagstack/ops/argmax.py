@@ -1,0 +1,152 @@
+"""argmax along one dim (or over everything), exact like torch: the first index of the max, and a NaN
+counts as larger than everything (the first NaN wins).
+
+One program streams a span of a row in blocks keeping (best value, its first index, first NaN
+index); traffic is one read of x. With fewer rows than SMs each row is cut into spans over many
+programs, and a second tiny kernel picks the winning span per row (spans are in order, so the
+first best span holds the first index). `argmax_update` is shared with the sampler.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from flagstack.ops import interpreter_compat  # noqa: F401  (loops over scalar args on CPU)
+from flagstack.ops.checks import FLOAT_DTYPES, check_tensor, rows_view
+from flagstack.ops.registry import BenchCase, register, register_aten
+
+NO_INDEX = tl.constexpr(2147483647)
+BLOCK, WARPS = 4096, 8
+
+
+@triton.jit
+def argmax_update(x, cols, best, best_idx, nan_idx):
+    """Fold a block of fp32 values at int32 `cols` (masked lanes: -inf) into the running state."""
+    is_nan = x != x
+    nan_idx = tl.minimum(nan_idx, tl.min(tl.where(is_nan, cols, NO_INDEX), axis=0))
+    x = tl.where(is_nan, float("-inf"), x)
+    block_max = tl.max(x, axis=0)
+    block_idx = tl.min(tl.where(x == block_max, cols, NO_INDEX), axis=0)
+    take = block_max > best  # strict: an equal later block keeps the earlier index
+    return tl.where(take, block_max, best), tl.where(take, block_idx, best_idx), nan_idx
+
+
+@triton.jit
+def argmax_result(best, best_idx, nan_idx):
+    """(value, index) of a finished scan: the first NaN if there was one."""
+    has_nan = nan_idx != NO_INDEX
+    return tl.where(has_nan, float("nan"), best), tl.where(has_nan, nan_idx, best_idx)
+
+
+@triton.jit
+def _argmax_kernel(x_ptr, val_ptr, idx_ptr, n_cols, x_row_stride, span, WRITE_VALUE: tl.constexpr,
+                   BLOCK: tl.constexpr):
+    split, row = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    n_splits = tl.num_programs(0)
+    lo = split * span
+    hi = tl.minimum(lo + span, n_cols)
+    x_row = x_ptr + row * x_row_stride
+    best = tl.full((), float("-inf"), tl.float32)
+    best_idx = lo  # an all -inf span answers its first index
+    nan_idx = tl.full((), NO_INDEX, tl.int32)
+    for start in range(lo, hi, BLOCK):
+        cols = start + tl.arange(0, BLOCK)
+        x = tl.load(x_row + cols, mask=cols < hi, other=float("-inf")).to(tl.float32)
+        best, best_idx, nan_idx = argmax_update(x, cols, best, best_idx, nan_idx)
+    value, index = argmax_result(best, best_idx, nan_idx)
+    if WRITE_VALUE:
+        tl.store(val_ptr + row * n_splits + split, value)
+    tl.store(idx_ptr + row * n_splits + split, index.to(tl.int64))
+
+
+@triton.jit
+def argmax_combine_kernel(val_ptr, idx_ptr, out_ptr, n_splits, SPLITS: tl.constexpr):
+    """out[row] = idx[row, s] for the split s holding the row's first NaN, else its first max."""
+    row = tl.program_id(0).to(tl.int64)
+    s = tl.arange(0, SPLITS)
+    v = tl.load(val_ptr + row * n_splits + s, mask=s < n_splits, other=float("-inf"))
+    best, best_idx, nan_idx = argmax_update(v, s, tl.full((), float("-inf"), tl.float32), 0,
+                                            tl.full((), NO_INDEX, tl.int32))
+    _, pick = argmax_result(best, best_idx, nan_idx)
+    tl.store(out_ptr + row, tl.load(idx_ptr + row * n_splits + pick))
+
+
+def num_splits(n_rows: int, n_cols: int, device: torch.device, block: int = BLOCK) -> int:
+    """How many programs share a row: enough for ~2 programs per SM when rows are few."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+    if n_rows >= sms:
+        return 1
+    return max(1, min(triton.cdiv(n_cols, block), triton.cdiv(2 * sms, n_rows)))
+
+
+def argmax_rows(rows: torch.Tensor, splits: int | None = None, block: int = BLOCK) -> torch.Tensor:
+    """First index of the max of each row of a [R, N] tensor (N > 0) as int64 [R]."""
+    n_rows, n_cols = rows.shape
+    if n_cols == 0:
+        raise ValueError("rows must have at least one column (argmax of no elements)")
+    out = torch.empty(n_rows, dtype=torch.int64, device=rows.device)
+    if n_rows == 0:
+        return out
+    splits = splits or num_splits(n_rows, n_cols, rows.device, block)
+    span = triton.cdiv(triton.cdiv(n_cols, splits), block) * block
+    splits = triton.cdiv(n_cols, span)
+    if splits == 1:
+        _argmax_kernel[(1, n_rows)](rows, out, out, n_cols, rows.stride(0), span, WRITE_VALUE=False,
+                                    BLOCK=block, num_warps=WARPS)
+        return out
+    values = torch.empty(n_rows, splits, dtype=torch.float32, device=rows.device)
+    indices = torch.empty(n_rows, splits, dtype=torch.int64, device=rows.device)
+    _argmax_kernel[(splits, n_rows)](rows, values, indices, n_cols, rows.stride(0), span, WRITE_VALUE=True,
+                                     BLOCK=block, num_warps=WARPS)
+    argmax_combine_kernel[(n_rows,)](values, indices, out, splits, SPLITS=triton.next_power_of_2(splits))
+    return out
+
+
+def argmax_triton(x: torch.Tensor, dim: int | None = None, keepdim: bool = False) -> torch.Tensor:
+    """Index of the first max along `dim` (None: of the flattened x) with the Triton kernel."""
+    if dim is None:
+        out = argmax_rows(x.reshape(1, -1))
+        return out.reshape([1] * x.dim()) if keepdim else out.reshape(())
+    if x.dim() == 0:
+        return torch.zeros((), dtype=torch.int64, device=x.device)
+    dim = dim % x.dim()
+    moved = x.movedim(dim, -1)
+    out = argmax_rows(rows_view(moved)).view(moved.shape[:-1])
+    return out.unsqueeze(dim) if keepdim else out
+
+
+def argmax_reference(x: torch.Tensor, dim: int | None = None, keepdim: bool = False) -> torch.Tensor:
+    """Index of the first max along `dim` (None: of the flattened x); NaN counts as the max (torch.argmax)."""
+    return torch.argmax(x, dim=dim, keepdim=keepdim)
+
+
+def _validate(x: torch.Tensor, dim: int | None = None, keepdim: bool = False) -> None:
+    check_tensor("x", x, min_dim=0)
+    if dim is None:
+        if x.numel() == 0:
+            raise ValueError("x must not be empty when dim is None (argmax of no elements)")
+        return
+    ndim = max(x.dim(), 1)
+    if not isinstance(dim, int) or not -ndim <= dim < ndim:
+        raise ValueError(f"dim must be None or an int in [{-ndim}, {ndim}), got {dim!r}")
+    if x.dim() > 0 and x.shape[dim] == 0:
+        raise ValueError(f"x must have a non-empty dim {dim} to reduce, got shape {tuple(x.shape)}")
+
+
+def _bench_case(rows: int, dtype: torch.dtype, device: str, vocab: int = 151936) -> BenchCase:
+    x = torch.randn(rows, vocab, dtype=dtype, device=device)
+    return BenchCase((x, -1), bytes_moved=x.numel() * x.element_size() + rows * 8)
+
+
+def _aten_argmax(x: torch.Tensor, dim: int | None = None, keepdim: bool = False) -> torch.Tensor:
+    """aten::argmax for float tensors; other dtypes and empty reductions go to ATen's own kernel."""
+    empty_reduction = x.numel() == 0 if dim is None else (x.dim() > 0 and x.shape[dim] == 0)
+    if x.dtype not in FLOAT_DTYPES or empty_reduction:
+        return NotImplemented
+    return argmax_triton(x, dim, keepdim)
+
+
+argmax = register("argmax", reference=argmax_reference, triton=argmax_triton, flaggems="ops.argmax",
+                  validate=_validate, bench_case=_bench_case)
+register_aten("aten::argmax", _aten_argmax)
