@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from flagstack.bench import ops as bench_ops
 from flagstack.cli import main
 from flagstack.ops import get
 from flagstack.ops import selftest
@@ -69,6 +70,7 @@ def test_bad_syntax_exit_2(capsys, argv, message):
 def test_demo_wiring(capsys, monkeypatch, tmp_path):
     checked = []
     monkeypatch.setattr(selftest, "run_selftest", lambda entries, rows, dtypes: checked.append(entries) or [])
+    monkeypatch.setattr(bench_ops, "_COMPILED", {})
     monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)  # its CPU compile is not under test
     code, out, _ = run(capsys, "demo", "--bench-ops", "rms_norm,not_an_op", "--out-dir", str(tmp_path))
     assert code == 0 and len(checked) == 1 and "demo done: op checks passed" in out

@@ -196,6 +196,20 @@ def select_ops(names: list[str] | None, suite: str) -> list[OpEntry]:
     return [e for e in ops.all_ops() if e.bench_case is not None and suite_of(e) in wanted]
 
 
+_COMPILED: dict[Callable, Callable] = {}
+
+
+def _compiled(fn: Callable) -> Callable:
+    """torch.compile(fn) specialized per shape, compiled once per process (later shapes recompile).
+
+    The recompile limit is raised so a long --rows list never silently falls back to eager.
+    """
+    if fn not in _COMPILED:
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        _COMPILED[fn] = torch.compile(fn, dynamic=False)
+    return _COMPILED[fn]
+
+
 def _timed_calls(entry: OpEntry, case: BenchCase, on_gpu: bool) -> dict[str, Callable[[], Callable[[], Any] | None]]:
     """Implementation name -> a builder of the zero-argument call to time (None: not covered)."""
     ref = entry.reference
@@ -207,7 +221,7 @@ def _timed_calls(entry: OpEntry, case: BenchCase, on_gpu: bool) -> dict[str, Cal
     if on_gpu and entry.triton is not None:
         builders["triton"] = lambda: call(entry.triton)
     builders["eager"] = lambda: call(ref)
-    builders["compile"] = lambda: (torch._dynamo.reset(), call(torch.compile(ref, dynamic=False)))[1]
+    builders["compile"] = lambda: call(_compiled(ref))
     if on_gpu and entry.name in FLAGGEMS and importlib.util.find_spec("flag_gems"):
         builders["flaggems"] = lambda: FLAGGEMS[entry.name](args)
     elif on_gpu and "flaggems" in entry.backends():

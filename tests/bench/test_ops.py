@@ -18,6 +18,7 @@ def _args(tmp_path, **over):
 
 @pytest.fixture
 def no_compile(monkeypatch):
+    monkeypatch.setattr(bench_ops, "_COMPILED", {})
     monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)
 
 
@@ -53,6 +54,7 @@ def test_cpu_run_writes_rows_and_resumes(tmp_path, no_compile, monkeypatch):
 def test_failing_implementation_is_noted_not_fatal(tmp_path, monkeypatch):
     def broken(fn, **kwargs):
         raise RuntimeError("no compiler")
+    monkeypatch.setattr(bench_ops, "_COMPILED", {})
     monkeypatch.setattr(torch, "compile", broken)
     (row,) = bench_ops.run(_args(tmp_path))
     assert row["compile_us"] is None and "compile: RuntimeError: no compiler" in row["notes"]
