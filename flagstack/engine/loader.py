@@ -39,7 +39,7 @@ _GGUF_TOP_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.nor
 class LoadedModel:
     model: CausalLM
     hf_config: PretrainedConfig
-    tokenizer: PreTrainedTokenizerFast | None  # None: a directory or dummy config without one
+    tokenizer: PreTrainedTokenizerFast | None  # None: the directory / GGUF has none
     eos_token_ids: list[int]
     max_model_len: int
     num_layers: int
@@ -156,7 +156,7 @@ def _default_dtype(config: PretrainedConfig, device: torch.device, is_gguf: bool
 def _tokenizer_for(source: Path, gguf_file: GGUFFile | None,
                    config: PretrainedConfig) -> PreTrainedTokenizerFast | None:
     if gguf_file is not None:
-        return load_gguf_tokenizer(source)
+        return load_gguf_tokenizer(source) if "tokenizer.ggml.tokens" in gguf_file.metadata else None
     if source.is_dir():
         return load_tokenizer(source)
     # A bundled config has no tokenizer: the embedded SmolLM2 one stands in (its ids fit any larger

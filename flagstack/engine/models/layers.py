@@ -13,12 +13,7 @@ from torch import nn
 from transformers import PretrainedConfig
 
 from flagstack.engine.models.attention import PagedAttention
-from flagstack.ops import rms_norm
-
-try:
-    from flagstack.ops import add_rms_norm, embedding, rope_cos_sin_cache, silu_and_mul
-except ImportError:  # engineer A's ops not landed yet
-    from flagstack.engine.models._pending_ops import add_rms_norm, embedding, rope_cos_sin_cache, silu_and_mul
+from flagstack.ops import add_rms_norm, embedding, rms_norm, rope_cos_sin_cache, silu_and_mul
 
 
 class RMSNorm(nn.Module):
@@ -161,7 +156,7 @@ class CausalLM(nn.Module):
         """Allocate (uninitialized) parameters on `device` for a model built on meta; build the RoPE table."""
         self.to_empty(device=device)
         self.cos_sin_cache = rope_cos_sin_cache(self.head_dim, self.config.max_position_embeddings, self.rope_base,
-                                                self.rope_scaling).to(device)
+                                                self.rope_scaling, device=device)
 
     @property
     def lm_head_weight(self) -> torch.Tensor:

@@ -5,10 +5,7 @@ import torch
 
 from flagstack.engine.models.layers import Attention, CausalLM
 
-try:
-    from flagstack.ops import rotary_embedding
-except ImportError:  # engineer A's ops not landed yet
-    from flagstack.engine.models._pending_ops import rotary_embedding
+from flagstack.ops import rotary_embedding
 
 
 class LlamaAttention(Attention):

@@ -6,10 +6,7 @@ from transformers import PretrainedConfig
 
 from flagstack.engine.models.layers import Attention, CausalLM, RMSNorm
 
-try:
-    from flagstack.ops import qk_norm_rope
-except ImportError:  # engineer A's ops not landed yet
-    from flagstack.engine.models._pending_ops import qk_norm_rope
+from flagstack.ops import qk_norm_rope
 
 
 class Qwen3Attention(Attention):
