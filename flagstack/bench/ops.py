@@ -210,47 +210,62 @@ def _compiled(fn: Callable) -> Callable:
     return _COMPILED[fn]
 
 
-def _timed_calls(entry: OpEntry, case: BenchCase, on_gpu: bool) -> dict[str, Callable[[], Callable[[], Any] | None]]:
-    """Implementation name -> a builder of the zero-argument call to time (None: not covered)."""
-    ref = entry.reference
-    bound = inspect.signature(ref).bind(*case.args, **case.kwargs)
+Builder = Callable[[BenchCase], Callable[[], Any] | None]  # inputs -> the call to time (None: not covered)
+
+
+def _bound_args(entry: OpEntry, case: BenchCase) -> dict:
+    """The case's arguments by the reference's parameter names, defaults filled in."""
+    bound = inspect.signature(entry.reference).bind(*case.args, **case.kwargs)
     bound.apply_defaults()
-    args = dict(bound.arguments)
-    call = lambda fn: (lambda: fn(*case.args, **case.kwargs))  # noqa: E731
-    builders: dict[str, Callable[[], Callable[[], Any] | None]] = {}
+    return dict(bound.arguments)
+
+
+def implementations(entry: OpEntry, on_gpu: bool) -> dict[str, Builder]:
+    """Implementation name -> builder of the zero-argument call to time, for those available here."""
+    def plain(fn: Callable) -> Builder:
+        return lambda case: lambda: fn(*case.args, **case.kwargs)
+
+    ref = entry.reference
+    builders: dict[str, Builder] = {}
     if on_gpu and entry.triton is not None:
-        builders["triton"] = lambda: call(entry.triton)
-    builders["eager"] = lambda: call(ref)
-    builders["compile"] = lambda: call(_compiled(ref))
-    if on_gpu and entry.name in FLAGGEMS and importlib.util.find_spec("flag_gems"):
-        builders["flaggems"] = lambda: FLAGGEMS[entry.name](args)
-    elif on_gpu and "flaggems" in entry.backends():
-        builders["flaggems"] = lambda: call(entry.impl("flaggems"))
-    if on_gpu and entry.name in LIGER and importlib.util.find_spec("liger_kernel"):
-        builders["liger"] = lambda: LIGER[entry.name](args)
+        builders["triton"] = plain(entry.triton)
+    builders["eager"] = plain(ref)
+    builders["compile"] = lambda case: plain(_compiled(ref))(case)
+    if not on_gpu:
+        return builders
+    if entry.name in FLAGGEMS and importlib.util.find_spec("flag_gems"):
+        builders["flaggems"] = lambda case: FLAGGEMS[entry.name](_bound_args(entry, case))
+    elif "flaggems" in entry.backends():  # same signature as ours (the challenge's ATen-style ops)
+        builders["flaggems"] = lambda case: plain(entry.impl("flaggems"))(case)
+    if entry.name in LIGER and importlib.util.find_spec("liger_kernel"):
+        builders["liger"] = lambda case: LIGER[entry.name](_bound_args(entry, case))
     return builders
 
 
-def bench_one(entry: OpEntry, rows: int, dtype: torch.dtype, device: str, timing: dict) -> dict:
-    """Time every implementation of one op case; a failing implementation is noted, not fatal."""
+def bench_one(entry: OpEntry, rows: int, dtype: torch.dtype, device: str, timing: dict) -> dict | None:
+    """Time every implementation of one op case; a failing implementation is noted, not fatal.
+
+    None when the op's bench_case has no case for these rows/dtype (it raised ValueError).
+    """
     on_gpu = device.startswith("cuda")
     dname = next(k for k, v in DTYPES.items() if v == dtype)
     row: dict = {"op": entry.name, "rows": rows, "dtype": dname}
     notes, times = [], {}
-    torch.manual_seed(0)
-    nbytes = entry.bench_case(rows, dtype, device).bytes_moved
-    for impl in ("triton", *ANCHORS):
-        torch.manual_seed(0)  # fresh inputs per implementation: some ops write into theirs
-        case = entry.bench_case(rows, dtype, device)
-        builder = _timed_calls(entry, case, on_gpu).get(impl)
+    try:
+        nbytes = entry.bench_case(rows, dtype, device).bytes_moved
+    except ValueError as err:
+        print(f"  {entry.name} rows={rows} {dname}: no bench case ({err})")
+        return None
+    for impl, builder in implementations(entry, on_gpu).items():
         try:
-            fn = builder() if builder is not None else None
+            torch.manual_seed(0)  # fresh, identical inputs per implementation: some ops write into theirs
+            fn = builder(entry.bench_case(rows, dtype, device))
             if fn is not None:
                 with torch.inference_mode():
                     times[impl] = time_us(fn, device, **timing)
         except Exception as err:  # noqa: BLE001 -- one broken implementation must not stop the run
             notes.append(f"{impl}: {type(err).__name__}: {str(err).splitlines()[0][:80] if str(err) else ''}")
-        del case
+        fn = None  # drop this implementation's inputs before the next one makes its own
         if on_gpu:
             torch.cuda.empty_cache()
     copy_us = copy_time_us(nbytes, device, **timing) if nbytes else None
@@ -319,6 +334,8 @@ def run(args: argparse.Namespace) -> list[dict]:
                 op_rows += [r for r in results.rows if all(r[k] == v for k, v in key.items())]
                 continue
             row = bench_one(entry, rows, DTYPES[args.dtype], device, timing)
+            if row is None:
+                continue
             results.add(row)
             op_rows.append(row)
             print("  " + markdown_table([row], COLUMNS).splitlines()[-1])

@@ -77,3 +77,11 @@ def test_shortfalls_against_the_targets():
                       "x rows=4096 bf16: 0.99x the best anchor (compile), target >= 1.0x",
                       "x rows=32768 bf16: 84% of copy bandwidth, target >= 85%",
                       "x rows=256 bf16: Triton not timed (no Triton implementation)"]
+
+
+def test_op_without_a_case_for_the_dtype_is_skipped(tmp_path, monkeypatch, capsys):
+    def no_case(rows, dtype, device):
+        raise ValueError("integer op: no fp32 case")
+    monkeypatch.setattr(get("rms_norm"), "bench_case", no_case)
+    assert bench_ops.run(_args(tmp_path)) == []
+    assert "no bench case (integer op: no fp32 case)" in capsys.readouterr().out
