@@ -144,17 +144,18 @@ def _launch_split(x: torch.Tensor, y: torch.Tensor, log: bool, block: int = SPLI
 def _softmax_triton(x: torch.Tensor, dim: int, dtype: torch.dtype | None, log: bool) -> torch.Tensor:
     if x.dim() == 0:
         return _softmax_triton(x.reshape(1), 0, dtype, log).reshape(())
+    if x.numel() == 0:
+        return torch.empty(x.shape, dtype=dtype or x.dtype, device=x.device)
     dim = dim % x.dim()
     moved = x.movedim(dim, -1)
     rows = rows_view(moved)
     out = torch.empty(rows.shape, dtype=dtype or x.dtype, device=x.device)
-    if rows.numel() > 0:
-        if rows.shape[1] <= NARROW_MAX:
-            _launch_narrow(rows, out, log)
-        elif rows.shape[0] >= _num_sms(x.device):
-            _launch_wide(rows, out, log)
-        else:
-            _launch_split(rows, out, log)
+    if rows.shape[1] <= NARROW_MAX:
+        _launch_narrow(rows, out, log)
+    elif rows.shape[0] >= _num_sms(x.device):
+        _launch_wide(rows, out, log)
+    else:
+        _launch_split(rows, out, log)
     out = out.view(moved.shape)
     return out if dim == x.dim() - 1 else out.movedim(-1, dim).contiguous()
 
