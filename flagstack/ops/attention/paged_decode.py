@@ -86,7 +86,7 @@ def _paged_decode_kernel(q_ptr, k_cache_ptr, v_cache_ptr, seq_lens_ptr, block_ta
                          num_q_heads, num_splits, qk_scale, softcap, window,
                          GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr,
                          BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr,
-                         USE_WINDOW: tl.constexpr, USE_SOFTCAP: tl.constexpr, INTERPRET: tl.constexpr,
+                         USE_WINDOW: tl.constexpr, USE_SOFTCAP: tl.constexpr, UPCAST: tl.constexpr,
                          PRECISION: tl.constexpr):
     seq = tl.program_id(0).to(tl.int64)
     kv_head = tl.program_id(1)
@@ -112,20 +112,10 @@ def _paged_decode_kernel(q_ptr, k_cache_ptr, v_cache_ptr, seq_lens_ptr, block_ta
     table = block_tables_ptr + seq * bt_stride_s
     k_head = k_cache_ptr + kv_head * kc_stride_h
     v_head = v_cache_ptr + kv_head * vc_stride_h
-    if INTERPRET:  # the interpreter cannot index range() with scalars loaded under numpy >= 2.4
-        start = lo
-        while start < hi:
-            acc, m_i, l_i = _decode_tile(acc, m_i, l_i, q, start, hi, first, table, k_head, v_head,
-                                         kc_stride_b, kc_stride_t, vc_stride_b, vc_stride_t, qk_scale,
-                                         softcap, HEAD_DIM, BLOCK_SIZE, BLOCK_N, USE_WINDOW, USE_SOFTCAP,
-                                         INTERPRET, PRECISION)
-            start += BLOCK_N
-    else:
-        for start in range(lo, hi, BLOCK_N):
-            acc, m_i, l_i = _decode_tile(acc, m_i, l_i, q, start, hi, first, table, k_head, v_head,
-                                         kc_stride_b, kc_stride_t, vc_stride_b, vc_stride_t, qk_scale,
-                                         softcap, HEAD_DIM, BLOCK_SIZE, BLOCK_N, USE_WINDOW, USE_SOFTCAP,
-                                         INTERPRET, PRECISION)
+    for start in range(lo, hi, BLOCK_N):
+        acc, m_i, l_i = _decode_tile(acc, m_i, l_i, q, start, hi, first, table, k_head, v_head,
+                                     kc_stride_b, kc_stride_t, vc_stride_b, vc_stride_t, qk_scale, softcap,
+                                     HEAD_DIM, BLOCK_SIZE, BLOCK_N, USE_WINDOW, USE_SOFTCAP, UPCAST, PRECISION)
     if SPLIT:
         part = (seq * num_q_heads + heads) * num_splits + split  # [S, Hq, splits] flattened
         tl.store(part_out_ptr + part[:, None] * HEAD_DIM + dims[None, :], acc, mask=row_ok[:, None])
@@ -187,7 +177,7 @@ def paged_decode_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
         out.stride(0), out.stride(1), q_heads, cfg.num_splits, qk_scale, cap, sliding_window or 0,
         GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
         BLOCK_SIZE=block_size, BLOCK_N=cfg.block_n, SPLIT=split, USE_WINDOW=sliding_window is not None,
-        USE_SOFTCAP=softcap is not None, INTERPRET=interpreting(), PRECISION=dot_precision(q.dtype),
+        USE_SOFTCAP=softcap is not None, UPCAST=interpreting(), PRECISION=dot_precision(q.dtype),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     if split:
         _merge_splits_kernel[(num_seqs, q_heads)](

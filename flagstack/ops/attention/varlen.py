@@ -121,7 +121,7 @@ def _varlen_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, cu_seqlens_q_ptr, s
                    num_seqs, qk_scale, softcap, window,
                    GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr,
                    HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
-                   USE_WINDOW: tl.constexpr, USE_SOFTCAP: tl.constexpr, INTERPRET: tl.constexpr,
+                   USE_WINDOW: tl.constexpr, USE_SOFTCAP: tl.constexpr, UPCAST: tl.constexpr,
                    PRECISION: tl.constexpr):
     # Highest tile index first: the last tiles of a causal sequence see the most keys, so they start
     # early and the short ones fill the tail.
@@ -154,31 +154,16 @@ def _varlen_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, cu_seqlens_q_ptr, s
         table = block_tables_ptr + seq.to(tl.int64) * bt_stride_s
         k_head = k_cache_ptr + kv_head * kc_stride_h
         v_head = v_cache_ptr + kv_head * vc_stride_h
-        if INTERPRET:  # the interpreter cannot index range() with scalars loaded under numpy >= 2.4
-            start = lo
-            while start < full_end:
-                acc, m_i, l_i = _varlen_tile(acc, m_i, l_i, q, q_pos, start, hi, table, k_head, v_head,
-                                             kc_stride_b, kc_stride_t, vc_stride_b, vc_stride_t, qk_scale,
-                                             softcap, window, HEAD_DIM, BLOCK_SIZE, BLOCK_N, False,
-                                             USE_WINDOW, USE_SOFTCAP, INTERPRET, PRECISION)
-                start += BLOCK_N
-            while start < hi:
-                acc, m_i, l_i = _varlen_tile(acc, m_i, l_i, q, q_pos, start, hi, table, k_head, v_head,
-                                             kc_stride_b, kc_stride_t, vc_stride_b, vc_stride_t, qk_scale,
-                                             softcap, window, HEAD_DIM, BLOCK_SIZE, BLOCK_N, True,
-                                             USE_WINDOW, USE_SOFTCAP, INTERPRET, PRECISION)
-                start += BLOCK_N
-        else:
-            for start in range(lo, full_end, BLOCK_N):
-                acc, m_i, l_i = _varlen_tile(acc, m_i, l_i, q, q_pos, start, hi, table, k_head, v_head,
-                                             kc_stride_b, kc_stride_t, vc_stride_b, vc_stride_t, qk_scale,
-                                             softcap, window, HEAD_DIM, BLOCK_SIZE, BLOCK_N, False,
-                                             USE_WINDOW, USE_SOFTCAP, INTERPRET, PRECISION)
-            for start in range(full_end, hi, BLOCK_N):
-                acc, m_i, l_i = _varlen_tile(acc, m_i, l_i, q, q_pos, start, hi, table, k_head, v_head,
-                                             kc_stride_b, kc_stride_t, vc_stride_b, vc_stride_t, qk_scale,
-                                             softcap, window, HEAD_DIM, BLOCK_SIZE, BLOCK_N, True,
-                                             USE_WINDOW, USE_SOFTCAP, INTERPRET, PRECISION)
+        for start in range(lo, full_end, BLOCK_N):
+            acc, m_i, l_i = _varlen_tile(acc, m_i, l_i, q, q_pos, start, hi, table, k_head, v_head,
+                                         kc_stride_b, kc_stride_t, vc_stride_b, vc_stride_t, qk_scale,
+                                         softcap, window, HEAD_DIM, BLOCK_SIZE, BLOCK_N, False,
+                                         USE_WINDOW, USE_SOFTCAP, UPCAST, PRECISION)
+        for start in range(full_end, hi, BLOCK_N):
+            acc, m_i, l_i = _varlen_tile(acc, m_i, l_i, q, q_pos, start, hi, table, k_head, v_head,
+                                         kc_stride_b, kc_stride_t, vc_stride_b, vc_stride_t, qk_scale,
+                                         softcap, window, HEAD_DIM, BLOCK_SIZE, BLOCK_N, True,
+                                         USE_WINDOW, USE_SOFTCAP, UPCAST, PRECISION)
         out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
         tl.store(out_ptr + q_tokens[:, None] * out_stride_t + heads[:, None] * out_stride_h + dims[None, :],
                  out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
@@ -212,7 +197,7 @@ def varlen_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
         out.stride(0), out.stride(1), num_seqs, qk_scale, cap, sliding_window or 0,
         GROUP=group, BLOCK_M=cfg.block_m, BLOCK_Q=block_q, HEAD_DIM=head_dim, BLOCK_SIZE=block_size,
         BLOCK_N=cfg.block_n, USE_WINDOW=sliding_window is not None, USE_SOFTCAP=softcap is not None,
-        INTERPRET=interpreting(), PRECISION=dot_precision(q.dtype),
+        UPCAST=interpreting(), PRECISION=dot_precision(q.dtype),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return out
 
