@@ -51,8 +51,10 @@ def _ops_test(args: argparse.Namespace) -> int:
     if bad:
         raise ValueError(f"--dtypes must be chosen from {', '.join(dtypes)}, got {', '.join(bad)}")
     entries = [ops.get(n) for n in args.ops] if args.ops else ops.all_ops()
-    results = selftest.run_selftest(entries, args.rows, [dtypes[d] for d in args.dtypes])
-    print(selftest.format_report(results))
+    print(selftest.HEADER, flush=True)
+    results = selftest.run_selftest(entries, args.rows, [dtypes[d] for d in args.dtypes],
+                                    on_result=lambda r: print(selftest.format_result(r), flush=True))
+    print(selftest.summary(results))
     return 0 if all(r.ok for r in results) else 1
 
 

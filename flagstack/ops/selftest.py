@@ -12,7 +12,7 @@ import os
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 
@@ -98,6 +98,8 @@ def check_case(entry: OpEntry, rows: int, dtype: torch.dtype, device: str, seed:
         case = entry.bench_case(rows, dtype, device)
     except ValueError as err:  # the op has no case for this dtype/rows
         return CheckResult(entry.name, rows, name, "skip", f"bench_case: {err}")
+    except Exception as err:  # noqa: BLE001 -- e.g. out of memory: reported, the other checks go on
+        return CheckResult(entry.name, rows, name, "error", f"bench_case: {type(err).__name__}: {err}".splitlines()[0])
     try:
         if entry.validate is not None:
             entry.validate(*case.args, **case.kwargs)
@@ -121,8 +123,12 @@ def check_case(entry: OpEntry, rows: int, dtype: torch.dtype, device: str, seed:
 
 
 def run_selftest(entries: Iterable[OpEntry], rows: Iterable[int] | None = None,
-                 dtypes: Iterable[torch.dtype] = DTYPES, device: str | None = None) -> list[CheckResult]:
-    """Check every (op, rows, dtype); rows default to small counts on CPU and real ones on CUDA."""
+                 dtypes: Iterable[torch.dtype] = DTYPES, device: str | None = None,
+                 on_result: Callable[[CheckResult], None] | None = None) -> list[CheckResult]:
+    """Check every (op, rows, dtype); rows default to small counts on CPU and real ones on CUDA.
+
+    `on_result` is called with each result as it is known (the CLI prints it).
+    """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         raise ValueError("device 'cpu' needs TRITON_INTERPRET=1 set before flagstack.ops is imported")
@@ -131,16 +137,25 @@ def run_selftest(entries: Iterable[OpEntry], rows: Iterable[int] | None = None,
     for entry in entries:
         if entry.triton is None or entry.bench_case is None:  # one line for the op, not one per case
             missing = "Triton implementation" if entry.triton is None else "bench_case"
-            results.append(CheckResult(entry.name, 0, "-", "skip", f"no {missing}"))
-            continue
-        results += [check_case(entry, r, dtype, device) for r in rows for dtype in dtypes]
+            todo = [lambda: CheckResult(entry.name, 0, "-", "skip", f"no {missing}")]
+        else:
+            todo = [lambda r=r, d=d: check_case(entry, r, d, device) for r in rows for d in dtypes]
+        for check in todo:
+            results.append(check())
+            if on_result is not None:
+                on_result(results[-1])
     return results
 
 
-def format_report(results: list[CheckResult]) -> str:
-    """A fixed-width pass/fail table with a one-line summary at the end."""
-    lines = [f"{'op':22s} {'rows':>6s} {'dtype':9s} {'status':6s} {'seconds':>8s}  detail"]
-    lines += [f"{r.op:22s} {r.rows:6d} {r.dtype:9s} {r.status:6s} {r.seconds:8.2f}  {r.detail}" for r in results]
+HEADER = f"{'op':22s} {'rows':>6s} {'dtype':9s} {'status':6s} {'seconds':>8s}  detail"
+
+
+def format_result(r: CheckResult) -> str:
+    """One line of the pass/fail table (columns as in HEADER)."""
+    return f"{r.op:22s} {r.rows:6d} {r.dtype:9s} {r.status:6s} {r.seconds:8.2f}  {r.detail}"
+
+
+def summary(results: list[CheckResult]) -> str:
+    """'N pass, N FAIL, N error, N skip'."""
     counts = {s: sum(r.status == s for r in results) for s in ("pass", "FAIL", "error", "skip")}
-    lines.append(", ".join(f"{n} {s}" for s, n in counts.items()))
-    return "\n".join(lines)
+    return ", ".join(f"{n} {s}" for s, n in counts.items())

@@ -57,3 +57,12 @@ def test_check_case_compares_inputs_written_in_place():
 def test_run_selftest_one_skip_line_for_ops_without_triton():
     results = run_selftest([_entry(None)], rows=[1, 2], dtypes=[torch.float32], device="cpu")
     assert [(r.status, r.detail) for r in results] == [("skip", "no Triton implementation")]
+
+
+def test_bench_case_crash_is_an_error_and_results_stream():
+    entry = _entry(lambda x, out: x)
+    entry.bench_case = lambda rows, dtype, device: torch.empty(-1)  # RuntimeError, not ValueError
+    seen = []
+    results = run_selftest([entry], rows=[1, 2], dtypes=[torch.float32], device="cpu", on_result=seen.append)
+    assert seen == results and [r.status for r in results] == ["error", "error"]
+    assert results[0].detail.startswith("bench_case: RuntimeError")
