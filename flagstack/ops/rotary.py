@@ -145,7 +145,8 @@ def rope_cos_sin_cache(head_dim: int, max_pos: int, base: float = 10000.0, rope_
         raise ValueError(f"max_pos must be >= 0, got {max_pos}")
     if not base > 0:
         raise ValueError(f"base must be > 0, got {base}")
-    freqs = torch.arange(max_pos, dtype=torch.int64).float()[:, None] * _inverse_frequencies(rot_dim, base, rope_scaling)
+    inv_freq = _inverse_frequencies(rot_dim, base, rope_scaling)
+    freqs = torch.arange(max_pos, dtype=torch.int64).float()[:, None] * inv_freq
     return torch.cat([freqs.cos(), freqs.sin()], dim=-1).to(dtype=dtype, device=device)
 
 
