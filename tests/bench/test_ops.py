@@ -85,3 +85,18 @@ def test_op_without_a_case_for_the_dtype_is_skipped(tmp_path, monkeypatch, capsy
     monkeypatch.setattr(get("rms_norm"), "bench_case", no_case)
     assert bench_ops.run(_args(tmp_path)) == []
     assert "no bench case (integer op: no fp32 case)" in capsys.readouterr().out
+
+
+def test_attention_suite_hands_over(tmp_path, monkeypatch, capsys):
+    import importlib.machinery
+    import sys
+    import types
+
+    fake = types.ModuleType("flagstack.bench.attention")
+    fake.__spec__ = importlib.machinery.ModuleSpec("flagstack.bench.attention", None)
+    fake.run = lambda args: [{"case": "decode", "batch": 1, "us": 5.0, "suite_seen": args.suite}]
+    monkeypatch.setitem(sys.modules, "flagstack.bench.attention", fake)
+    rows = bench_ops.run(_args(tmp_path, ops=None, suite="attention"))
+    assert rows == [{"case": "decode", "batch": 1, "us": 5.0, "suite_seen": "attention"}]
+    assert "| decode | 1 | 5.0 | attention |" in capsys.readouterr().out
+    assert not list(tmp_path.glob("ops*"))  # the attention module writes its own files
