@@ -7,7 +7,8 @@ from flagstack.ops.challenge.gcd import gcd
 from flagstack.ops.challenge.leaky_relu import leaky_relu
 from flagstack.ops.challenge.log10 import log10
 from flagstack.ops.challenge.logaddexp import logaddexp
+from flagstack.ops.challenge.pixel_shuffle import pixel_shuffle, pixel_unshuffle
 from flagstack.ops.challenge.roll import roll
 from flagstack.ops.challenge.tril import tril
 
-__all__ = ["asinh", "cosh", "gcd", "leaky_relu", "log10", "logaddexp", "roll", "tril"]
+__all__ = ["asinh", "cosh", "gcd", "leaky_relu", "log10", "logaddexp", "pixel_shuffle", "pixel_unshuffle", "roll", "tril"]
