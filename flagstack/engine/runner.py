@@ -61,8 +61,9 @@ class ModelRunner:
         return ks, vs
 
     def _pool_size(self) -> int:
-        if self.device.type != "cuda":
-            blocks = self.config.cpu_kv_cache_bytes // self.block_bytes
+        if self.device.type != "cuda":  # no more than max_num_seqs full-length sequences can use
+            blocks = min(self.config.cpu_kv_cache_bytes // self.block_bytes,
+                         self.config.max_num_seqs * self.max_blocks_per_seq)
         else:
             blocks = self._profile_gpu_blocks()
         if blocks < self.max_blocks_per_seq:
