@@ -34,7 +34,8 @@ def _comma_list(kind: type) -> Callable[[str], list]:
         try:
             values = [kind(v) for v in text.split(",") if v.strip()]
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {kind.__name__}, got '{text}'") from None
+            raise argparse.ArgumentTypeError(
+                f"expected a comma-separated list of {kind.__name__}, got '{text}'") from None
         if not values or (kind is int and min(values) < 0):
             raise argparse.ArgumentTypeError(f"expected a non-empty list of non-negative values, got '{text}'")
         return values

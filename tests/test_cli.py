@@ -69,7 +69,8 @@ def test_bad_syntax_exit_2(capsys, argv, message):
 
 def test_demo_wiring(capsys, monkeypatch, tmp_path):
     checked = []
-    monkeypatch.setattr(selftest, "run_selftest", lambda entries, rows, dtypes, on_result: checked.append(entries) or [])
+    monkeypatch.setattr(selftest, "run_selftest",
+                        lambda entries, rows, dtypes, on_result: checked.append(entries) or [])
     monkeypatch.setattr(bench_ops, "_COMPILED", {})
     monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)  # its CPU compile is not under test
     code, out, _ = run(capsys, "demo", "--bench-ops", "rms_norm,not_an_op", "--out-dir", str(tmp_path))

@@ -99,7 +99,8 @@ def check_case(entry: OpEntry, rows: int, dtype: torch.dtype, device: str, seed:
     except ValueError as err:  # the op has no case for this dtype/rows
         return CheckResult(entry.name, rows, name, "skip", f"bench_case: {err}")
     except Exception as err:  # noqa: BLE001 -- e.g. out of memory: reported, the other checks go on
-        return CheckResult(entry.name, rows, name, "error", f"bench_case: {type(err).__name__}: {err}".splitlines()[0])
+        why = f"bench_case: {type(err).__name__}: {err}".splitlines()[0]
+        return CheckResult(entry.name, rows, name, "error", why)
     try:
         if entry.validate is not None:
             entry.validate(*case.args, **case.kwargs)

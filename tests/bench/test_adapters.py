@@ -11,7 +11,8 @@ from flagstack.bench.ops import FLAGGEMS, LIGER
 from flagstack.ops.selftest import clone_inputs
 from tests.ops.helpers import gpu_only
 
-CASES = [("flaggems", "flag_gems", name) for name in FLAGGEMS] + [("liger", "liger_kernel", name) for name in LIGER]
+CASES = ([("flaggems", "flag_gems", name) for name in FLAGGEMS]
+         + [("liger", "liger_kernel", name) for name in LIGER])
 
 
 def _first_tensor(value):
