@@ -9,6 +9,8 @@ from flagstack.ops.challenge.log10 import log10
 from flagstack.ops.challenge.logaddexp import logaddexp
 from flagstack.ops.challenge.pixel_shuffle import pixel_shuffle, pixel_unshuffle
 from flagstack.ops.challenge.roll import roll
+from flagstack.ops.challenge.smooth_l1_loss import smooth_l1_loss
 from flagstack.ops.challenge.tril import tril
 
-__all__ = ["asinh", "cosh", "gcd", "leaky_relu", "log10", "logaddexp", "pixel_shuffle", "pixel_unshuffle", "roll", "tril"]
+__all__ = ["asinh", "cosh", "gcd", "leaky_relu", "log10", "logaddexp", "pixel_shuffle", "pixel_unshuffle", "roll",
+           "smooth_l1_loss", "tril"]

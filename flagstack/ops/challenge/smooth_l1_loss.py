@@ -1,0 +1,177 @@
+"""smooth_l1_loss (Huber-like loss with threshold beta) and its backward, with reductions none / mean /
+sum, broadcasting, out= and grad_input= (F.smooth_l1_loss, aten::smooth_l1_loss[_backward][.out]).
+
+loss(d) = 0.5 d^2 / beta where |d| < beta, else |d| - 0.5 beta, with d = input - target (beta = 0
+is the L1 loss). The reduced forms never write the elementwise loss: each of a few programs per SM
+sums its grid-strided blocks in fp32 and a second one-program launch adds the partial sums, so
+4096^2 fp32 reads 134 MB and writes 4 bytes (~45 us at 3.0 TB/s). The backward of a reduced loss
+reads its 0-dim grad once per program instead of broadcasting it to n elements.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from flagstack.ops.challenge.pointwise import (FLOAT_DTYPES, check_kernel_dtype, check_out_dtype, flat_offsets,
+                                               launch_elementwise, resize_out, same_dense_layout,
+                                               to_compute_dtype)
+from flagstack.ops.registry import BenchCase, register, register_aten
+
+REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}  # ATen's Reduction enum
+BLOCK = 2048  # elements per program and loop step: 8 per thread at 8 warps
+
+
+@triton.jit
+def _loss(x, y, beta):
+    d = to_compute_dtype(x) - to_compute_dtype(y)
+    ad = tl.abs(d)
+    return tl.where(ad < beta, 0.5 * d * d / beta, ad - 0.5 * beta)  # nan fails `<`: ad - 0.5 beta = nan
+
+
+@triton.jit
+def _loss_kernel(x_ptr, y_ptr, out_ptr, n, beta, BLOCK: tl.constexpr):
+    offsets, mask = flat_offsets(n, BLOCK)
+    loss = _loss(tl.load(x_ptr + offsets, mask=mask), tl.load(y_ptr + offsets, mask=mask), beta)
+    tl.store(out_ptr + offsets, loss.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _partial_sum_kernel(x_ptr, y_ptr, partial_ptr, n, beta, BLOCK: tl.constexpr):
+    # Program p sums blocks p, p + P, p + 2P... (P programs): coalesced reads, one store per program.
+    pid = tl.program_id(0).to(tl.int64)
+    step = tl.num_programs(0).to(tl.int64) * BLOCK
+    acc = tl.zeros([BLOCK], partial_ptr.dtype.element_ty)
+    for start in range(pid * BLOCK, n, step):
+        offsets = start + tl.arange(0, BLOCK)
+        mask = offsets < n
+        loss = _loss(tl.load(x_ptr + offsets, mask=mask), tl.load(y_ptr + offsets, mask=mask), beta)
+        acc += tl.where(mask, loss, 0.0)
+    tl.store(partial_ptr + pid, tl.sum(acc, axis=0))
+
+
+@triton.jit
+def _finish_kernel(partial_ptr, out_ptr, n_partials, scale, BLOCK_P: tl.constexpr):
+    offsets = tl.arange(0, BLOCK_P)
+    total = tl.sum(tl.load(partial_ptr + offsets, mask=offsets < n_partials, other=0.0), axis=0)
+    tl.store(out_ptr, (total * scale).to(out_ptr.dtype.element_ty))
+
+
+@triton.jit
+def _grad(grad, x, y, beta, norm):
+    # ATen's rule: sign(d) (with -1 for d = 0) once |d| >= beta, else d / beta; nan stays nan.
+    d = to_compute_dtype(x) - to_compute_dtype(y)
+    deriv = tl.where(tl.abs(d) >= beta, tl.where(d > 0, 1.0, -1.0), d / beta)
+    return deriv * norm * to_compute_dtype(grad)
+
+
+@triton.jit
+def _backward_kernel(grad_ptr, x_ptr, y_ptr, out_ptr, n, beta, norm, BLOCK: tl.constexpr):
+    offsets, mask = flat_offsets(n, BLOCK)
+    grad = _grad(tl.load(grad_ptr + offsets, mask=mask), tl.load(x_ptr + offsets, mask=mask),
+                 tl.load(y_ptr + offsets, mask=mask), beta, norm)
+    tl.store(out_ptr + offsets, grad.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _backward_scalar_grad_kernel(x_ptr, y_ptr, out_ptr, n, grad_ptr, beta, norm, BLOCK: tl.constexpr):
+    offsets, mask = flat_offsets(n, BLOCK)
+    grad = _grad(tl.load(grad_ptr), tl.load(x_ptr + offsets, mask=mask), tl.load(y_ptr + offsets, mask=mask),
+                 beta, norm)
+    tl.store(out_ptr + offsets, grad.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def _reduction(reduction: int | str) -> int:
+    """ATen's enum value; the strings of F.smooth_l1_loss are accepted too."""
+    value = REDUCTIONS.get(reduction, -1) if isinstance(reduction, str) else int(reduction)
+    if value not in REDUCTIONS.values():  # ATen raises this from an internal assert
+        raise RuntimeError(f"reduction must be 'none' (0), 'mean' (1) or 'sum' (2), got {reduction!r}")
+    return value
+
+
+def _check_beta(beta: float) -> float:
+    if beta < 0:
+        raise RuntimeError("smooth_l1_loss does not support negative values for beta.")
+    return float(beta)
+
+
+def _programs(n: int, device: torch.device) -> int:
+    """Programs of the partial-sum pass: enough blocks in flight to fill the GPU, at most 1024."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 2
+    return max(1, min(triton.cdiv(n, BLOCK), 4 * sms, 1024))
+
+
+def _reduce(x: torch.Tensor, y: torch.Tensor, beta: float, mean: bool, out: torch.Tensor) -> torch.Tensor:
+    """Sum (or mean) of the elementwise loss of broadcast x, y into the 0-dim `out`."""
+    shape = torch.broadcast_shapes(x.shape, y.shape)
+    x, y = x.expand(shape), y.expand(shape)
+    if not same_dense_layout([x, y]):
+        x, y = x.contiguous(), y.contiguous()
+    n = x.numel()
+    if n == 0:  # torch: the mean of nothing is nan, the sum 0
+        return out.fill_(float("nan") if mean else 0.0)
+    acc_dtype = torch.float64 if torch.float64 in (x.dtype, y.dtype) else torch.float32
+    programs = _programs(n, x.device)
+    partial = torch.empty(programs, dtype=acc_dtype, device=x.device)
+    _partial_sum_kernel[(programs,)](x, y, partial, n, beta, BLOCK=BLOCK, num_warps=8)
+    _finish_kernel[(1,)](partial, out, programs, 1.0 / n if mean else 1.0,
+                         BLOCK_P=triton.next_power_of_2(programs), num_warps=4)
+    return out
+
+
+def smooth_l1_loss_triton(x: torch.Tensor, target: torch.Tensor, reduction: int | str = 1, beta: float = 1.0, *,
+                          out: torch.Tensor | None = None) -> torch.Tensor:
+    """Smooth L1 loss of x against target (broadcast); reduction 0/'none', 1/'mean' or 2/'sum'."""
+    reduction, beta = _reduction(reduction), _check_beta(beta)
+    result = torch.result_type(x, target)
+    check_kernel_dtype("smooth_l1", result, FLOAT_DTYPES, x.device)
+    if reduction == REDUCTIONS["none"]:
+        return launch_elementwise(_loss_kernel, [x, target], result, out, scalars=(beta,))
+    if out is None:
+        out = torch.empty((), dtype=result, device=x.device)
+    else:
+        check_out_dtype(result, out)
+        resize_out(out, ())
+    return _reduce(x, target, beta, reduction == REDUCTIONS["mean"], out)
+
+
+def smooth_l1_loss_backward_triton(grad_output: torch.Tensor, x: torch.Tensor, target: torch.Tensor,
+                                   reduction: int | str, beta: float, *,
+                                   grad_input: torch.Tensor | None = None) -> torch.Tensor:
+    """Gradient of smooth_l1_loss wrt x, given the gradient of its (reduced or not) result.
+
+    As ATen's, it checks neither beta nor reduction (any value but mean sums); floating dtypes only,
+    as ATen's CUDA kernel (its CPU kernel also takes integers)."""
+    pair = torch.result_type(x, target)
+    rank = max(x.dim(), target.dim())
+    result = torch.result_type(grad_output, torch.empty([1] * rank, dtype=pair, device="meta"))
+    check_kernel_dtype("smooth_l1_backward", result, FLOAT_DTYPES, x.device)
+    mean = REDUCTIONS.get(reduction) == 1 if isinstance(reduction, str) else int(reduction) == 1
+    norm = 1.0 / x.numel() if mean and x.numel() else 1.0
+    beta = float(beta)
+    if grad_output.dim() == 0:  # a reduced loss: every element gets the same upstream gradient
+        return launch_elementwise(_backward_scalar_grad_kernel, [x, target], result, grad_input,
+                                  scalars=(grad_output.to(x.device), beta, norm))
+    return launch_elementwise(_backward_kernel, [grad_output, x, target], result, grad_input, scalars=(beta, norm))
+
+
+def smooth_l1_loss_reference(x: torch.Tensor, target: torch.Tensor, reduction: int | str = 1, beta: float = 1.0,
+                             *, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Smooth L1 loss (torch's aten::smooth_l1_loss)."""
+    reduction = REDUCTIONS[reduction] if isinstance(reduction, str) else reduction
+    if out is None:
+        return torch.ops.aten.smooth_l1_loss(x, target, reduction, beta)
+    return torch.ops.aten.smooth_l1_loss.out(x, target, reduction, beta, out=out)
+
+
+def _bench_case(rows: int, dtype: torch.dtype, device: str, cols: int = 4096) -> BenchCase:
+    x, y = (torch.randn(rows, cols, device=device, dtype=dtype) for _ in range(2))
+    return BenchCase((x, y, 1, 1.0), bytes_moved=2 * x.numel() * x.element_size())
+
+
+register_aten("aten::smooth_l1_loss", smooth_l1_loss_triton)
+register_aten("aten::smooth_l1_loss.out", smooth_l1_loss_triton)
+register_aten("aten::smooth_l1_loss_backward", smooth_l1_loss_backward_triton)
+register_aten("aten::smooth_l1_loss_backward.grad_input", smooth_l1_loss_backward_triton)
+smooth_l1_loss = register("smooth_l1_loss", reference=smooth_l1_loss_reference, triton=smooth_l1_loss_triton,
+                          flaggems="ops.smooth_l1_loss", bench_case=_bench_case)
