@@ -80,7 +80,7 @@ def num_splits(n_rows: int, n_cols: int, device: torch.device, block: int = BLOC
     return max(1, min(triton.cdiv(n_cols, block), triton.cdiv(2 * sms, n_rows)))
 
 
-def _warps(block: int) -> int:
+def warps_for(block: int) -> int:
     """~16 elements per thread, WARPS at most."""
     return max(1, min(WARPS, block // 512))
 
@@ -99,12 +99,12 @@ def argmax_rows(rows: torch.Tensor, splits: int | None = None, block: int = BLOC
     splits = triton.cdiv(n_cols, span)
     if splits == 1:
         _argmax_kernel[(1, n_rows)](rows, out, out, n_cols, rows.stride(0), span, WRITE_VALUE=False,
-                                    BLOCK=block, num_warps=_warps(block))
+                                    BLOCK=block, num_warps=warps_for(block))
         return out
     values = torch.empty(n_rows, splits, dtype=torch.float32, device=rows.device)
     indices = torch.empty(n_rows, splits, dtype=torch.int64, device=rows.device)
     _argmax_kernel[(splits, n_rows)](rows, values, indices, n_cols, rows.stride(0), span, WRITE_VALUE=True,
-                                     BLOCK=block, num_warps=_warps(block))
+                                     BLOCK=block, num_warps=warps_for(block))
     argmax_combine_kernel[(n_rows,)](values, indices, out, splits, SPLITS=triton.next_power_of_2(splits))
     return out
 

@@ -25,12 +25,12 @@ import triton.language as tl
 
 from flagstack.ops import interpreter_compat  # noqa: F401  (loops over scalar args on CPU)
 from flagstack.ops.argmax import (NO_INDEX, argmax_combine_kernel, argmax_result, argmax_rows, argmax_update,
-                                  num_splits)
+                                  num_splits, warps_for)
 from flagstack.ops.checks import check_tensor
 from flagstack.ops.registry import BenchCase, register
 from flagstack.ops.softmax import log_softmax
 
-BLOCK, WARPS = 2048, 8
+BLOCK = 2048  # vocab entries per iteration: 2 loads (logits, noise) of 2048 per program
 
 ParamLike = torch.Tensor | float | int | Sequence[float] | None
 
@@ -155,14 +155,16 @@ def sample_triton(logits: torch.Tensor, temperature: ParamLike = 1.0, top_k: Par
     if plan.noise is None:
         return argmax_rows(logits)
     rows, vocab = logits.shape
-    splits = num_splits(rows, vocab, logits.device, BLOCK)
-    span = triton.cdiv(triton.cdiv(vocab, splits), BLOCK) * BLOCK
+    block = min(BLOCK, triton.next_power_of_2(vocab))
+    splits = num_splits(rows, vocab, logits.device, block)
+    span = triton.cdiv(triton.cdiv(vocab, splits), block) * block
     splits = triton.cdiv(vocab, span)
     out = torch.empty(rows, dtype=torch.int64, device=logits.device)
     values = torch.empty(rows, splits, dtype=torch.float32, device=logits.device) if splits > 1 else out
     indices = torch.empty(rows, splits, dtype=torch.int64, device=logits.device) if splits > 1 else out
     _sample_kernel[(splits, rows)](logits, plan.noise, plan.temperature, plan.threshold, values, indices, vocab,
-                                   logits.stride(0), span, WRITE_VALUE=splits > 1, BLOCK=BLOCK, num_warps=WARPS)
+                                   logits.stride(0), span, WRITE_VALUE=splits > 1, BLOCK=block,
+                                   num_warps=warps_for(block))
     if splits > 1:
         argmax_combine_kernel[(rows,)](values, indices, out, splits, SPLITS=triton.next_power_of_2(splits))
     return out
