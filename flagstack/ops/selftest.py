@@ -43,10 +43,15 @@ class CheckResult:
 
 
 def clone_inputs(value: Any) -> Any:
-    """A copy of `value` with every tensor cloned (same strides), through tuples, lists and dicts."""
+    """A copy of `value` with every tensor (same strides) and torch.Generator (same state) cloned,
+    through tuples, lists and dicts: both implementations then start from identical inputs."""
     if isinstance(value, torch.Tensor):
         out = torch.empty_strided(value.shape, value.stride(), dtype=value.dtype, device=value.device)
         return out.copy_(value)
+    if isinstance(value, torch.Generator):
+        twin = torch.Generator(value.device)
+        twin.set_state(value.get_state())
+        return twin
     if isinstance(value, (tuple, list)):
         return type(value)(clone_inputs(v) for v in value)
     if isinstance(value, dict):
@@ -70,6 +75,9 @@ def compare(out: Any, ref: Any, dtype: torch.dtype, where: str = "output") -> st
             if (why := compare(out[k], ref[k], dtype, f"{where}[{k!r}]")) is not None:
                 return why
         return None
+    if isinstance(ref, torch.Generator):  # both implementations must consume the same randomness
+        same = isinstance(out, torch.Generator) and torch.equal(out.get_state(), ref.get_state())
+        return None if same else f"{where}: generator state differs from the reference's"
     if not isinstance(ref, torch.Tensor):
         return None if out == ref else f"{where}: {out!r} != {ref!r}"
     if not isinstance(out, torch.Tensor):

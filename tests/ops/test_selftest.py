@@ -22,6 +22,10 @@ def test_integers_exact_and_structure():
     assert "sequence of 2" in compare(ids, (ids, ids), torch.float32)
     assert "torch.int32 (2,) != reference torch.int64 (2,)" in compare(ids.int(), ids, torch.float32)
     assert compare(3, 3, torch.float32) is None and compare(3, 4, torch.float32) == "output: 3 != 4"
+    gen, twin = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    assert compare(gen, twin, torch.float32) is None
+    torch.rand(1, generator=gen)
+    assert "generator state differs" in compare(gen, twin, torch.float32)
 
 
 def test_clone_inputs_keeps_strides_and_copies():
@@ -30,6 +34,9 @@ def test_clone_inputs_keeps_strides_and_copies():
     assert cloned["a"][1] == 2 and cloned["a"][0].stride() == t.stride()
     cloned["a"][0].zero_()
     assert t.abs().sum() > 0
+    gen = torch.Generator().manual_seed(5)
+    twin = clone_inputs([gen])[0]
+    assert twin is not gen and torch.equal(torch.rand(4, generator=gen), torch.rand(4, generator=twin))
 
 
 def _entry(triton_fn, name="scale"):
