@@ -15,6 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
+from flagstack.ops.challenge.images import bench_images, output_memory_format
 from flagstack.ops.challenge.pointwise import check_same_dtype, resize_out
 from flagstack.ops.registry import BenchCase, register, register_aten
 
@@ -64,10 +65,8 @@ def _launch(spatial: torch.Tensor, channel: torch.Tensor, r: int, to_spatial: bo
 def _run(x: torch.Tensor, shape: list[int], r: int, shuffle: bool, out: torch.Tensor | None) -> torch.Tensor:
     """Allocate or check `out`, then permute x into it (through a contiguous buffer if out's batch
     dims cannot be merged)."""
-    if out is None:  # a channels-last input gives a channels-last result, as in ATen
-        channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-        out = torch.empty(shape, dtype=x.dtype, device=x.device,
-                          memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    if out is None:
+        out = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=output_memory_format(x))
     else:
         check_same_dtype(x.dtype, out)
         resize_out(out, shape)
@@ -132,24 +131,15 @@ def pixel_unshuffle_reference(x: torch.Tensor, downscale_factor: int, *,
     return torch.ops.aten.pixel_unshuffle.out(x, downscale_factor, out=out)
 
 
-def _images(rows: int, channels: int, side: int, dtype: torch.dtype, device: str) -> torch.Tensor:
-    """rows // 256 images (at least one) of channels x side x side."""
-    return torch.randn(max(rows // 256, 1), channels, side, side, device=device).to(dtype)
-
-
-def _default_side(device: str) -> int:
-    return 64 if device.startswith("cuda") else 8  # tiny under the CPU interpreter
-
-
 def _shuffle_case(rows: int, dtype: torch.dtype, device: str, cols: int | None = None) -> BenchCase:
     """Core shape at rows=4096, cols=64: 16x256x64x64, factor 2."""
-    x = _images(rows, 256, cols or _default_side(device), dtype, device)
+    x = bench_images(rows, 256, cols, dtype, device)
     return BenchCase((x, 2), bytes_moved=2 * x.numel() * x.element_size())
 
 
 def _unshuffle_case(rows: int, dtype: torch.dtype, device: str, cols: int | None = None) -> BenchCase:
     """Core shape at rows=4096, cols=64: 16x64x128x128, factor 2 (the shuffle's output)."""
-    x = _images(rows, 64, 2 * (cols or _default_side(device)), dtype, device)
+    x = bench_images(rows, 64, 2 * cols if cols else None, dtype, device, cuda_side=128)
     return BenchCase((x, 2), bytes_moved=2 * x.numel() * x.element_size())
 
 

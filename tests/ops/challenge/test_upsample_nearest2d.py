@@ -1,0 +1,151 @@
+"""upsample_nearest2d and its backward: Triton kernels against aten::upsample_nearest2d[.vec][_backward]
+and autograd (output sizes, scales, dtypes, layouts, out=, grad_input=, error parity)."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from flagstack.ops.challenge.upsample_nearest2d import (upsample_nearest2d_backward_triton, upsample_nearest2d_triton,
+                                                        upsample_nearest2d_vec)
+from flagstack.ops.registry import aten_overrides
+from tests.ops.challenge.common import FLOAT_DTYPES, INT_DTYPES, check, covers, large_only_on_gpu, make, nonfinite, same_error
+from tests.ops.helpers import DEVICE, ON_GPU
+
+aten = torch.ops.aten
+CASES = [  # input shape, output size, scales_h, scales_w
+    ((1, 1, 1, 1), (3, 2), None, None), ((2, 3, 5, 7), (10, 14), None, None), ((2, 3, 5, 7), (7, 9), None, None),
+    ((1, 2, 8, 9), (3, 4), None, None), ((2, 1, 4, 4), (4, 4), None, None), ((1, 2, 6, 40), (13, 100), None, None),
+    ((2, 3, 5, 7), (7, 10), 1.5, 1.5), ((1, 2, 5, 6), (9, 4), 0.7, 2.0), ((1, 1, 3, 3), (6, 6), -1.0, 0.0),
+]
+VEC_FACTORS = [(2.0, 2.0), (1.5, 0.5), (3.0, 1.7), (0.34, 1.0)]
+
+
+@covers("small", "regular", "params", "float_dtypes")
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("shape,size,scale_h,scale_w", CASES)
+def test_forward(shape, size, scale_h, scale_w, dtype):
+    x = make(shape, dtype)
+    check(upsample_nearest2d_triton(x, size, scale_h, scale_w), aten.upsample_nearest2d(x, size, scale_h, scale_w),
+          exact=True)
+
+
+@covers("params")
+@pytest.mark.parametrize("factors", VEC_FACTORS)
+def test_vec_scale_factors(factors):
+    x = make((2, 3, 9, 11), torch.float32)
+    expected = F.interpolate(x, scale_factor=factors, mode="nearest")
+    check(upsample_nearest2d_vec(x, None, factors), expected, exact=True)
+    check(upsample_nearest2d_vec(x, [5, 17], None), aten.upsample_nearest2d.vec(x, [5, 17], None), exact=True)
+
+
+@covers("large")
+@large_only_on_gpu
+@pytest.mark.parametrize("shape,size", [((16, 64, 128, 128), (256, 256)), ((2, 8, 1000, 1003), (1500, 777))]
+                         if ON_GPU else [])
+def test_large(shape, size):
+    x = make(shape, torch.bfloat16)
+    check(upsample_nearest2d_triton(x, size), aten.upsample_nearest2d(x, size), exact=True)
+    grad = make((*shape[:2], *size), torch.float32)
+    check(upsample_nearest2d_backward_triton(grad, size, shape), aten.upsample_nearest2d_backward(grad, size, shape))
+
+
+@covers("int_dtypes", "errors")
+@pytest.mark.parametrize("dtype", INT_DTYPES + [torch.bool])
+def test_integer_inputs(dtype):  # ATen takes uint8 and no other integer type
+    x = make((2, 2, 3, 4), dtype, 0, 100)
+    if dtype == torch.uint8:
+        check(upsample_nearest2d_triton(x, (7, 5)), aten.upsample_nearest2d(x, (7, 5)), exact=True)
+    else:
+        same_error(lambda: upsample_nearest2d_triton(x, (7, 5)), lambda: aten.upsample_nearest2d(x, (7, 5)))
+
+
+@covers("nonfinite")
+def test_nonfinite():
+    x = nonfinite(torch.float32).view(1, 2, 2, 2)
+    out, ref = upsample_nearest2d_triton(x, (5, 3)), aten.upsample_nearest2d(x, (5, 3))
+    check(out, ref, exact=True)
+    assert torch.equal(out.signbit(), ref.signbit())
+    grad = nonfinite(torch.float32).repeat(4)[:30].view(1, 2, 5, 3)
+    check(upsample_nearest2d_backward_triton(grad, (5, 3), (1, 2, 2, 2)),
+          aten.upsample_nearest2d_backward(grad, (5, 3), (1, 2, 2, 2)))
+
+
+@covers("empty", "errors")
+def test_empty():
+    x = torch.empty(0, 3, 4, 5, device=DEVICE)
+    check(upsample_nearest2d_triton(x, (8, 10)), aten.upsample_nearest2d(x, (8, 10)), exact=True)
+    grad = torch.empty(0, 3, 8, 10, device=DEVICE)
+    check(upsample_nearest2d_backward_triton(grad, (8, 10), (0, 3, 4, 5)),
+          aten.upsample_nearest2d_backward(grad, (8, 10), (0, 3, 4, 5)))
+    for shape in ((2, 0, 4, 5), (2, 3, 0, 5)):
+        x = torch.empty(shape, device=DEVICE)
+        same_error(lambda: upsample_nearest2d_triton(x, (8, 10)), lambda: aten.upsample_nearest2d(x, (8, 10)))
+
+
+@covers("noncontiguous")
+def test_noncontiguous_and_layout():
+    x = make((2, 6, 10, 12), torch.float16)
+    for view in (x.to(memory_format=torch.channels_last), x.transpose(2, 3), x[:, ::2, 1::3], x[:1].expand(3, 6, 10, 12)):
+        out, ref = upsample_nearest2d_triton(view, (15, 7)), aten.upsample_nearest2d(view, (15, 7))
+        check(out, ref, exact=True)
+        assert out.stride() == ref.stride()  # channels-last stays channels-last, as in ATen
+        grad = make((*view.shape[:2], 15, 7), torch.float32).transpose(2, 3).contiguous().transpose(2, 3)
+        check(upsample_nearest2d_backward_triton(grad, (15, 7), view.shape),
+              aten.upsample_nearest2d_backward(grad, (15, 7), view.shape))
+
+
+@covers("out")
+def test_out():
+    x = make((2, 3, 5, 7), torch.bfloat16)
+    expected = aten.upsample_nearest2d(x, (8, 8))
+    out = torch.empty_like(expected)
+    assert upsample_nearest2d_triton(x, (8, 8), out=out) is out
+    check(out, expected, exact=True)
+    strided = torch.empty(2, 3, 8, 16, dtype=x.dtype, device=DEVICE)[..., ::2]
+    check(upsample_nearest2d_triton(x, (8, 8), out=strided), expected, exact=True)
+    vec_out = torch.empty(0, dtype=x.dtype, device=DEVICE)
+    assert aten_overrides()["aten::upsample_nearest2d.vec_out"](x, None, (2.0, 1.5), out=vec_out) is vec_out
+    check(vec_out, aten.upsample_nearest2d.vec(x, None, (2.0, 1.5)), exact=True)
+    with pytest.warns(UserWarning, match="resized"):
+        check(upsample_nearest2d_triton(x, (8, 8), out=torch.empty(3, dtype=x.dtype, device=DEVICE)), expected,
+              exact=True)
+
+
+@covers("errors", "ranks")  # only 4-D inputs are accepted: other ranks are error branches
+def test_errors():
+    x = make((2, 3, 5, 7), torch.float32)
+    calls = [((make((3, 5, 7), torch.float32), (10, 14)), {}), ((x, (0, 14)), {}), ((x, (10,)), {}),
+             ((x, (10, 14)), {"out": torch.empty(0, dtype=torch.float16, device=DEVICE)})]
+    for args, kwargs in calls:
+        same_error(lambda: upsample_nearest2d_triton(*args, **kwargs), lambda: aten.upsample_nearest2d(*args, **kwargs))
+    for size, factors in (((10, 14), (2.0, 2.0)), (None, None), (None, (2.0,)), (None, (-1.0, 2.0)), (None, (0.1, 2.0))):
+        same_error(lambda: upsample_nearest2d_vec(x, size, factors), lambda: aten.upsample_nearest2d.vec(x, size, factors))
+    grad = make((2, 3, 10, 14), torch.float32)
+    for args in ((grad, (10, 14), (2, 3, 5)), (make((2, 3, 10, 13), torch.float32), (10, 14), (2, 3, 5, 7)),
+                 (make((3, 10, 14), torch.float32), (10, 14), (2, 3, 5, 7)), (grad, (10,), (2, 3, 5, 7)),
+                 (grad.long(), (10, 14), (2, 3, 5, 7))):
+        same_error(lambda: upsample_nearest2d_backward_triton(*args), lambda: aten.upsample_nearest2d_backward(*args))
+    bad = torch.empty(0, dtype=torch.float16, device=DEVICE)
+    same_error(lambda: upsample_nearest2d_backward_triton(grad, (10, 14), (2, 3, 5, 7), grad_input=bad),
+               lambda: aten.upsample_nearest2d_backward.grad_input(grad, (10, 14), (2, 3, 5, 7), grad_input=bad.clone()))
+
+
+@covers("params", "float_dtypes")
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("shape,size,scale_h,scale_w", CASES)
+def test_backward(shape, size, scale_h, scale_w, dtype):
+    grad = make((*shape[:2], *size), dtype)
+    check(upsample_nearest2d_backward_triton(grad, size, shape, scale_h, scale_w),
+          aten.upsample_nearest2d_backward(grad, size, shape, scale_h, scale_w))
+
+
+@covers("params", "out")
+@pytest.mark.parametrize("factors", VEC_FACTORS)
+def test_backward_matches_autograd(factors):
+    x = make((2, 3, 9, 11), torch.float32).requires_grad_()
+    y = F.interpolate(x, scale_factor=factors, mode="nearest")
+    grad = torch.randn_like(y)
+    y.backward(grad)
+    grad_input = torch.empty(0, device=DEVICE)
+    out = upsample_nearest2d_backward_triton(grad, y.shape[2:], x.shape, *factors, grad_input=grad_input)
+    assert out is grad_input
+    check(grad_input, x.grad)
