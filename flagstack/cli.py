@@ -110,9 +110,13 @@ def add_bench_commands(sub: argparse._SubParsersAction) -> None:
 
 def _demo(args: argparse.Namespace) -> int:
     """For now: the op self-check and a quick op benchmark, on whatever device is here."""
+    import torch
+
     _interpret_triton_without_cuda()
     print("== flagstack demo, step 1: every op's Triton kernel vs its PyTorch reference (flagstack ops test)")
-    status = _ops_test(argparse.Namespace(ops=None, rows=None, dtypes=["fp32", "fp16", "bf16"]))
+    # One row count keeps it to a few minutes on 2 CPU cores (the interpreter is slow on 151,936-wide rows).
+    rows = None if torch.cuda.is_available() else [2]
+    status = _ops_test(argparse.Namespace(ops=None, rows=rows, dtypes=["fp32", "fp16", "bf16"]))
     from flagstack import ops
 
     known = {e.name for e in ops.all_ops()}
@@ -132,12 +136,20 @@ def add_demo_command(sub: argparse._SubParsersAction) -> None:
     demo.set_defaults(func=_demo)
 
 
+def add_engine_commands(sub: argparse._SubParsersAction) -> None:
+    """`generate` and `chat` (defined with the engine; argparse only at import)."""
+    from flagstack.engine.commands import add_engine_commands as add
+
+    add(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flagstack", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     add_ops_commands(sub)
     add_bench_commands(sub)
     add_demo_command(sub)
+    add_engine_commands(sub)
     return parser
 
 

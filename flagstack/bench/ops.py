@@ -14,6 +14,7 @@ import argparse
 import importlib
 import importlib.util
 import inspect
+import logging
 from typing import Any, Callable
 
 import torch
@@ -206,6 +207,7 @@ def _compiled(fn: Callable) -> Callable:
     """
     if fn not in _COMPILED:
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        torch._logging.set_logs(dynamo=logging.ERROR)  # graph-break warnings would drown the table
         _COMPILED[fn] = torch.compile(fn, dynamic=False)
     return _COMPILED[fn]
 
