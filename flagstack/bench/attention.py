@@ -216,7 +216,7 @@ def sweep(timing: dict) -> list[dict]:
     """Time launch configs and block sizes on a few shapes (no anchors): the data behind the defaults."""
     rows = []
     splits_for = {1: (0, 8, 16, 32, 64), 64: (0, 1, 2, 4), 256: (0, 1, 2)}  # 0: the default heuristic
-    tiles = [(bn, 4, st) for bn in (32, 64, 128) for st in (2, 3, 4)] + [(64, 8, 3)]
+    tiles = [(bn, 4, st) for bn in (32, 64, 128) for st in (2, 3, 4)] + [(64, 8, 3)]  # (block_n, warps, stages)
     for batch, context in ((1, 8192), (64, 2048), (256, 2048)):
         args = decode_inputs(batch, context)
         nbytes = decode_bytes(batch, context)
@@ -238,8 +238,8 @@ def sweep(timing: dict) -> list[dict]:
                                 "config": "default"}, lambda: varlen_attention_triton(*args), timing,
                                flops=attention_flops(1, 4096, 0)))
         del args
-    vl_configs = [VarlenConfig(bm, bn, 8 if bm == 128 else 4, st)
-                  for bm in (64, 128) for bn in (32, 64, 128) for st in (2, 3, 4)]
+    vl_configs = [VarlenConfig(bm, bn, 8 if bm == 128 else 4, st, split_p)
+                  for bm in (64, 128) for bn in (64, 128) for st in (2, 3, 4) for split_p in (True, False)]
     for seqs, new, cached in ((1, 4096, 0), (16, 1024, 4096)):
         args = prefill_inputs(seqs, new, cached)
         for cfg in vl_configs:

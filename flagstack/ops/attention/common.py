@@ -19,9 +19,9 @@ INDEX_DTYPES = (torch.int32, torch.int64)
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
-def interpreting() -> bool:
-    """True under TRITON_INTERPRET=1, where tl.dot on bf16 is wrong and the kernels upcast first."""
-    return os.environ.get("TRITON_INTERPRET") == "1"
+def upcast_for_interpreter(dtype: torch.dtype) -> bool:
+    """True for bf16 under TRITON_INTERPRET=1, where tl.dot on bf16 is wrong: the kernels upcast first."""
+    return dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def dot_precision(dtype: torch.dtype) -> str:
@@ -85,10 +85,12 @@ def _tanh(x):
 @triton.jit
 def softmax_tile_step(acc, m_i, l_i, q, k, v, keep, qk_scale, softcap,
                       MASKED: tl.constexpr, USE_SOFTCAP: tl.constexpr, UPCAST: tl.constexpr,
-                      PRECISION: tl.constexpr):
+                      PRECISION: tl.constexpr, SPLIT_P: tl.constexpr):
     """One online-softmax step: q [M, D] against a key tile k/v [N, D]; `keep` [M, N] masks scores.
 
     m_i is the running row max of base-2 scores, l_i the running sum of exp2(score - m_i).
+    The probabilities enter the P.V product in v's dtype; SPLIT_P adds a second product with the
+    rounding remainder, so half-precision P costs no accuracy (~16 more bits) for one more tl.dot.
     """
     if UPCAST:  # interpreter only: its bf16 dot is wrong, fp32 is exact
         q = q.to(tl.float32)
@@ -107,5 +109,9 @@ def softmax_tile_step(acc, m_i, l_i, q, k, v, keep, qk_scale, softcap,
     alpha = tl.exp2(m_i - m_safe)
     p = tl.exp2(s - m_safe[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+    acc = acc * alpha[:, None]
+    p_rounded = p.to(v.dtype)
+    acc = tl.dot(p_rounded, v, acc, input_precision=PRECISION)
+    if SPLIT_P:
+        acc = tl.dot((p - p_rounded.to(tl.float32)).to(v.dtype), v, acc, input_precision=PRECISION)
     return acc, m_new, l_i

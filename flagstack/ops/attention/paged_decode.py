@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from flagstack.ops.attention.common import (check_attention_args, dot_precision, interpreting,
+from flagstack.ops.attention.common import (check_attention_args, dot_precision, upcast_for_interpreter,
                                             score_scale, softmax_tile_step)
 from flagstack.ops.attention.varlen import attend
 from flagstack.ops.registry import BenchCase, register
@@ -37,6 +37,7 @@ class DecodeConfig:
     num_splits: int = 1
     num_warps: int = 4
     num_stages: int = 2
+    split_p: bool = True  # exact P.V in half precision: one more small tl.dot, free when memory-bound
 
 
 @functools.lru_cache(maxsize=None)
@@ -60,7 +61,8 @@ def decode_config(batch: int, kv_heads: int, max_tokens: int, head_dim: int,
 def _decode_tile(acc, m_i, l_i, q, start, hi, first, table, k_head, v_head, kc_stride_b, kc_stride_t,
                  vc_stride_b, vc_stride_t, qk_scale, softcap, HEAD_DIM: tl.constexpr,
                  BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, USE_WINDOW: tl.constexpr,
-                 USE_SOFTCAP: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+                 USE_SOFTCAP: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+                 SPLIT_P: tl.constexpr):
     # Tokens start..start+BLOCK_N: one page-table lookup per token, then one K and one V row each.
     tokens = start + tl.arange(0, BLOCK_N)
     ok = tokens < hi
@@ -75,7 +77,7 @@ def _decode_tile(acc, m_i, l_i, q, start, hi, first, table, k_head, v_head, kc_s
     if USE_WINDOW:
         keep = keep & (tokens >= first)
     return softmax_tile_step(acc, m_i, l_i, q, k, v, keep[None, :], qk_scale, softcap,
-                             True, USE_SOFTCAP, UPCAST, PRECISION)
+                             True, USE_SOFTCAP, UPCAST, PRECISION, SPLIT_P)
 
 
 @triton.jit
@@ -87,7 +89,7 @@ def _paged_decode_kernel(q_ptr, k_cache_ptr, v_cache_ptr, seq_lens_ptr, block_ta
                          GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr,
                          BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr,
                          USE_WINDOW: tl.constexpr, USE_SOFTCAP: tl.constexpr, UPCAST: tl.constexpr,
-                         PRECISION: tl.constexpr):
+                         PRECISION: tl.constexpr, SPLIT_P: tl.constexpr):
     seq = tl.program_id(0).to(tl.int64)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -115,7 +117,8 @@ def _paged_decode_kernel(q_ptr, k_cache_ptr, v_cache_ptr, seq_lens_ptr, block_ta
     for start in range(lo, hi, BLOCK_N):
         acc, m_i, l_i = _decode_tile(acc, m_i, l_i, q, start, hi, first, table, k_head, v_head,
                                      kc_stride_b, kc_stride_t, vc_stride_b, vc_stride_t, qk_scale, softcap,
-                                     HEAD_DIM, BLOCK_SIZE, BLOCK_N, USE_WINDOW, USE_SOFTCAP, UPCAST, PRECISION)
+                                     HEAD_DIM, BLOCK_SIZE, BLOCK_N, USE_WINDOW, USE_SOFTCAP, UPCAST, PRECISION,
+                                     SPLIT_P)
     if SPLIT:
         part = (seq * num_q_heads + heads) * num_splits + split  # [S, Hq, splits] flattened
         tl.store(part_out_ptr + part[:, None] * HEAD_DIM + dims[None, :], acc, mask=row_ok[:, None])
@@ -177,7 +180,8 @@ def paged_decode_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
         out.stride(0), out.stride(1), q_heads, cfg.num_splits, qk_scale, cap, sliding_window or 0,
         GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
         BLOCK_SIZE=block_size, BLOCK_N=cfg.block_n, SPLIT=split, USE_WINDOW=sliding_window is not None,
-        USE_SOFTCAP=softcap is not None, UPCAST=interpreting(), PRECISION=dot_precision(q.dtype),
+        USE_SOFTCAP=softcap is not None, UPCAST=upcast_for_interpreter(q.dtype),
+        PRECISION=dot_precision(q.dtype), SPLIT_P=cfg.split_p and q.dtype != torch.float32,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     if split:
         _merge_splits_kernel[(num_seqs, q_heads)](
@@ -235,15 +239,16 @@ def random_paged_kv(seq_lens: list[int], kv_heads: int, head_dim: int, block_siz
 
 
 def _bench_case(rows: int, dtype: torch.dtype, device: str, context: int | None = None) -> BenchCase:
-    """`rows` sequences of Qwen3-4B heads (32 q / 8 kv, head_dim 128), block size 16."""
+    """`rows` sequences with Qwen3-4B heads (32 q / 8 kv, head_dim 128; 8 / 2 on CPU), block size 16."""
     # CPU: interpreter-sized; GPU: 256 x 2048 tokens at most (the reference pads K/V to fp32 copies)
     context = context or (24 if device == "cpu" else max(16, min(2048, 2 ** 19 // rows)))
+    q_heads, kv_heads = (8, 2) if device == "cpu" else (32, 8)
     lens = [context - 3 * (s % 5) for s in range(rows)]
-    k_cache, v_cache, table = random_paged_kv(lens, 8, 128, 16, dtype, device)
-    q = torch.randn(rows, 32, 128, dtype=dtype, device=device)
+    k_cache, v_cache, table = random_paged_kv(lens, kv_heads, 128, 16, dtype, device)
+    q = torch.randn(rows, q_heads, 128, dtype=dtype, device=device)
     seq_lens = torch.tensor(lens, dtype=torch.int32, device=device)
     return BenchCase((q, k_cache, v_cache, seq_lens, table, 128 ** -0.5),
-                     bytes_moved=2 * sum(lens) * 8 * 128 * k_cache.element_size())
+                     bytes_moved=2 * sum(lens) * kv_heads * 128 * k_cache.element_size())
 
 
 paged_decode = register("paged_decode", reference=paged_decode_reference, triton=paged_decode_triton,

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from flagstack.ops.attention.common import (check_attention_args, dot_precision, interpreting,
+from flagstack.ops.attention.common import (check_attention_args, dot_precision, upcast_for_interpreter,
                                             score_scale, softmax_tile_step)
 from flagstack.ops.checks import check_tensor
 from flagstack.ops.registry import BenchCase, register
@@ -57,6 +57,9 @@ class VarlenConfig:
     block_n: int = 64
     num_warps: int = 8
     num_stages: int = 3
+    # exact P.V (see softmax_tile_step): 1.5x the matmul work; without it half-precision P misses
+    # the fp16/bf16 tolerances by up to ~5e-4 absolute, as every flash kernel does
+    split_p: bool = True
 
 
 def varlen_config(num_tokens: int, num_seqs: int, group: int, head_dim: int) -> VarlenConfig:
@@ -87,7 +90,7 @@ def _varlen_tile(acc, m_i, l_i, q, q_pos, start, hi, table, k_head, v_head, kc_s
                  vc_stride_b, vc_stride_t, qk_scale, softcap, window, HEAD_DIM: tl.constexpr,
                  BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, DIAGONAL: tl.constexpr,
                  USE_WINDOW: tl.constexpr, USE_SOFTCAP: tl.constexpr, UPCAST: tl.constexpr,
-                 PRECISION: tl.constexpr):
+                 PRECISION: tl.constexpr, SPLIT_P: tl.constexpr):
     # Keys start..start+BLOCK_N; off the diagonal every key is below every row's position and
     # inside the cache, so neither the loads nor the scores need a mask (unless a window cuts in).
     tokens = start + tl.arange(0, BLOCK_N)
@@ -111,7 +114,7 @@ def _varlen_tile(acc, m_i, l_i, q, q_pos, start, hi, table, k_head, v_head, kc_s
     if USE_WINDOW:
         keep = keep & (tokens[None, :] > q_pos[:, None] - window)
     return softmax_tile_step(acc, m_i, l_i, q, k, v, keep, qk_scale, softcap,
-                             DIAGONAL or USE_WINDOW, USE_SOFTCAP, UPCAST, PRECISION)
+                             DIAGONAL or USE_WINDOW, USE_SOFTCAP, UPCAST, PRECISION, SPLIT_P)
 
 
 @triton.jit
@@ -122,7 +125,7 @@ def _varlen_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, cu_seqlens_q_ptr, s
                    GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr,
                    HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
                    USE_WINDOW: tl.constexpr, USE_SOFTCAP: tl.constexpr, UPCAST: tl.constexpr,
-                   PRECISION: tl.constexpr):
+                   PRECISION: tl.constexpr, SPLIT_P: tl.constexpr):
     # Highest tile index first: the last tiles of a causal sequence see the most keys, so they start
     # early and the short ones fill the tail.
     tile = tl.num_programs(0) - 1 - tl.program_id(0)
@@ -158,12 +161,12 @@ def _varlen_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, cu_seqlens_q_ptr, s
             acc, m_i, l_i = _varlen_tile(acc, m_i, l_i, q, q_pos, start, hi, table, k_head, v_head,
                                          kc_stride_b, kc_stride_t, vc_stride_b, vc_stride_t, qk_scale,
                                          softcap, window, HEAD_DIM, BLOCK_SIZE, BLOCK_N, False,
-                                         USE_WINDOW, USE_SOFTCAP, UPCAST, PRECISION)
+                                         USE_WINDOW, USE_SOFTCAP, UPCAST, PRECISION, SPLIT_P)
         for start in range(full_end, hi, BLOCK_N):
             acc, m_i, l_i = _varlen_tile(acc, m_i, l_i, q, q_pos, start, hi, table, k_head, v_head,
                                          kc_stride_b, kc_stride_t, vc_stride_b, vc_stride_t, qk_scale,
                                          softcap, window, HEAD_DIM, BLOCK_SIZE, BLOCK_N, True,
-                                         USE_WINDOW, USE_SOFTCAP, UPCAST, PRECISION)
+                                         USE_WINDOW, USE_SOFTCAP, UPCAST, PRECISION, SPLIT_P)
         out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
         tl.store(out_ptr + q_tokens[:, None] * out_stride_t + heads[:, None] * out_stride_h + dims[None, :],
                  out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
@@ -197,7 +200,8 @@ def varlen_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
         out.stride(0), out.stride(1), num_seqs, qk_scale, cap, sliding_window or 0,
         GROUP=group, BLOCK_M=cfg.block_m, BLOCK_Q=block_q, HEAD_DIM=head_dim, BLOCK_SIZE=block_size,
         BLOCK_N=cfg.block_n, USE_WINDOW=sliding_window is not None, USE_SOFTCAP=softcap is not None,
-        UPCAST=interpreting(), PRECISION=dot_precision(q.dtype),
+        UPCAST=upcast_for_interpreter(q.dtype), PRECISION=dot_precision(q.dtype),
+        SPLIT_P=cfg.split_p and q.dtype != torch.float32,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return out
 
@@ -242,20 +246,22 @@ def _validate(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cu_
 
 def _bench_case(rows: int, dtype: torch.dtype, device: str, new_tokens: int | None = None,
                 cached: int | None = None) -> BenchCase:
-    """`rows` sequences of Qwen3-4B heads, each with `new_tokens` queries over `cached` prefix tokens."""
+    """`rows` sequences (Qwen3-4B heads; 8 q / 2 kv on CPU), each `new_tokens` queries over `cached` ones."""
     from flagstack.ops.attention.paged_decode import random_paged_kv
 
     # CPU: interpreter-sized; GPU: at most 32k new tokens (the reference loops over sequences)
     new_tokens = new_tokens or (9 if device == "cpu" else max(1, min(1024, 2 ** 15 // rows)))
     cached = cached if cached is not None else (12 if device == "cpu" else new_tokens)
+    q_heads, kv_heads = (8, 2) if device == "cpu" else (32, 8)
     news = [max(1, new_tokens - 2 * (s % 3)) for s in range(rows)]
     lens = [cached + n for n in news]
-    k_cache, v_cache, table = random_paged_kv(lens, 8, 128, 16, dtype, device)
-    q = torch.randn(sum(news), 32, 128, dtype=dtype, device=device)
+    k_cache, v_cache, table = random_paged_kv(lens, kv_heads, 128, 16, dtype, device)
+    q = torch.randn(sum(news), q_heads, 128, dtype=dtype, device=device)
     cu = torch.tensor([0] + news, device=device).cumsum(0).to(torch.int32)
     seq_lens = torch.tensor(lens, dtype=torch.int32, device=device)
+    kv_bytes = 2 * sum(lens) * kv_heads * 128 * k_cache.element_size()
     return BenchCase((q, k_cache, v_cache, cu, seq_lens, table, 128 ** -0.5),
-                     bytes_moved=2 * sum(lens) * 8 * 128 * k_cache.element_size() + 2 * q.numel() * q.element_size())
+                     bytes_moved=kv_bytes + 2 * q.numel() * q.element_size())
 
 
 varlen_attention = register("varlen_attention", reference=varlen_attention_reference,

@@ -27,6 +27,11 @@ def test_context_lengths_gqa_head_dims(group, head_dim, block_size, dtype):
     check(lens, group, head_dim, block_size, dtype, config=DecodeConfig(block_n=16))
 
 
+def test_half_precision_p_without_split():
+    # P rounded to fp16 once, as flash kernels do: errors up to ~5e-4 on outputs of ~0.1-1
+    check([9, 40], 4, 64, 16, torch.float16, atol=1e-3, config=DecodeConfig(block_n=16, split_p=False))
+
+
 @pytest.mark.parametrize("splits", [2, 5])
 def test_split_k_and_empty_splits(splits):
     # with 5 splits the length-3 sequence leaves most splits empty; the merge must ignore them
@@ -86,6 +91,5 @@ def test_errors():
 @gpu_only
 @pytest.mark.parametrize("batch_size, context", [(256, 2048), (1, 8192)])
 def test_qwen3_shapes_bf16(batch_size, context):
-    # bf16 p in the P.V product (as in every flash kernel) moves outputs of ~0.02 by up to ~5e-4
     lens = [context - (s * 37) % 300 for s in range(batch_size)]
-    check(lens, 4, 128, 16, torch.bfloat16, kv_heads=8, atol=1e-3)
+    check(lens, 4, 128, 16, torch.bfloat16, kv_heads=8)
