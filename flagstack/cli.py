@@ -143,6 +143,13 @@ def add_engine_commands(sub: argparse._SubParsersAction) -> None:
     add(sub)
 
 
+def add_serve_command(sub: argparse._SubParsersAction) -> None:
+    """`serve` (defined with the server; argparse only at import)."""
+    from flagstack.engine.server.command import add_serve_command as add
+
+    add(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flagstack", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -150,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_commands(sub)
     add_demo_command(sub)
     add_engine_commands(sub)
+    add_serve_command(sub)
     return parser
 
 

@@ -224,3 +224,20 @@ def test_bad_input(tiny):
             EngineConfig(**kwargs)
     with pytest.raises(ValueError, match="KV cache too small"):
         LLM(path, cpu_kv_cache_bytes=1024)
+
+
+def test_cli_generate_and_chat(tiny, capsys, monkeypatch):
+    import io
+
+    from flagstack.cli import main
+
+    _, path, prompts, reference = tiny
+    common = ["--model", path, "--max-tokens", "3"]
+    assert main(["generate", "w20 w21", *common]) == 0
+    assert capsys.readouterr().out.startswith("w20 w21w")  # prompt, then the completion
+    assert main(["chat", "--message", "w20 w21", *common]) == 0
+    one_shot = capsys.readouterr().out
+    monkeypatch.setattr("sys.stdin", io.StringIO("w20 w21\n\n/exit\n"))
+    assert main(["chat", *common]) == 0
+    assert capsys.readouterr().out == one_shot
+    assert main(["generate", "w1", "--model", path, "--temperature", "-1"]) == 2  # bad input: exit 2
