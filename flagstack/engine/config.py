@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 
 def _require(ok: bool, name: str, expected: str, value: object) -> None:
@@ -66,6 +67,9 @@ class SamplingParams:
     prompt_logprobs: int | None = None  # top-N per prompt position (plus the actual token's)
     prompt_logprobs_from: int = 0  # first prompt position scored; negative counts from the end
     skip_special_tokens: bool = True
+    # structured output: called once per sequence, returns an object with mask_logits(row) (in place,
+    # before sampling) and accept(token) -> True when the sequence must stop (grammar done or broken)
+    constraint_factory: Callable[[], Any] | None = field(default=None, repr=False)
     stop_strings: list[str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:

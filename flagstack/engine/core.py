@@ -132,6 +132,8 @@ class EngineCore:
             seq.finish("stop", token)
         elif (p.max_tokens is not None and n_out >= p.max_tokens) or len(seq) >= self.max_model_len:
             seq.finish("length")
+        if seq.constraint is not None and seq.constraint.accept(token) and seq.status is not Status.FINISHED:
+            seq.finish("stop")  # the grammar is complete (or rejected the token)
         if self.tokenizer is not None and (p.stop_strings or self.incremental_text):
             self._detokenize_step(seq)
         if seq.status is Status.FINISHED:

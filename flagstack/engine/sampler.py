@@ -89,6 +89,11 @@ class Sampler:
             for r in banned:
                 stop_ids = list(seqs[r].params.stop_token_ids) + ([] if params[r].ignore_eos else eos_token_ids)
                 work[r, stop_ids] = float("-inf")
+        constrained = [r for r, s in enumerate(seqs) if s.constraint is not None]
+        if constrained:  # structured output: tokens the grammar forbids get -inf
+            work = work.clone() if work is logits else work
+            for r in constrained:
+                seqs[r].constraint.mask_logits(work[r])
         chosen = work.argmax(dim=-1)
         random_rows = [r for r, p in enumerate(params) if not p.greedy]
         if random_rows:

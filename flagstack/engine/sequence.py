@@ -65,6 +65,8 @@ class Sequence:
         self.stop_reason: int | str | None = None
         self.text = ""
         self.detok = IncrementalDetokenizer(self.num_prompt_tokens)
+        factory = request.params.constraint_factory
+        self.constraint = factory() if factory is not None else None  # structured output state
 
     def __len__(self) -> int:
         return len(self.token_ids)

@@ -1,0 +1,251 @@
+"""The FastAPI app over AsyncLLM: routes, api-key check, OpenAI error bodies, SSE, metrics, and
+`serve()` (uvicorn; on SIGTERM it stops accepting, lets running requests finish, then exits)."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from flagstack.engine.server import params as P
+from flagstack.engine.server.chat import forced_tool_schema, prompt_opens_reasoning, render_chat
+from flagstack.engine.server.handlers import ChatJob, CompletionJob, new_request_id
+from flagstack.engine.server.metrics import ServerMetrics
+from flagstack.engine.server.protocol import (ApiError, ChatCompletionRequest, CompletionRequest, DetokenizeRequest,
+                                              TokenizeRequest, parse_body)
+
+OPEN_PATHS = ("/health", "/metrics")  # answered without the api key
+DISCONNECT_POLL_S = 0.5
+
+
+@dataclass
+class ServerContext:
+    engine: object  # AsyncLLM
+    model_name: str
+    metrics: ServerMetrics
+    structured: object | None  # StructuredOutputs, None without a tokenizer
+    api_key: str | None
+
+    @property
+    def core(self):
+        return self.engine.engine
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        if self.engine.tokenizer is None:
+            raise ApiError("prompt: this model has no tokenizer; send token ids", "prompt")
+        return list(self.engine.tokenizer.encode(text, add_special_tokens=add_special_tokens))
+
+    def check_model(self, model: str | None) -> None:
+        if model is not None and model != self.model_name:
+            raise ApiError(f"model: '{model}' is not served here; this server serves '{self.model_name}'", "model",
+                           kind="model_not_found")
+
+
+def default_structured(engine) -> object | None:
+    if engine.tokenizer is None:
+        return None
+    from flagstack.engine.structured import StructuredOutputs
+
+    core = engine.engine
+    return StructuredOutputs(engine.tokenizer, core.vocab_size, core.eos_token_ids)
+
+
+def build_app(engine, model_name: str, api_key: str | None = None) -> FastAPI:
+    """The OpenAI-compatible app serving `engine` (an AsyncLLM) under `model_name`."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        engine.shutdown()
+
+    app = FastAPI(title="flagstack", lifespan=lifespan)
+    ctx = ServerContext(engine, model_name, ServerMetrics(engine.engine), default_structured(engine), api_key)
+    app.state.ctx = ctx
+
+    @app.middleware("http")
+    async def auth_and_count(request: Request, call_next):
+        path = request.url.path
+        if api_key and path not in OPEN_PATHS and request.headers.get("authorization") != f"Bearer {api_key}":
+            response = JSONResponse(ApiError("invalid or missing api key (Authorization: Bearer ...)", None, 401,
+                                             "authentication_error").body(), status_code=401)
+        else:
+            response = await call_next(request)
+        route = path if path in KNOWN_PATHS else "other"
+        ctx.metrics.http_requests.labels(route, str(response.status_code)).inc()
+        return response
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, err: ApiError):
+        return JSONResponse(err.body(), status_code=err.status)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, err: Exception):  # a bug: say so, keep serving
+        return JSONResponse(ApiError(f"internal error: {type(err).__name__}: {err}", None, 500,
+                                     "server_error").body(), status_code=500)
+
+    @app.get("/health")
+    async def health():
+        if engine._error is not None:
+            return JSONResponse({"status": "engine failed"}, status_code=503)
+        return {"status": "ok"}
+
+    @app.get("/metrics")
+    async def metrics():
+        return Response(ctx.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": int(time.time()),
+                                            "owned_by": "flagstack", "max_model_len": ctx.core.max_model_len}]}
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        req = parse_body(CompletionRequest, await request.body())
+        ctx.check_model(req.model)
+        prompts, texts = completion_prompts(ctx, req)
+        for ids in prompts:
+            P.check_prompt(ids, ctx.core.vocab_size, ctx.core.max_model_len, req.max_tokens, "prompt")
+        factory = await constraint(ctx, req)
+        params = P.sampling_params(req, req.max_tokens, req.logprobs, req.logprobs if req.echo else None, factory)
+        job = CompletionJob(ctx, new_request_id("cmpl"), prompts, texts, params, req.echo, req.logprobs,
+                            bool(req.stream_options and req.stream_options.include_usage))
+        return await respond(request, job, req.stream)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        req = parse_body(ChatCompletionRequest, await request.body())
+        ctx.check_model(req.model)
+        if req.top_logprobs is not None and not req.logprobs:
+            raise ApiError("top_logprobs: needs logprobs=true", "top_logprobs")
+        forced = forced_tool_schema(req)
+        if forced is not None and P.structured_spec(req) is not None:
+            raise ApiError("tool_choice: a forced tool call cannot be combined with structured outputs", "tool_choice")
+        text = render_chat(ctx.engine.tokenizer, req)
+        ids = ctx.encode(text, add_special_tokens=False)
+        max_tokens = req.max_completion_tokens or req.max_tokens
+        P.check_prompt(ids, ctx.core.vocab_size, ctx.core.max_model_len, max_tokens, "messages")
+        if forced is not None:
+            factory = await P.constraint_factory(ctx.structured, "json", forced[0], "tool_choice")
+        else:
+            factory = await constraint(ctx, req)
+        logprobs = (req.top_logprobs or 0) if req.logprobs else None
+        params = P.sampling_params(req, max_tokens, logprobs, None, factory)
+        job = ChatJob(ctx, new_request_id("chatcmpl"), ids, params, logprobs, prompt_opens_reasoning(text),
+                      parse_tools=bool(req.tools) and req.tool_choice in (None, "auto"),
+                      forced_tool=forced is not None, forced_name=forced[1] if forced else None,
+                      include_usage=bool(req.stream_options and req.stream_options.include_usage))
+        return await respond(request, job, req.stream)
+
+    @app.post("/tokenize")
+    async def tokenize(request: Request):
+        req = parse_body(TokenizeRequest, await request.body())
+        ctx.check_model(req.model)
+        if (req.prompt is None) == (req.messages is None):
+            raise ApiError("prompt: give exactly one of 'prompt' and 'messages'", "prompt")
+        if req.messages is not None:
+            chat = ChatCompletionRequest(messages=req.messages, add_generation_prompt=req.add_generation_prompt,
+                                         chat_template_kwargs=req.chat_template_kwargs)
+            ids = ctx.encode(render_chat(ctx.engine.tokenizer, chat), add_special_tokens=False)
+        else:
+            ids = ctx.encode(req.prompt, req.add_special_tokens)
+        return {"tokens": ids, "count": len(ids), "max_model_len": ctx.core.max_model_len}
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request):
+        req = parse_body(DetokenizeRequest, await request.body())
+        ctx.check_model(req.model)
+        if ctx.engine.tokenizer is None:
+            raise ApiError("tokens: this model has no tokenizer", "tokens")
+        if req.tokens and (min(req.tokens) < 0 or max(req.tokens) >= ctx.core.vocab_size):
+            raise ApiError(f"tokens: ids must be in [0, {ctx.core.vocab_size})", "tokens")
+        return {"prompt": ctx.engine.tokenizer.decode(req.tokens)}
+
+    KNOWN_PATHS = {route.path for route in app.routes}
+    return app
+
+
+def completion_prompts(ctx: ServerContext, req: CompletionRequest) -> tuple[list[list[int]], list[str]]:
+    """Token ids and text of every prompt (a string, strings, token ids, or lists of token ids)."""
+    prompt = req.prompt
+    if isinstance(prompt, str) or (isinstance(prompt, list) and prompt and isinstance(prompt[0], int)):
+        prompt = [prompt]
+    if not prompt:
+        raise ApiError("prompt: must not be empty", "prompt")
+    if len(prompt) * req.n > 256:
+        raise ApiError("prompt: at most 256 prompts x n per request", "prompt")
+    ids, texts = [], []
+    tokenizer = ctx.engine.tokenizer
+    for p in prompt:
+        if isinstance(p, str):
+            ids.append(ctx.encode(p))
+            texts.append(p)
+        else:
+            ids.append(list(p))
+            texts.append(tokenizer.decode(p) if tokenizer is not None and p and max(p) < ctx.core.vocab_size
+                         and min(p) >= 0 else "")
+    return ids, texts
+
+
+async def constraint(ctx: ServerContext, req):
+    spec = P.structured_spec(req)
+    if spec is None:
+        return None
+    return await P.constraint_factory(ctx.structured, *spec)
+
+
+async def respond(request: Request, job, stream: bool):
+    """Run a job: SSE chunks ending in [DONE], or the whole body (abandoned if the client leaves)."""
+    if stream:
+        return StreamingResponse(sse(job.chunks()), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})
+    task = asyncio.ensure_future(job.whole())
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                task.cancel()  # aborts the engine requests
+                return Response(status_code=499)
+    finally:
+        if not task.done():
+            task.cancel()
+
+
+async def sse(chunks: AsyncIterator[dict]) -> AsyncIterator[str]:
+    try:
+        async for chunk in chunks:
+            yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+    except ApiError as err:  # after the headers went out: an error event, then the end
+        yield f"data: {json.dumps(err.body())}\n\n"
+    yield "data: [DONE]\n\n"
+
+
+def serve(model: str | None = None, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
+          served_model_name: str | None = None, log_level: str = "warning", **engine_kwargs) -> None:
+    """Load the model, then serve it until SIGINT/SIGTERM (running requests finish first)."""
+    import uvicorn
+
+    from flagstack.engine.llm import AsyncLLM
+
+    engine = AsyncLLM(model, **engine_kwargs)
+    name = served_model_name or model_display_name(model)
+    app = build_app(engine, name, api_key)
+    print(f"flagstack serve: '{name}' on http://{host}:{port} (max_model_len {engine.engine.max_model_len}, "
+          f"{engine.engine.blocks.num_blocks} KV blocks)", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level=log_level)
+
+
+def model_display_name(model: str | None) -> str:
+    """The name /v1/models reports: the embedded model's, or the path's last part."""
+    if model is None:
+        return "SmolLM2-135M-Instruct"
+    from pathlib import Path
+
+    path = Path(model.rstrip("/"))
+    return path.stem if path.suffix == ".gguf" else path.name or model
