@@ -1,9 +1,9 @@
 """Route ATen ops to flagstack's kernels, as FlagGems does: `enable()`, `disable()`, `use_aten()`.
 
 Every function offered with `registry.register_aten("aten::name[.overload]", fn)` is installed with
-torch.library as the kernel of that op for one dispatch key (CUDA by default; AutogradCUDA for ops ATen only defines as a
-composite of other ops, such as aten::rms_norm, whose CUDA slot autograd never reaches), so plain PyTorch code
-(`F.softmax`, an HF model) runs our kernels. An adapter takes the op's ATen arguments and may return
+torch.library as the kernel of that op for one dispatch key (CUDA by default; AutogradCUDA for ops
+ATen only defines as a composite of other ops, such as aten::rms_norm, whose CUDA slot autograd
+never reaches), so plain PyTorch code (`F.softmax`, an HF model) runs our kernels. An adapter takes the op's ATen arguments and may return
 `NotImplemented` for cases it does not cover (a dtype, an empty reduction): that call then runs the
 kernel ATen had before, fetched with torch.library.get_kernel (torch >= 2.9) before overriding, so
 there is no recursion through the dispatcher.

@@ -5,7 +5,7 @@ import torch
 from flagstack.ops import log_softmax, softmax, use_backend
 from flagstack.ops.softmax import (_launch_narrow, _launch_split, _launch_wide, log_softmax_reference,
                                    log_softmax_triton, softmax_reference, softmax_triton)
-from tests.ops.helpers import DEVICE, DTYPES, ON_GPU, assert_close, rows_for_device
+from tests.ops.helpers import DEVICE, DTYPES, ON_GPU, assert_close
 
 PAIRS = [(softmax_triton, softmax_reference), (log_softmax_triton, log_softmax_reference)]
 
