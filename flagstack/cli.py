@@ -104,6 +104,8 @@ def add_bench_commands(sub: argparse._SubParsersAction) -> None:
     ops.add_argument("--suite", default="llm", choices=["llm", "challenge", "attention", "all"])
     ops.add_argument("--quick", action="store_true", help="fewer rows, shorter timing")
     ops.add_argument("--fresh", action="store_true", help="re-time rows already in today's results file")
+    ops.add_argument("--cuda-graph", action="store_true",
+                     help="time CUDA-graph replays (GPU time, no launch overhead); results in ops-graph-*")
     ops.add_argument("--out-dir", default="bench/results", help="where the JSON and markdown go")
     ops.set_defaults(func=_bench_ops)
 
@@ -150,6 +152,13 @@ def add_serve_command(sub: argparse._SubParsersAction) -> None:
     add(sub)
 
 
+def add_annotate_commands(sub: argparse._SubParsersAction) -> None:
+    """`annotate ...` (defined with the annotation layer)."""
+    from flagstack.annotate.cli import add_annotate_commands as add
+
+    add(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flagstack", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -158,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_demo_command(sub)
     add_engine_commands(sub)
     add_serve_command(sub)
+    add_annotate_commands(sub)
     return parser
 
 

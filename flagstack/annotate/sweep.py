@@ -1,0 +1,136 @@
+"""Evaluated runs: one LLM configuration or one no-LLM baseline on a test set -> results JSONL,
+review file and an evaluation record (a leaderboard row). `standard_sweep` runs the usual rows.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+from flagstack.annotate.baselines import BASELINES, run_baseline
+from flagstack.annotate.demos import FixedSelector, KNNSelector, MMRSelector, RandomSelector, make_embedder
+from flagstack.annotate.evaluate import evaluate_results
+from flagstack.annotate.labeler import Labeler, LabelerConfig
+from flagstack.annotate.output import ResultWriter, read_results
+from flagstack.annotate.prompt import PromptBuilder, PromptConfig
+from flagstack.annotate.report import save_record
+from flagstack.annotate.task import TaskSpec, with_prompt_format
+
+SELECTIONS = ("none", "random", "fixed", "knn", "mmr")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """One LLM configuration: how demos are chosen and how many, prompt budget and calibration."""
+    name: str
+    selection: str = "none"
+    shots: int = 0                 # demos asked of the selector (the prompt budget may keep fewer)
+    calibration: str = "contextual"
+    prompt: PromptConfig = PromptConfig()
+    prompt_format: str = "plain"
+    embedding: str = "tfidf"
+    demo_sets: int = 1             # > 1: self-consistency over several random demo sets
+    fixed_ids: tuple[str, ...] = ()
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"selection must be one of {SELECTIONS}, got {self.selection!r}")
+        if self.selection != "none" and self.selection != "fixed" and self.shots < 1:
+            raise ValueError(f"shots must be >= 1 for selection {self.selection!r}, got {self.shots}")
+        if self.demo_sets < 1:
+            raise ValueError(f"demo_sets must be >= 1, got {self.demo_sets}")
+
+
+def make_selectors(spec: RunSpec, pool: list[dict]) -> list:
+    """The demo selector(s) a run spec asks for (several only for self-consistency)."""
+    if spec.selection == "none":
+        return [RandomSelector(pool, 0)]
+    if spec.selection == "random":
+        return [RandomSelector(pool, spec.shots, spec.seed + i) for i in range(spec.demo_sets)]
+    if spec.selection == "fixed":
+        return [FixedSelector(pool, list(spec.fixed_ids))]
+    embedder = make_embedder(spec.embedding)
+    if spec.selection == "knn":
+        return [KNNSelector(pool, spec.shots, embedder)]
+    return [MMRSelector(pool, spec.shots, embedder)]
+
+
+def _write_review(rows: list[dict], path: Path, threshold: float) -> int:
+    low = [r for r in rows if r["confidence"] < threshold]
+    with path.open("w", encoding="utf-8") as f:
+        for r in low:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    return len(low)
+
+
+def llm_run(spec: RunSpec, task: TaskSpec, backend, pool: list[dict], dev: list[dict], test: list[dict],
+            out_dir: str | Path, review_threshold: float = 0.5, progress: bool = True) -> dict:
+    """Fit calibration on dev, label test (resuming), write results/review files; return the record."""
+    out_dir = Path(out_dir)
+    task = with_prompt_format(task, spec.prompt_format)
+    builder = PromptBuilder(task, backend.tokenizer, spec.prompt)
+    labeler = Labeler(task, backend, builder, make_selectors(spec, pool), LabelerConfig(calibration=spec.calibration))
+    calibration = labeler.fit(dev)
+    stats_before = backend.stats()
+    with ResultWriter(out_dir / f"{spec.name}.jsonl") as writer:
+        start = time.perf_counter()
+        new = labeler.run(test, writer, progress=progress)
+        seconds = time.perf_counter() - start
+    wanted = {it["id"] for it in test}
+    rows = [r for r in read_results(out_dir / f"{spec.name}.jsonl") if r["id"] in wanted]
+    stats = backend.stats()
+    sent = stats["prompt_tokens_sent"] - stats_before["prompt_tokens_sent"]
+    computed = stats["prompt_tokens_computed"] - stats_before["prompt_tokens_computed"]
+    metrics = evaluate_results(rows, task.label_names)
+    record = {
+        "run": spec.name, "method": "llm", "llm": True, "model": backend.model_name,
+        "shots": round(sum(len(r["demos"]) for r in rows) / len(rows), 1), "selection": spec.selection,
+        "calibration": spec.calibration, "prompt_format": spec.prompt_format, "n": metrics["n"],
+        "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"], "ece": metrics["ece"],
+        "docs_per_s": len(new) / seconds if new and seconds > 0 else None,
+        "tokens_per_s": sent / seconds if new and seconds > 0 else None,
+        "prompt_tokens": round(sent / len(new)) if new else None,
+        "prompt_tokens_computed": round(computed / len(new)) if new else None,
+        "cache_hit_rate": 1 - computed / sent if sent else None,
+        "review": _write_review(rows, out_dir / f"{spec.name}.review.jsonl", review_threshold),
+        "calibration_fit": calibration.as_dict(), "spec": dataclasses.asdict(spec), "metrics": metrics,
+    }
+    save_record(record, out_dir)
+    return record
+
+
+def baseline_record(name: str, task: TaskSpec, pool: list[dict], test: list[dict], out_dir: str | Path) -> dict:
+    """Run one no-LLM baseline on test, save its record."""
+    rows, seconds = run_baseline(name, pool, test, task.label_names)
+    metrics = evaluate_results(rows, task.label_names)
+    record = {"run": name, "method": name, "llm": False, "model": "none", "shots": len(pool), "selection": "pool",
+              "calibration": "-", "n": metrics["n"], "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
+              "ece": metrics["ece"], "docs_per_s": len(test) / seconds if seconds > 0 else None,
+              "metrics": metrics}
+    save_record(record, out_dir)
+    return record
+
+
+def standard_specs(shots: int = 5, many_shot_tokens: int = 4096, query_tokens: int = 400) -> list[RunSpec]:
+    """The standard sweep: zero-shot, k-shot random, k-shot nearest neighbours, many-shot to the budget."""
+    base = PromptConfig(max_prompt_tokens=max(2048, query_tokens + 1024), query_tokens=query_tokens)
+    many = PromptConfig(max_prompt_tokens=many_shot_tokens, demo_tokens=160, query_tokens=query_tokens)
+    knn = dataclasses.replace(base, order="nearest_last")
+    return [
+        RunSpec("zero-shot", "none", 0, prompt=base),
+        RunSpec(f"{shots}-shot-random", "random", shots, prompt=base),
+        RunSpec(f"{shots}-shot-knn", "knn", shots, prompt=knn),
+        RunSpec("many-shot-random", "random", 200, prompt=many),
+        RunSpec("many-shot-knn", "knn", 200, prompt=dataclasses.replace(many, order="nearest_last")),
+    ]
+
+
+def standard_sweep(task: TaskSpec, backend, pool: list[dict], dev: list[dict], test: list[dict], out_dir: str | Path,
+                   specs: list[RunSpec] | None = None, progress: bool = True) -> list[dict]:
+    """Every no-LLM baseline and every LLM spec on the same test set; returns their records."""
+    records = [baseline_record(name, task, pool, test, out_dir) for name in BASELINES]
+    for spec in specs or standard_specs():
+        records.append(llm_run(spec, task, backend, pool, dev, test, out_dir, progress=progress))
+    return records
