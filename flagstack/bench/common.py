@@ -40,16 +40,20 @@ def slug(text: str) -> str:
 
 
 def time_us(fn: Callable[[], Any], device: str | torch.device | None = None, *, warmup_ms: float = 25,
-            rep_ms: float = 100) -> float:
+            rep_ms: float = 100, cuda_graph: bool = False) -> float:
     """Median wall time of one `fn()` call in microseconds.
 
-    CUDA: triton.testing.do_bench (L2 flushed between calls, events around each call). CPU: a
-    perf_counter median over as many calls as fit in `rep_ms` (at least 3), after `warmup_ms`.
+    CUDA: triton.testing.do_bench (L2 flushed between calls, events around each call, so host
+    overhead shows where it exceeds the flush); with `cuda_graph`, do_bench_cudagraph (calls replayed
+    back to back from a CUDA graph: GPU time only, warm L2, as in a graph-captured decode step).
+    CPU: a perf_counter median over as many calls as fit in `rep_ms` (at least 3), after `warmup_ms`.
     """
     device = torch.device(device or default_device())
     if device.type == "cuda":
         import triton.testing
 
+        if cuda_graph:
+            return 1e3 * triton.testing.do_bench_cudagraph(fn, rep=rep_ms, return_mode="median")
         return 1e3 * triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median")
     start = time.perf_counter()
     fn()  # first call: compilation and allocation happen here, outside the measurement

@@ -309,6 +309,9 @@ def run(args: argparse.Namespace) -> list[dict]:
     rows_list = args.rows or (GPU_QUICK_ROWS if args.quick else GPU_ROWS) if on_gpu else \
         args.rows or (CPU_QUICK_ROWS if args.quick else CPU_ROWS)
     timing = {"warmup_ms": 5, "rep_ms": 20} if args.quick else {}
+    graph = bool(getattr(args, "cuda_graph", False)) and on_gpu
+    if graph:
+        timing["cuda_graph"] = True
     out: list[dict] = []
     if args.suite in ("attention", "all") and not args.ops:
         if importlib.util.find_spec("flagstack.bench.attention") is None:
@@ -323,9 +326,12 @@ def run(args: argparse.Namespace) -> list[dict]:
     mode = ("cuda: Triton vs anchors" if on_gpu else
             "CPU: torch eager vs torch.compile only (Triton runs through the interpreter here and is not "
             "timed); 'speedup' is eager / compile")
-    meta = {"device": device_description(device), "mode": mode, "quick": bool(args.quick), **torch_versions()}
-    results = ResultsFile("ops-quick" if args.quick else "ops", meta, key=("op", "rows", "dtype"),
-                          out_dir=args.out_dir, columns=COLUMNS)
+    if graph:
+        mode += " (CUDA-graph replay: GPU time with warm L2, no host overhead)"
+    meta = {"device": device_description(device), "mode": mode, "quick": bool(args.quick), "cuda_graph": graph,
+            **torch_versions()}
+    kind = "ops" + ("-graph" if graph else "") + ("-quick" if args.quick else "")
+    results = ResultsFile(kind, meta, key=("op", "rows", "dtype"), out_dir=args.out_dir, columns=COLUMNS)
     op_rows: list[dict] = []
     print(f"bench ops on {meta['device']} ({mode}); {len(entries)} ops x rows {list(rows_list)} x {args.dtype}")
     for entry in entries:

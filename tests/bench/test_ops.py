@@ -33,7 +33,7 @@ def test_suites():
 
 
 def test_cpu_run_writes_rows_and_resumes(tmp_path, no_compile, monkeypatch):
-    rows = bench_ops.run(_args(tmp_path))
+    rows = bench_ops.run(_args(tmp_path, cuda_graph=True))  # no CUDA graphs on CPU: plain timing
     (row,) = rows
     assert (row["op"], row["rows"], row["dtype"]) == ("rms_norm", 2, "fp32")
     assert row["triton_us"] is None and row["flaggems_us"] is None  # not timed on CPU
@@ -41,7 +41,8 @@ def test_cpu_run_writes_rows_and_resumes(tmp_path, no_compile, monkeypatch):
     assert row["MB"] == pytest.approx(2 * 2 * 2560 * 4 / 1e6)
     assert row["speedup"] == pytest.approx(row["eager_us"] / row["compile_us"])
     (json_path,) = tmp_path.glob("ops-quick-cpu-*.json")
-    assert "CPU" in json.loads(json_path.read_text())["meta"]["mode"]
+    meta = json.loads(json_path.read_text())["meta"]
+    assert "CPU" in meta["mode"] and meta["cuda_graph"] is False
 
     def must_not_run(*a, **k):
         raise AssertionError("a stored row was timed again")
