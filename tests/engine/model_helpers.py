@@ -37,13 +37,14 @@ class PagedSteps:
     ascending) and runs packed steps of new tokens."""
 
     def __init__(self, model: torch.nn.Module, num_seqs: int, max_len: int, num_kv_heads: int, head_dim: int,
-                 block_size: int = 4, dtype: torch.dtype = torch.float32) -> None:
-        self.model, self.block_size = model, block_size
+                 block_size: int = 4, dtype: torch.dtype = torch.float32, device: str = "cpu") -> None:
+        self.model, self.block_size, self.device = model, block_size, device
         max_blocks = -(-max_len // block_size)
         pages = torch.arange(num_seqs * max_blocks, dtype=torch.int32).flip(0)
         self.block_tables = pages.view(num_seqs, max_blocks)
         for layer in model.attention_layers():
-            layer.k_cache = torch.zeros(num_seqs * max_blocks, block_size, num_kv_heads, head_dim, dtype=dtype)
+            layer.k_cache = torch.zeros(num_seqs * max_blocks, block_size, num_kv_heads, head_dim, dtype=dtype,
+                                        device=device)
             layer.v_cache = torch.zeros_like(layer.k_cache)
         self.lengths = [0] * num_seqs
 
@@ -62,8 +63,9 @@ class PagedSteps:
             self.lengths[s] += len(toks)
         seq_lens = torch.tensor([self.lengths[s] for s in active], dtype=torch.int32)
         max_q = max(len(new_tokens[s]) for s in active)
-        meta = AttentionMetadata(torch.cat(slots), torch.tensor(cu, dtype=torch.int32), seq_lens,
-                                 self.block_tables[active], max_q, int(seq_lens.max()))
+        dev = self.device
+        meta = AttentionMetadata(torch.cat(slots).to(dev), torch.tensor(cu, dtype=torch.int32, device=dev),
+                                 seq_lens.to(dev), self.block_tables[active].to(dev), max_q, int(seq_lens.max()))
         with torch.inference_mode(), step_context(meta):
-            hidden = self.model(torch.cat(ids), torch.cat(positions))
-            return self.model.compute_logits(hidden)
+            hidden = self.model(torch.cat(ids).to(dev), torch.cat(positions).to(dev))
+            return self.model.compute_logits(hidden).cpu()

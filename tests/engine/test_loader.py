@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 from flagstack.engine import loader
 from flagstack.engine.loader import bundled_configs, embedded_gguf_path, load_model
 from flagstack.engine.tokenizer import load_gguf_tokenizer
-from tests.engine.model_helpers import VOCAB, PagedSteps, tiny_hf_model
+from tests.engine.model_helpers import PagedSteps, tiny_hf_model
 from tests.ops.helpers import assert_close
 
 # ----------------------------------------------------------------------------- embedded SmolLM2
