@@ -317,8 +317,10 @@ def run(args: argparse.Namespace) -> list[dict]:
         if importlib.util.find_spec("flagstack.bench.attention") is None:
             print("bench: flagstack.bench.attention does not exist yet; attention suite skipped")
         else:
-            attention_rows = importlib.import_module("flagstack.bench.attention").run(args)
-            print(markdown_table(attention_rows))
+            attention = importlib.import_module("flagstack.bench.attention")
+            attention_rows = attention.run(args)
+            if attention_rows:
+                print(markdown_table(attention_rows, getattr(attention, "COLUMNS", None)))
             out += attention_rows
         if args.suite == "attention":
             return out
