@@ -125,17 +125,19 @@ def _launch_narrow(x: torch.Tensor, y: torch.Tensor, log: bool) -> None:
         num_warps=warps)
 
 
-def _launch_wide(x: torch.Tensor, y: torch.Tensor, log: bool, block: int = LOOP_BLOCK) -> None:
+def _launch_wide(x: torch.Tensor, y: torch.Tensor, log: bool, block: int = LOOP_BLOCK,
+                 warps: int = LOOP_WARPS) -> None:
     _wide_kernel[(x.shape[0],)](x, y, x.shape[1], x.stride(0), y.stride(0), LOG=log, BLOCK=block,
-                                num_warps=LOOP_WARPS)
+                                num_warps=warps)
 
 
-def _launch_split(x: torch.Tensor, y: torch.Tensor, log: bool, block: int = SPLIT_BLOCK) -> None:
+def _launch_split(x: torch.Tensor, y: torch.Tensor, log: bool, block: int = SPLIT_BLOCK,
+                  warps: int | None = None) -> None:
     n_rows, n_cols = x.shape
     n_chunks = triton.cdiv(n_cols, block)
     stats = torch.empty(2, n_rows, n_chunks, dtype=torch.float32, device=x.device)
     grid = (n_chunks, n_rows)
-    warps = min(16, max(1, block // 512))
+    warps = warps or min(16, max(1, block // 512))
     _split_stats_kernel[grid](x, stats[0], stats[1], n_cols, x.stride(0), n_chunks, BLOCK=block, num_warps=warps)
     _split_write_kernel[grid](x, y, stats[0], stats[1], n_cols, x.stride(0), y.stride(0), n_chunks, LOG=log,
                               BLOCK=block, CHUNKS=triton.next_power_of_2(n_chunks), num_warps=warps)

@@ -5,7 +5,7 @@ import torch
 from scipy.stats import chi2
 
 from flagstack.ops import compute_logprobs, sample
-from flagstack.ops.sampling import sample_reference, sample_triton
+from flagstack.ops.sampling import _top_values, sample_reference, sample_triton
 from tests.ops.helpers import DEVICE, ON_GPU
 
 PROBS = torch.tensor([0.5, 0.3, 0.15, 0.05])
@@ -93,6 +93,16 @@ def test_greedy_is_argmax_and_seeds_reproduce():
     draws = {tuple(sample_reference(logits, 1.0, seeds=[s] * 4).tolist()) for s in range(6)}
     assert len(draws) > 1, "different seeds should give different tokens"
     assert sample_triton(torch.empty(0, 5, device=DEVICE), 1.0).shape == (0,)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_chunked_top_values_equal_topk(dtype):
+    """The two-stage top-k used on CUDA (here with 64-wide chunks) gives torch.topk's values exactly."""
+    x = torch.randn(3, 1000, dtype=dtype, device=DEVICE)
+    x[0, :300] = x[0, 7]  # ties across chunks
+    for k in (1, 5, 8):
+        assert torch.equal(_top_values(x, k, chunk=64), torch.topk(x, k).values.float())
+    assert torch.equal(_top_values(x, 40, chunk=64), torch.topk(x, 40).values.float())  # k too big: one stage
 
 
 def test_compute_logprobs():
