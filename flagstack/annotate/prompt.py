@@ -92,6 +92,7 @@ class PromptBuilder:
         self.marker = self.encode(ELLIPSIS)
         self._prefix_cache: dict[tuple, list[int]] = {}
         self._doc_cache: dict[str, list[int]] = {}
+        self._demo_cost: dict[str, int] = {}
         # Budget left for demos: everything but the header and one full item chunk with its framing.
         framing = len(self.encode(self._item_text("x", answer=None))) + 8
         self.demo_budget = config.max_prompt_tokens - len(self.prefix([])) - config.query_tokens - framing
@@ -138,7 +139,9 @@ class PromptBuilder:
         """The demos (in selection order) that fit the demo budget, then put in the configured order."""
         packed, used = [], 0
         for demo in demos:
-            cost = min(len(self.doc_ids(demo["text"])), self.config.demo_tokens) + 12  # + framing tokens
+            cost = self._demo_cost.get(demo["id"])
+            if cost is None:  # exact in plain form; chat adds a few role tokens, inside the framing slack
+                cost = self._demo_cost[demo["id"]] = len(self.encode(self._item_text(self._cut(demo), demo["gold"])))
             if used + cost > self.demo_budget:
                 break
             packed.append(demo)

@@ -1,0 +1,93 @@
+"""The labeler with a hand-computable fake backend: label choice, calibration, chunks, resume after a
+crash, multi-label thresholds, review file; and the no-LLM baselines."""
+import json
+
+import numpy as np
+import pytest
+
+from flagstack.annotate.baselines import run_baseline
+from flagstack.annotate.demos import RandomSelector
+from flagstack.annotate.labeler import Labeler, LabelerConfig
+from flagstack.annotate.output import ResultWriter, read_results
+from flagstack.annotate.prompt import PromptBuilder, PromptConfig
+from flagstack.annotate.sweep import RunSpec, llm_run
+from tests.annotate.fakes import KeywordBackend, toy_items, toy_task
+
+CFG = PromptConfig(max_prompt_tokens=600, demo_tokens=60, query_tokens=200, overlap=20)
+
+
+def _labeler(backend, calibration="none", task=None, k=0, batch=2):
+    task = task or toy_task()
+    return Labeler(task, backend, PromptBuilder(task, backend.tokenizer, CFG),
+                   [RandomSelector(toy_items(6, "d"), k)], LabelerConfig(calibration=calibration, batch_items=batch))
+
+
+def test_labels_probs_and_provenance():
+    rows = _labeler(KeywordBackend()).run(toy_items(5), progress=False)
+    assert [r["label"] for r in rows] == [r["gold"] for r in rows]
+    # 'apple' appears twice in item 0: scores [2, 0, 0] per token -> softmax over (2/6, 0, 0) (lengths 6,7,7)
+    s = np.array([2 / 6, 0, 0])
+    np.testing.assert_allclose(list(rows[0]["probs"].values()), np.exp(s) / np.exp(s).sum(), atol=1e-6)
+    assert rows[0]["model"] == "fake" and len(rows[0]["prompt_hash"]) == 16 and rows[0]["chunks"] == 1
+
+
+def test_contextual_calibration_removes_label_bias():
+    biased = KeywordBackend(bias={"cherry": 14.0})  # 2 per token for ' cherry': beats any keyword count
+    assert {r["label"] for r in _labeler(biased).run(toy_items(6), progress=False)} == {"cherry"}
+    rows = _labeler(KeywordBackend(bias={"cherry": 14.0}), "contextual").run(toy_items(6), progress=False)
+    assert [r["label"] for r in rows] == [r["gold"] for r in rows]
+
+
+def test_dev_prior_and_temperature_fit():
+    lab = _labeler(KeywordBackend(bias={"cherry": 14.0}), "dev_prior")
+    cal = lab.fit(toy_items(6, "dev"))
+    assert cal.bias is not None and cal.temperature != 1.0
+    assert [r["label"] for r in lab.run(toy_items(6), progress=False)] == [r["gold"] for r in toy_items(6)]
+
+
+def test_long_item_is_chunked_and_aggregated():
+    item = {"id": "long", "text": "banana " * 30 + "filler " * 60 + "banana", "gold": "banana"}
+    row = _labeler(KeywordBackend()).run([item], progress=False)[0]
+    assert row["chunks"] > 1 and row["label"] == "banana"
+
+
+def test_resume_after_crash(tmp_path):
+    path = tmp_path / "out.jsonl"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        with ResultWriter(path) as writer:
+            _labeler(KeywordBackend(crash_after=4)).run(toy_items(7), writer, progress=False)
+    assert [r["id"] for r in read_results(path)] == ["t0", "t1", "t2", "t3"]  # two batches of 2 made it
+    backend = KeywordBackend()
+    with ResultWriter(path) as writer:
+        new = _labeler(backend).run(toy_items(7), writer, progress=False)
+    assert [r["id"] for r in new] == ["t4", "t5", "t6"] and backend.prompts_seen == 3
+    assert len(read_results(path)) == 7
+
+
+def test_multi_label_thresholds():
+    task = toy_task(type="multi_label", labels=[{"name": "apple", "threshold": 0.3}, {"name": "banana", "threshold": 0.3},
+                                                {"name": "cherry", "threshold": 0.9}])
+    item = {"id": "m", "text": "apple apple apple apple apple apple banana banana banana banana banana banana banana",
+            "gold": None}
+    row = _labeler(KeywordBackend(), task=task).run([item], progress=False)[0]
+    assert row["labels"] == ["apple", "banana"]
+
+
+def test_llm_run_writes_results_review_and_record(tmp_path):
+    spec = RunSpec("toy-run", "random", 3, calibration="none", prompt=CFG)
+    record = llm_run(spec, toy_task(), KeywordBackend(), toy_items(6, "d"), [], toy_items(4), tmp_path,
+                     review_threshold=0.99, progress=False)
+    assert record["accuracy"] == 1.0 and record["n"] == 4 and record["shots"] == 3.0
+    assert record["review"] == 4 and len((tmp_path / "toy-run.review.jsonl").read_text().splitlines()) == 4
+    assert json.loads((tmp_path / "toy-run.eval.json").read_text())["run"] == "toy-run"
+
+
+def test_baselines():
+    pool, items, labels = toy_items(30, "p"), toy_items(6), ["apple", "banana", "cherry"]
+    for name in ("tfidf_knn", "tfidf_linear"):
+        rows, _ = run_baseline(name, pool, items, labels)
+        assert [r["label"] for r in rows] == [r["gold"] for r in rows]
+    rows, _ = run_baseline("majority", pool[:4], items, labels)  # pool labels a,b,c,a -> apple 0.5
+    assert {r["label"] for r in rows} == {"apple"} and rows[0]["confidence"] == 0.5
+    with pytest.raises(ValueError, match="baseline"):
+        run_baseline("svm", pool, items, labels)
