@@ -68,7 +68,10 @@ _local = threading.local()
 
 
 def register_aten(aten_name: str, fn: Callable) -> None:
-    """Offer `fn` (same signature as the ATen op) to `flagstack.ops.enable()` for CUDA tensors."""
+    """Offer `fn` (same signature as the ATen op) to `flagstack.ops.enable()` for CUDA tensors.
+
+    `fn` may return NotImplemented for a case our kernel does not cover; ATen's own kernel runs then.
+    """
     if aten_name in _ATEN:
         raise ValueError(f"ATen override '{aten_name}' is registered twice")
     _ATEN[aten_name] = fn
