@@ -83,8 +83,8 @@ def load_model(model: str | None = None, *, dtype: torch.dtype | None = None, de
         load_format = "gguf" if is_gguf else "safetensors"
     elif load_format == "gguf" and not is_gguf:
         raise ValueError(f"load_format='gguf' needs a .gguf file, got {source}")
-    elif load_format == "safetensors" and not source.is_dir():
-        raise ValueError(f"load_format='safetensors' needs a model directory, got {source}")
+    if load_format == "safetensors" and not source.is_dir():  # also any non-.gguf file under "auto"
+        raise ValueError(f"safetensors loading needs a model directory (config.json + *.safetensors), got {source}")
 
     gguf_file = read_gguf(source) if is_gguf else None
     config = _gguf_config(gguf_file) if gguf_file else _json_config(source)
@@ -236,9 +236,16 @@ def safetensors_tensors(model_dir: Path) -> Iterator[tuple[str, torch.Tensor]]:
     """Every tensor of every *.safetensors shard in the directory, one at a time."""
     from safetensors import safe_open
 
-    files = sorted(model_dir.glob("*.safetensors"))
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():  # the shards the index names (a repo may hold other, unrelated .safetensors)
+        files = [model_dir / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+    else:
+        files = sorted(model_dir.glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"no *.safetensors files in {model_dir}")
+    for file in files:
+        if not file.is_file():
+            raise FileNotFoundError(f"{file} (listed in model.safetensors.index.json) is missing")
     for file in files:
         with safe_open(str(file), framework="pt") as handle:
             for name in handle.keys():

@@ -210,6 +210,9 @@ def test_gguf_file_errors(tiny_gguf, tmp_path):
         load_model(str(tmp_path / "header.gguf"))
     with pytest.raises(ValueError, match="needs a model directory"):
         load_model(str(tiny_gguf), load_format="safetensors")
+    (tmp_path / "weights.bin").write_bytes(b"")
+    with pytest.raises(ValueError, match="needs a model directory"):
+        load_model(str(tmp_path / "weights.bin"))
 
 
 # ----------------------------------------------------------------------------- safetensors errors
@@ -241,6 +244,10 @@ def test_config_weight_mismatches(llama_dir):
     save_file(weights, weights_file)
     with pytest.raises(ValueError, match=r"lacks 1 tensor.*layers.1.self_attn.qkv_proj.weight\[shard 2\]"):
         load_model(str(llama_dir))
+    (llama_dir / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "part-1.safetensors"}}))
+    with pytest.raises(FileNotFoundError, match="part-1.safetensors .listed in model.safetensors.index.json"):
+        load_model(str(llama_dir))
+    (llama_dir / "model.safetensors.index.json").unlink()
     weights_file.unlink()
     with pytest.raises(FileNotFoundError, match="no \\*.safetensors"):
         load_model(str(llama_dir))
