@@ -4,6 +4,7 @@ import torch
 
 from flagstack.ops.registry import BenchCase, OpEntry
 from flagstack.ops.selftest import check_case, clone_inputs, compare, run_selftest
+from tests.ops.helpers import DEVICE
 
 
 def test_float_tolerance_follows_dtype():
@@ -62,7 +63,7 @@ def test_check_case_compares_inputs_written_in_place():
 
 
 def test_run_selftest_one_skip_line_for_ops_without_triton():
-    results = run_selftest([_entry(None)], rows=[1, 2], dtypes=[torch.float32], device="cpu")
+    results = run_selftest([_entry(None)], rows=[1, 2], dtypes=[torch.float32], device=DEVICE)
     assert [(r.status, r.detail) for r in results] == [("skip", "no Triton implementation")]
 
 
@@ -70,6 +71,6 @@ def test_bench_case_crash_is_an_error_and_results_stream():
     entry = _entry(lambda x, out: x)
     entry.bench_case = lambda rows, dtype, device: torch.empty(-1)  # RuntimeError, not ValueError
     seen = []
-    results = run_selftest([entry], rows=[1, 2], dtypes=[torch.float32], device="cpu", on_result=seen.append)
+    results = run_selftest([entry], rows=[1, 2], dtypes=[torch.float32], device=DEVICE, on_result=seen.append)
     assert seen == results and [r.status for r in results] == ["error", "error"]
     assert results[0].detail.startswith("bench_case: RuntimeError")

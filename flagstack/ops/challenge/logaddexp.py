@@ -10,8 +10,8 @@ import torch
 import triton
 import triton.language as tl
 
-from flagstack.ops.challenge.pointwise import (FLOAT_DTYPES, check_kernel_dtype, flat_offsets,
-                                               launch_elementwise, to_compute_dtype)
+from flagstack.ops.challenge.pointwise import (FLOAT_DTYPES, check_kernel_dtype, check_out_dtype,
+                                               flat_offsets, launch_elementwise, to_compute_dtype)
 from flagstack.ops.registry import BenchCase, register, register_aten
 
 INF = tl.constexpr(float("inf"))
@@ -20,8 +20,9 @@ INF = tl.constexpr(float("inf"))
 @triton.jit
 def _logaddexp_kernel(a_ptr, b_ptr, out_ptr, n, BLOCK: tl.constexpr):
     offsets, mask = flat_offsets(n, BLOCK)
-    a = to_compute_dtype(tl.load(a_ptr + offsets, mask=mask))
-    b = to_compute_dtype(tl.load(b_ptr + offsets, mask=mask))
+    # inputs pass through the result dtype first, as ATen's CUDA kernel reads them (see the wrapper)
+    a = to_compute_dtype(tl.load(a_ptr + offsets, mask=mask).to(out_ptr.dtype.element_ty))
+    b = to_compute_dtype(tl.load(b_ptr + offsets, mask=mask).to(out_ptr.dtype.element_ty))
     larger = tl.where(a > b, a, b)  # a nan in either input reaches the result through a - b
     y = larger + tl.log(1.0 + tl.exp(-tl.abs(a - b)))
     y = tl.where((a == b) & (tl.abs(a) == INF), a, y)
@@ -32,6 +33,11 @@ def logaddexp_triton(a: torch.Tensor, b: torch.Tensor, *, out: torch.Tensor | No
     """log(exp(a) + exp(b)) with broadcasting and ATen's type promotion."""
     result = torch.result_type(a, b)
     check_kernel_dtype("logaddexp", result, FLOAT_DTYPES, a.device)
+    if out is not None and out.is_cuda and out.dtype.is_floating_point:
+        check_out_dtype(result, out)
+        # ATen's CUDA kernel computes in out's dtype (fp16 inputs with an fp32 out are not rounded
+        # to fp16 first), its CPU kernel in the inputs' common dtype; each device's rule is kept.
+        result = out.dtype
     return launch_elementwise(_logaddexp_kernel, [a, b], result, out)
 
 

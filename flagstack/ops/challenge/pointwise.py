@@ -136,6 +136,8 @@ def flat_offsets(n, BLOCK: tl.constexpr):
 @triton.jit
 def to_compute_dtype(x):
     """Math precision as ATen's opmath: fp64 stays fp64, everything else computes in fp32."""
-    if x.dtype == tl.float64:
-        return x
-    return x.to(tl.float32)
+    # One return statement: the GPU compiler visits the code after a static `if ...: return` too
+    # and rejects two return types (fp64 vs fp32); the interpreter does not notice.
+    if x.dtype != tl.float64:
+        x = x.to(tl.float32)
+    return x

@@ -69,12 +69,12 @@ def test_empty_batch_and_dispatch():
 
 def test_errors():
     batch = build_paged([5, 6], 2, 64, 16, torch.float32)
-    q = torch.randn(2, 4, 64)
+    q = torch.randn(2, 4, 64, device=DEVICE)
     good = dict(q=q, k_cache=batch.k_cache, v_cache=batch.v_cache, seq_lens=batch.seq_lens,
                 block_tables=batch.block_tables, scale=0.1)
-    cases = [(dict(q=torch.randn(3, 4, 64)), "one token per sequence"),
-             (dict(q=torch.randn(2, 3, 64)), "multiple of the cache's kv heads"),
-             (dict(q=torch.randn(2, 4, 32)), "q head_dim"),
+    cases = [(dict(q=torch.randn(3, 4, 64, device=DEVICE)), "one token per sequence"),
+             (dict(q=torch.randn(2, 3, 64, device=DEVICE)), "multiple of the cache's kv heads"),
+             (dict(q=torch.randn(2, 4, 32, device=DEVICE)), "q head_dim"),
              (dict(seq_lens=batch.seq_lens.float()), "seq_lens must have dtype"),
              (dict(block_tables=batch.block_tables[:1]), "one row per sequence"),
              (dict(scale=0.0), "scale must be a positive"),

@@ -9,7 +9,7 @@ from flagstack.ops.attention.kv_write import store_kv_reference
 from flagstack.ops.attention.paged_decode import paged_decode_reference
 from flagstack.ops.attention.varlen import varlen_attention_reference
 from tests.ops.attention.paging import build_paged
-from tests.ops.helpers import assert_close
+from tests.ops.helpers import DEVICE, assert_close
 
 
 def manual_attention(q, k, v, q_positions, scale, window=None, softcap=None):
@@ -20,8 +20,8 @@ def manual_attention(q, k, v, q_positions, scale, window=None, softcap=None):
     scores = torch.einsum("qhd,khd->hqk", q.double(), k) * scale
     if softcap is not None:
         scores = softcap * torch.tanh(scores / softcap)
-    pos_q = torch.as_tensor(q_positions)[:, None]
-    pos_k = torch.arange(k.shape[0])[None, :]
+    pos_q = torch.as_tensor(q_positions, device=q.device)[:, None]
+    pos_k = torch.arange(k.shape[0], device=q.device)[None, :]
     visible = pos_k <= pos_q
     if window is not None:
         visible &= pos_k > pos_q - window
@@ -33,7 +33,7 @@ def manual_attention(q, k, v, q_positions, scale, window=None, softcap=None):
 def test_decode_reference_matches_sdpa(group):
     lens = [1, 15, 16, 17, 45]
     batch = build_paged(lens, 2, 64, 16, torch.float32, shared_blocks=0)
-    q = torch.randn(len(lens), 2 * group, 64)
+    q = torch.randn(len(lens), 2 * group, 64, device=DEVICE)
     out = paged_decode_reference(q, batch.k_cache, batch.v_cache, batch.seq_lens, batch.block_tables, 0.125)
     for s, n in enumerate(lens):
         k, v = batch.keys[s].transpose(0, 1)[None], batch.values[s].transpose(0, 1)[None]
@@ -45,7 +45,7 @@ def test_decode_reference_matches_sdpa(group):
 def test_decode_reference_window_softcap(window, softcap):
     lens = [3, 16, 40]
     batch = build_paged(lens, 1, 32, 16, torch.float32, shared_blocks=0)
-    q = torch.randn(len(lens), 4, 32)
+    q = torch.randn(len(lens), 4, 32, device=DEVICE)
     out = paged_decode_reference(q, batch.k_cache, batch.v_cache, batch.seq_lens, batch.block_tables,
                                  0.2, window, softcap)
     for s, n in enumerate(lens):
@@ -56,8 +56,8 @@ def test_decode_reference_window_softcap(window, softcap):
 def test_varlen_reference_matches_sdpa_with_prefix():
     lens, news = [20, 33, 7, 16], [20, 9, 1, 0]  # full prefill, extend over a cached prefix, decode, idle
     batch = build_paged(lens, 2, 64, 8, torch.float32, shared_blocks=0)
-    q = torch.randn(sum(news), 8, 64)
-    cu = torch.tensor([0] + news).cumsum(0).to(torch.int32)
+    q = torch.randn(sum(news), 8, 64, device=DEVICE)
+    cu = torch.tensor([0] + news, device=DEVICE).cumsum(0).to(torch.int32)
     out = varlen_attention_reference(q, batch.k_cache, batch.v_cache, cu, batch.seq_lens,
                                      batch.block_tables, 0.125)
     for s, (n, new) in enumerate(zip(lens, news)):
@@ -65,7 +65,7 @@ def test_varlen_reference_matches_sdpa_with_prefix():
             continue
         q_s = q[cu[s]:cu[s + 1]].transpose(0, 1)[None]
         k, v = batch.keys[s].transpose(0, 1)[None], batch.values[s].transpose(0, 1)[None]
-        mask = torch.ones(new, n, dtype=torch.bool).tril(n - new)
+        mask = torch.ones(new, n, dtype=torch.bool, device=DEVICE).tril(n - new)
         expected = F.scaled_dot_product_attention(q_s, k, v, attn_mask=mask, scale=0.125, enable_gqa=True)
         assert_close(out[cu[s]:cu[s + 1]], expected[0].transpose(0, 1))
 
@@ -73,8 +73,8 @@ def test_varlen_reference_matches_sdpa_with_prefix():
 def test_varlen_reference_window_softcap_by_hand():
     lens, news = [30, 12], [11, 12]
     batch = build_paged(lens, 1, 16, 16, torch.float32, shared_blocks=0)
-    q = torch.randn(sum(news), 2, 16)
-    cu = torch.tensor([0] + news).cumsum(0).to(torch.int32)
+    q = torch.randn(sum(news), 2, 16, device=DEVICE)
+    cu = torch.tensor([0] + news, device=DEVICE).cumsum(0).to(torch.int32)
     out = varlen_attention_reference(q, batch.k_cache, batch.v_cache, cu, batch.seq_lens,
                                      batch.block_tables, 0.3, 6, 4.0)
     for s, (n, new) in enumerate(zip(lens, news)):

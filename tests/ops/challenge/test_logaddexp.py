@@ -77,7 +77,10 @@ def test_out():
     a, b = make((5, 6), torch.float16), make((6,), torch.float16)
     out = torch.empty(5, 6, dtype=torch.float32, device=DEVICE)
     assert logaddexp_triton(a, b, out=out) is out
-    check(out, torch.logaddexp(a, b, out=torch.empty_like(out)))
+    check(out, torch.logaddexp(a, b, out=torch.empty_like(out)))  # CUDA: not rounded to fp16 first
+    wide, half = make((5, 6), torch.float32), torch.empty(5, 6, dtype=torch.float16, device=DEVICE)
+    check(logaddexp_triton(wide, wide.flip(0), out=half),
+          torch.logaddexp(wide, wide.flip(0), out=torch.empty_like(half)))
     strided = torch.empty(6, 5, dtype=torch.float16, device=DEVICE).t()
     check(logaddexp_triton(a, b, out=strided), torch.logaddexp(a, b))
     out = torch.empty(0, device=DEVICE, dtype=torch.float16)
