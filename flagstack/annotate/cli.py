@@ -36,7 +36,7 @@ def _spec(args):
     from flagstack.annotate.sweep import RunSpec
 
     prompt = PromptConfig(max_prompt_tokens=args.max_prompt_tokens, demo_tokens=args.demo_tokens,
-                          query_tokens=args.query_tokens,
+                          query_tokens=args.query_tokens, overlap=min(64, args.query_tokens // 4),
                           order="nearest_last" if args.selection in ("knn", "mmr") else "interleave")
     return RunSpec(args.name or Path(args.data).stem, args.selection if args.demos else "none",
                    args.shots, args.calibration, prompt, args.format, args.embedding, args.demo_sets)
