@@ -45,6 +45,7 @@ class BlockManager:
         self.hashes: list[int | None] = [NO_HASH] * num_blocks
         self.tokens: list[tuple[int, ...] | None] = [None] * num_blocks
         self.cached: dict[int, int] = {}  # block hash -> block id
+        self.inflight: dict[int, int] = {}  # hash of a prompt block being computed -> seq_id computing it
         self.free: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
         self.stats = CacheStats()
 
@@ -61,8 +62,9 @@ class BlockManager:
         return -(-num_tokens // self.block_size)
 
     # -- prefix cache ---------------------------------------------------------------------------
-    def _lookup(self, seq: Sequence, max_tokens: int) -> list[int]:
-        """Cached blocks matching the first full blocks of seq (covering at most max_tokens tokens)."""
+    def _lookup(self, seq: Sequence, max_tokens: int) -> tuple[list[int], bool]:
+        """Cached blocks matching the first full blocks of seq (covering at most max_tokens tokens),
+        and whether the first block that missed is being computed by another sequence right now."""
         hits: list[int] = []
         parent: int | None = None
         for i in range(max_tokens // self.block_size):
@@ -70,10 +72,10 @@ class BlockManager:
             h = block_hash(parent, tokens)
             block = self.cached.get(h)
             if block is None or self.tokens[block] != tokens:
-                break
+                return hits, self.inflight.get(h, seq.seq_id) != seq.seq_id
             hits.append(block)
             parent = h
-        return hits
+        return hits, False
 
     def admit(self, seq: Sequence, max_cached_tokens: int) -> int:
         """Give a new (or preempted) sequence the cached blocks of its prefix; returns tokens reused.
@@ -81,10 +83,11 @@ class BlockManager:
         Call only once can_admit said yes. `max_cached_tokens` caps reuse (at least one token must be
         computed to get logits; prompt logprobs need their rows computed).
         """
-        hits = self._lookup(seq, max_cached_tokens) if self.enable_prefix_caching else []
+        hits = self._lookup(seq, max_cached_tokens)[0] if self.enable_prefix_caching else []
         for block in hits:
             self._take(block)
         seq.block_table = hits
+        self._mark_inflight(seq, len(hits))
         seq.num_computed_tokens = seq.num_cached_tokens = len(hits) * self.block_size
         if seq.num_preemptions == 0:  # count each prompt once, not again on recompute
             self.stats.prefix_queries += seq.num_prompt_tokens
@@ -92,12 +95,30 @@ class BlockManager:
             self.stats.prompt_tokens_sent += seq.num_prompt_tokens
         return seq.num_computed_tokens
 
-    def count_hits(self, seq: Sequence, max_cached_tokens: int) -> tuple[int, int]:
-        """(blocks the prefix cache would serve, of which now free) for an admission check."""
+    def count_hits(self, seq: Sequence, max_cached_tokens: int) -> tuple[int, int, bool]:
+        """For an admission check: (blocks the prefix cache would serve, of which now free, whether
+        the next prefix block is in flight: admitting seq after that block is committed saves its compute)."""
         if not self.enable_prefix_caching:
-            return 0, 0
-        hits = self._lookup(seq, max_cached_tokens)
-        return len(hits), sum(1 for b in hits if self.ref_count[b] == 0)
+            return 0, 0, False
+        hits, in_flight = self._lookup(seq, max_cached_tokens)
+        return len(hits), sum(1 for b in hits if self.ref_count[b] == 0), in_flight
+
+    def _mark_inflight(self, seq: Sequence, first: int) -> None:
+        """Announce the prompt blocks seq will compute, so equal prompts admitted meanwhile wait for them."""
+        if not self.enable_prefix_caching:
+            return
+        bs = self.block_size
+        parent = self.hashes[seq.block_table[first - 1]] if first > 0 else None
+        for i in range(first, seq.num_prompt_tokens // bs):
+            parent = block_hash(parent, tuple(seq.token_ids[i * bs:(i + 1) * bs]))
+            if self.inflight.setdefault(parent, seq.seq_id) == seq.seq_id:
+                seq.inflight_hashes.append(parent)
+
+    def _clear_inflight(self, seq: Sequence) -> None:
+        for h in seq.inflight_hashes:
+            if self.inflight.get(h) == seq.seq_id:
+                del self.inflight[h]
+        seq.inflight_hashes = []
 
     def share(self, seq: Sequence, source: Sequence, num_tokens: int) -> None:
         """Let seq use source's first full blocks covering num_tokens (n > 1 siblings)."""
@@ -121,6 +142,8 @@ class BlockManager:
             if self.hashes[block] is NO_HASH:
                 self.hashes[block], self.tokens[block] = h, tokens
                 self.cached.setdefault(h, block)
+            if self.inflight.get(h) == seq.seq_id:
+                del self.inflight[h]
             parent = h
 
     # -- allocation -----------------------------------------------------------------------------
@@ -153,6 +176,7 @@ class BlockManager:
                     self.free[block] = None
         seq.block_table = []
         seq.num_computed_tokens = 0
+        self._clear_inflight(seq)
 
     def _take(self, block: int) -> None:
         if self.ref_count[block] == 0:

@@ -78,7 +78,6 @@ class Sampler:
     def __call__(self, logits: torch.Tensor, seqs: list[Sequence], eos_token_ids: list[int]) -> SampleOutput:
         """Choose one token per row of logits [B, V] (fp32, not modified) for seqs[row]."""
         params = [s.params for s in seqs]
-        raw_logprobs = torch.log_softmax(logits, dim=-1)
         work = logits
         if any(p.has_penalties for p in params):
             work = logits.clone()
@@ -102,9 +101,11 @@ class Sampler:
         dicts: list[Logprobs | None] = [None] * len(seqs)
         asked = [r for r, n in enumerate(wanted) if n is not None]
         if asked:
-            for r, d in zip(asked, logprob_dicts(raw_logprobs[asked], chosen[asked], [wanted[r] for r in asked])):
+            raw = torch.log_softmax(logits[asked], dim=-1)
+            for r, d in zip(asked, logprob_dicts(raw, chosen[asked], [wanted[r] for r in asked])):
                 dicts[r] = d
-        chosen_lp = raw_logprobs.gather(1, chosen[:, None])[:, 0].tolist()
+        # the chosen tokens' logprobs without a full log_softmax: logit - logsumexp(row)
+        chosen_lp = (logits.gather(1, chosen[:, None])[:, 0] - logits.logsumexp(-1)).tolist()
         return SampleOutput(chosen.tolist(), dicts, chosen_lp)
 
     def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:

@@ -86,23 +86,29 @@ class Scheduler:
         return batch
 
     def _admit_waiting(self, batch: ScheduledBatch, budget: int) -> int:
+        """Admit waiting sequences in arrival order while budget, blocks and max_num_seqs allow; one whose
+        next prefix block another sequence is computing now is passed over until that block is cached."""
         chunked = self.config.enable_chunked_prefill
         bs = self.blocks.block_size
-        while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
-            seq = self.waiting[0]
+        i = 0
+        while i < len(self.waiting) and budget > 0 and len(self.running) < self.config.max_num_seqs:
+            seq = self.waiting[i]
             if seq.block_table:  # an n > 1 sibling already holding the shared prompt blocks
-                hit_blocks, free_hits = 0, 0
+                hit_blocks, free_hits, in_flight = 0, 0, False
                 start = seq.num_computed_tokens
             else:
-                hit_blocks, free_hits = self.blocks.count_hits(seq, self.max_cached_tokens(seq))
+                hit_blocks, free_hits, in_flight = self.blocks.count_hits(seq, self.max_cached_tokens(seq))
                 start = hit_blocks * bs
+            if in_flight:
+                i += 1
+                continue
             n = min(len(seq) - start, budget)
             if not chunked and n < len(seq) - start:
                 break
             need = self.blocks.blocks_needed(start + n) - len(seq.block_table) - hit_blocks + free_hits
             if need > self.blocks.num_free_blocks:
                 break
-            self.waiting.popleft()
+            del self.waiting[i]
             if not seq.block_table:
                 self.blocks.admit(seq, self.max_cached_tokens(seq))
             self.blocks.allocate(seq, n)

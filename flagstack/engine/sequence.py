@@ -58,6 +58,7 @@ class Sequence:
         self.num_computed_tokens = 0  # tokens whose K/V are in the cache
         self.num_cached_tokens = 0  # of those, served by the prefix cache at admission
         self.num_preemptions = 0
+        self.inflight_hashes: list[int] = []  # prompt blocks this sequence announced it is computing
         self.parent: Sequence | None = None  # n > 1: the sibling that computes the shared prompt
         self.logprobs: list[Logprobs] | None = [] if request.params.logprobs is not None else None
         self.cumulative_logprob = 0.0

@@ -44,7 +44,7 @@ def test_prefix_hit_reuses_blocks_and_counts():
     first_two = a.block_table[:2]
     blocks.free_sequence(a)
     b = make_seq(list(range(8)) + [50, 51, 52])
-    assert blocks.count_hits(b, len(b) - 1) == (2, 2)  # two full blocks, both free now
+    assert blocks.count_hits(b, len(b) - 1) == (2, 2, False)  # two full blocks, both free now
     assert blocks.admit(b, len(b) - 1) == 8
     assert b.block_table == first_two and b.num_cached_tokens == 8
     assert blocks.stats.prefix_queries == 11 and blocks.stats.prefix_hits == 8
@@ -112,3 +112,20 @@ def test_share_for_siblings():
     blocks.share(sibling, first, 9)
     assert sibling.block_table == first.block_table[:2] and sibling.num_computed_tokens == 8
     assert blocks.ref_count[first.block_table[0]] == 2
+
+
+def test_in_flight_prefix_blocks():
+    blocks = BlockManager(16, 4)
+    first, same = make_seq(list(range(10))), make_seq(list(range(9)) + [99])
+    assert blocks.count_hits(same, 9) == (0, 0, False)
+    blocks.admit(first, 9)
+    blocks.allocate(first, 10)
+    assert blocks.count_hits(same, 9) == (0, 0, True)  # first is computing the same 2 full blocks
+    assert blocks.count_hits(first, 9)[2] is False  # a sequence never waits for itself
+    first.num_computed_tokens = 10
+    blocks.commit_full_blocks(first, 0)
+    assert blocks.count_hits(same, 9) == (2, 0, False) and blocks.inflight == {}
+    other = make_seq([50] * 10)
+    blocks.admit(other, 9)
+    blocks.free_sequence(other)  # preempted or aborted before computing: nobody waits for it
+    assert blocks.inflight == {}

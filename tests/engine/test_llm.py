@@ -11,9 +11,15 @@ from transformers import PreTrainedTokenizerFast
 from flagstack.engine.config import EngineConfig, SamplingParams
 from flagstack.engine.llm import LLM, AsyncLLM
 from tests.engine.test_models import VOCAB, tiny_hf_model
+from tests.ops.helpers import gpu_only
 
 STEPS = 32
 GREEDY = SamplingParams(temperature=0, max_tokens=STEPS, ignore_eos=True)
+CPU = dict(device="cpu", dtype="float32", block_size=4)  # the reference path, on GPU machines too
+
+
+def cpu_llm(path: str, **kwargs) -> LLM:
+    return LLM(path, **{**CPU, **kwargs})
 
 
 def word_tokenizer() -> PreTrainedTokenizerFast:
@@ -53,7 +59,7 @@ def tokens(outputs) -> list[list[int]]:
 
 def test_greedy_matches_hf(tiny):
     hf, path, prompts, reference = tiny
-    llm = LLM(path, block_size=4)
+    llm = cpu_llm(path)
     outputs = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=STEPS, ignore_eos=True, logprobs=2))
     assert tokens(outputs) == reference
     assert all(o.finished and o.outputs[0].finish_reason == "length" for o in outputs)
@@ -77,7 +83,7 @@ def test_greedy_matches_hf(tiny):
 ])
 def test_scheduling_variants_give_the_same_tokens(tiny, variant):
     _, path, prompts, reference = tiny
-    llm = LLM(path, block_size=4, **variant)
+    llm = cpu_llm(path, **variant)
     assert tokens(llm.generate(prompts, GREEDY)) == reference
     if "num_kv_blocks" in variant:
         assert llm.get_stats()["num_preemptions"] > 0
@@ -86,7 +92,7 @@ def test_scheduling_variants_give_the_same_tokens(tiny, variant):
 
 def test_batch_of_one_and_prefix_reuse(tiny):
     _, path, prompts, reference = tiny
-    llm = LLM(path, block_size=4)
+    llm = cpu_llm(path)
     assert [tokens(llm.generate(p, GREEDY))[0] for p in prompts] == reference
     stats = llm.get_stats()
     assert stats["prompt_tokens_cached"] >= 8  # the 5th prompt reuses the 4th's first two full blocks
@@ -97,7 +103,7 @@ def test_batch_of_one_and_prefix_reuse(tiny):
 
 def test_prompt_logprobs_vs_hf(tiny):
     hf, path, prompts, _ = tiny
-    llm = LLM(path, block_size=4)
+    llm = cpu_llm(path)
     prompt = prompts[1]
     with torch.no_grad():
         ref = torch.log_softmax(hf(torch.tensor([prompt])).logits[0].float(), -1)
@@ -122,13 +128,13 @@ def test_prompt_logprobs_vs_hf(tiny):
 
 def test_n_samples_share_the_prompt(tiny):
     _, path, prompts, reference = tiny
-    llm = LLM(path, block_size=4)
+    llm = cpu_llm(path)
     out = llm.generate(prompts[1], SamplingParams(n=3, temperature=1.0, seed=5, max_tokens=8, ignore_eos=True))[0]
     assert [c.index for c in out.outputs] == [0, 1, 2] and all(len(c.token_ids) == 8 for c in out.outputs)
     assert len({tuple(c.token_ids) for c in out.outputs}) > 1
     again = llm.generate(prompts[1], SamplingParams(n=3, temperature=1.0, seed=5, max_tokens=8, ignore_eos=True))[0]
     assert [c.token_ids for c in again.outputs] == [c.token_ids for c in out.outputs]
-    fresh = LLM(path, block_size=4, enable_prefix_caching=False)
+    fresh = cpu_llm(path, enable_prefix_caching=False)
     greedy = fresh.generate(prompts[1], SamplingParams(n=2, temperature=0, max_tokens=STEPS, ignore_eos=True))[0]
     assert [c.token_ids for c in greedy.outputs] == [reference[1]] * 2
     # the sibling computed only the prompt's last partial block (21 tokens: 5 blocks shared, 1 token)
@@ -137,7 +143,7 @@ def test_n_samples_share_the_prompt(tiny):
 
 def test_stop_strings_tokens_and_text(tiny):
     _, path, prompts, reference = tiny
-    llm = LLM(path, block_size=4)
+    llm = cpu_llm(path)
     out = llm.generate(prompts[0], GREEDY)[0].outputs[0]
     assert out.text == " ".join(f"w{t}" for t in reference[0])
     stop_word = f"w{reference[0][4]}"
@@ -162,7 +168,7 @@ def test_stop_strings_tokens_and_text(tiny):
 
 def test_chat_and_text_prompts(tiny):
     _, path, _, _ = tiny
-    llm = LLM(path, block_size=4)
+    llm = cpu_llm(path)
     by_chat = llm.chat([{"role": "user", "content": "w20 w21"}], GREEDY)[0]
     assert by_chat.prompt_token_ids == [1, 20, 21, 2, 4]
     by_text = llm.generate("w1 w20 w21 w2 w4", GREEDY)[0]
@@ -175,7 +181,7 @@ def test_chat_and_text_prompts(tiny):
 
 def test_async_streams_deltas_and_abort(tiny):
     _, path, prompts, reference = tiny
-    engine = AsyncLLM(path, block_size=4)
+    engine = AsyncLLM(path, **CPU)
 
     async def collect(prompt, request_id):
         return [out async for out in engine.generate(prompt, GREEDY, request_id)]
@@ -205,7 +211,7 @@ def test_async_streams_deltas_and_abort(tiny):
 
 def test_bad_input(tiny):
     _, path, prompts, _ = tiny
-    llm = LLM(path, block_size=4, max_model_len=32)
+    llm = cpu_llm(path, max_model_len=32)
     for bad, match in ((list(range(40)), "max_model_len"), ([], "prompts"), ([[]], "empty"),
                        ([[VOCAB + 1]], "token ids"), ([1.5], "prompt")):
         with pytest.raises(ValueError, match=match):
@@ -223,7 +229,7 @@ def test_bad_input(tiny):
         with pytest.raises(ValueError, match=match):
             EngineConfig(**kwargs)
     with pytest.raises(ValueError, match="KV cache too small"):
-        LLM(path, cpu_kv_cache_bytes=1024)
+        cpu_llm(path, cpu_kv_cache_bytes=1024)
 
 
 def test_cli_generate_and_chat(tiny, capsys, monkeypatch):
@@ -232,7 +238,7 @@ def test_cli_generate_and_chat(tiny, capsys, monkeypatch):
     from flagstack.cli import main
 
     _, path, prompts, reference = tiny
-    common = ["--model", path, "--max-tokens", "3"]
+    common = ["--model", path, "--max-tokens", "3", "--device", "cpu"]
     assert main(["generate", "w20 w21", *common]) == 0
     assert capsys.readouterr().out.startswith("w20 w21w")  # prompt, then the completion
     assert main(["chat", "--message", "w20 w21", *common]) == 0
@@ -240,4 +246,21 @@ def test_cli_generate_and_chat(tiny, capsys, monkeypatch):
     monkeypatch.setattr("sys.stdin", io.StringIO("w20 w21\n\n/exit\n"))
     assert main(["chat", *common]) == 0
     assert capsys.readouterr().out == one_shot
-    assert main(["generate", "w1", "--model", path, "--temperature", "-1"]) == 2  # bad input: exit 2
+    assert main(["generate", "w1", *common, "--temperature", "-1"]) == 2  # bad input: exit 2
+
+
+@gpu_only
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_cuda_greedy_matches_hf_with_and_without_graphs(arch, tmp_path):
+    hf = tiny_hf_model(arch).cuda()
+    hf.save_pretrained(tmp_path)
+    prompts = prompts_for_test()
+    with torch.no_grad():
+        reference = [hf.generate(torch.tensor([p], device="cuda"), max_new_tokens=STEPS, do_sample=False,
+                                 eos_token_id=None, pad_token_id=0)[0, len(p):].tolist() for p in prompts]
+    for eager in (True, False):
+        llm = LLM(str(tmp_path), device="cuda", dtype="float32", block_size=16, enforce_eager=eager,
+                  max_num_seqs=8, gpu_memory_utilization=0.3)
+        assert bool(llm.engine.runner.graphs) is not eager
+        assert tokens(llm.generate(prompts, GREEDY)) == reference
+        assert tokens(llm.generate(prompts[0], GREEDY)) == reference[:1]  # graph of a padded batch

@@ -106,3 +106,14 @@ def test_prefix_cache_stops_before_scored_prompt_rows():
         assert seq.num_cached_tokens == cached
     scored_tail.request.prompt_logprobs_done = True  # e.g. after preemption: no limit any more
     assert sched.max_cached_tokens(scored_tail) == len(scored_tail) - 1
+
+
+def test_equal_prompts_wait_for_the_prefix_in_flight():
+    sched = make_scheduler(max_num_batched_tokens=64)
+    prompt = list(range(30))
+    a, b, c = make_seq(prompt), make_seq(prompt + [1]), make_seq([7] * 9)
+    for s in (a, b, c):
+        sched.add(s)
+    assert run_step(sched) == [(a.seq_id, 30), (c.seq_id, 9)]  # b passed over, c admitted
+    assert run_step(sched) == [(a.seq_id, 1), (c.seq_id, 1), (b.seq_id, 3)]  # 28 tokens from the cache
+    assert b.num_cached_tokens == 28 and sched.blocks.stats.prompt_tokens_computed == 30 + 9 + 3
