@@ -81,7 +81,7 @@ def test_triton_path_matches_hf(checkpoint):
     loaded = load_model(str(path), device=DEVICE, dtype=torch.float32)
     prompts, new = [[5, 17, 3, 90, 2, 2, 41], [60, 7]], [[4], [9]]
     # fp32 tl.dot runs as TF32 on a GPU: ~1e-3 relative error in attention
-    atol = 2e-3 if ON_GPU else 1e-4
+    atol = 5e-3 if ON_GPU else 1e-4
     with use_backend("triton"):
         run = PagedSteps(loaded.model, 2, 16, loaded.num_kv_heads, loaded.head_dim, device=DEVICE)
         prefill, decode = run.step(prompts), run.step(new)
