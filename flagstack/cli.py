@@ -108,6 +108,11 @@ def add_bench_commands(sub: argparse._SubParsersAction) -> None:
                      help="time CUDA-graph replays (GPU time, no launch overhead); results in ops-graph-*")
     ops.add_argument("--out-dir", default="bench/results", help="where the JSON and markdown go")
     ops.set_defaults(func=_bench_ops)
+    from flagstack.bench import serve as bench_serve  # argparse only at import
+
+    serve = kinds.add_parser("serve", help="the OpenAI server under Poisson load, vs offline LLM.generate")
+    bench_serve.add_arguments(serve)
+    serve.set_defaults(func=lambda args: bench_serve.run(args) or 0)
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -45,6 +45,9 @@ async def merged_outputs(ctx, prompts: list[list[int]], params: SamplingParams,
                     ctx.metrics.observe(out, generated)
                 queue.put_nowait((i, out))
             queue.put_nowait((i, None))
+        except asyncio.CancelledError:  # the client left: AsyncLLM.generate aborted the request
+            ctx.metrics.finished.labels("abort").inc(params.n)
+            raise
         except Exception as err:  # noqa: BLE001 - handed to the consumer, which answers with an error
             queue.put_nowait((i, err))
 

@@ -73,7 +73,7 @@ def structured_spec(req: SamplingFields) -> tuple[str, object, str] | None:
             found.append(("json_object", None, "structured_outputs.json_object"))
     if len(found) > 1:
         raise ApiError(f"structured_outputs: ask for one constraint, got {', '.join(p for _, _, p in found)}",
-                       found[-1][2])
+                       "structured_outputs")
     return found[0] if found else None
 
 

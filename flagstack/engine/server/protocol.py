@@ -169,7 +169,7 @@ def parse_body(model: type[Body], raw: bytes) -> Body:
         return model.model_validate_json(raw or b"")
     except ValidationError as err:
         first = err.errors(include_url=False)[0]
-        if first["type"] in ("json_invalid", "json_type", "model_type"):
+        if first["type"] == "json_invalid" or not first["loc"]:
             raise ApiError(f"the request body must be a JSON object: {first['msg']}", "body") from None
         # a union's error location also names the member type tried ('str', 'list[int]', 'Tool'): drop those
         loc = [str(p) for p in first["loc"]

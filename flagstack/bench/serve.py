@@ -1,0 +1,242 @@
+"""`flagstack bench serve`: the OpenAI server under Poisson load, against offline LLM.generate.
+
+One seeded request set (token-id prompts of uniform random length, uniform random output lengths,
+ignore_eos so every request produces exactly its output length) is run twice:
+1. offline: LLM.generate on all requests at once in this process (the anchor; then freed);
+2. online: `flagstack serve` with the same engine flags in a subprocess, fed by streaming clients
+   whose arrivals are a Poisson process at each rate ('inf': all at once).
+Per rate: request and output-token throughput, TTFT and TPOT p50/p99, e2e p50, and the share of the
+offline throughput kept. JSON + markdown through bench.common.ResultsFile.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import math
+import random
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+COLUMNS = ["mode", "rate", "requests", "duration_s", "req_per_s", "output_tok_per_s", "vs_offline",
+           "ttft_p50_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p99_ms", "e2e_p50_s", "failed"]
+
+
+@dataclass
+class BenchRequest:
+    prompt: list[int]
+    output_len: int
+
+
+def make_requests(n: int, input_lens: tuple[int, int], output_lens: tuple[int, int], vocab: int,
+                  seed: int) -> list[BenchRequest]:
+    """n requests, lengths uniform in the given inclusive ranges, prompt ids uniform over the vocab."""
+    rng = random.Random(seed)
+    return [BenchRequest([rng.randrange(vocab) for _ in range(rng.randint(*input_lens))], rng.randint(*output_lens))
+            for _ in range(n)]
+
+
+def arrival_times(n: int, rate: float, seed: int) -> list[float]:
+    """Send times (s from start) of a Poisson process of `rate` requests/s; all zero for rate inf."""
+    if math.isinf(rate):
+        return [0.0] * n
+    rng = random.Random(seed)
+    t, out = 0.0, []
+    for _ in range(n):
+        out.append(t)
+        t += rng.expovariate(rate)
+    return out
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear-interpolated percentile (q in [0, 100]); NaN for no values."""
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    pos = (len(s) - 1) * q / 100
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def offline_throughput(llm, requests: list[BenchRequest]) -> dict:
+    """LLM.generate on every request at once (after a short warm-up): the anchor row."""
+    from flagstack.engine.config import SamplingParams
+
+    llm.generate([r.prompt for r in requests[:4]], SamplingParams(max_tokens=4, ignore_eos=True, temperature=0))
+    params = [SamplingParams(max_tokens=r.output_len, ignore_eos=True, temperature=1.0, seed=i)
+              for i, r in enumerate(requests)]
+    start = time.perf_counter()
+    outs = llm.generate([r.prompt for r in requests], params)
+    seconds = time.perf_counter() - start
+    tokens = sum(len(o.outputs[0].token_ids) for o in outs)
+    return {"mode": "offline LLM.generate", "rate": "-", "requests": len(requests), "duration_s": seconds,
+            "req_per_s": len(requests) / seconds, "output_tok_per_s": tokens / seconds, "vs_offline": 1.0,
+            "failed": len(requests) - sum(len(o.outputs[0].token_ids) == r.output_len
+                                          for o, r in zip(outs, requests))}
+
+
+async def one_request(client, model_name: str, req: BenchRequest, delay: float, index: int) -> dict:
+    """Stream one completion; times of send, first chunk, end, and the token count from usage."""
+    await asyncio.sleep(delay)
+    body = {"model": model_name, "prompt": req.prompt, "max_tokens": req.output_len, "ignore_eos": True,
+            "temperature": 1.0, "seed": index, "stream": True, "stream_options": {"include_usage": True}}
+    sent = time.perf_counter()
+    first, tokens, ok = None, 0, False
+    try:
+        async with client.stream("POST", "/v1/completions", json=body) as response:
+            async for line in response.aiter_lines():
+                if not line.startswith("data: "):
+                    continue
+                if line == "data: [DONE]":
+                    ok = True
+                    break
+                chunk = json.loads(line[6:])
+                if chunk.get("choices") and first is None:
+                    first = time.perf_counter()
+                if chunk.get("usage"):
+                    tokens = chunk["usage"]["completion_tokens"]
+    except Exception as err:  # noqa: BLE001 - a failed request is counted, not fatal to the sweep
+        print(f"request {index} failed: {err}", file=sys.stderr)
+    return {"sent": sent, "first": first, "end": time.perf_counter(), "tokens": tokens,
+            "ok": ok and first is not None and tokens == req.output_len}
+
+
+async def run_rate(url: str, model_name: str, requests: list[BenchRequest], rate: float, seed: int) -> dict:
+    import httpx
+
+    times = arrival_times(len(requests), rate, seed)
+    limits = httpx.Limits(max_connections=len(requests), max_keepalive_connections=len(requests))
+    async with httpx.AsyncClient(base_url=url, timeout=None, limits=limits) as client:
+        start = time.perf_counter()
+        results = await asyncio.gather(*(one_request(client, model_name, r, t, i)
+                                         for i, (r, t) in enumerate(zip(requests, times))))
+    done = [r for r in results if r["ok"]]
+    duration = max(r["end"] for r in results) - start
+    ttft = [1e3 * (r["first"] - r["sent"]) for r in done]
+    tpot = [1e3 * (r["end"] - r["first"]) / (r["tokens"] - 1) for r in done if r["tokens"] > 1]
+    return {"mode": "server", "rate": "inf" if math.isinf(rate) else rate, "requests": len(requests),
+            "duration_s": duration, "req_per_s": len(done) / duration,
+            "output_tok_per_s": sum(r["tokens"] for r in done) / duration,
+            "ttft_p50_ms": percentile(ttft, 50), "ttft_p99_ms": percentile(ttft, 99),
+            "tpot_p50_ms": percentile(tpot, 50), "tpot_p99_ms": percentile(tpot, 99),
+            "e2e_p50_s": percentile([r["end"] - r["sent"] for r in done], 50), "failed": len(results) - len(done)}
+
+
+def engine_argv(args: argparse.Namespace) -> list[str]:
+    """The engine flags of this command, to start `flagstack serve` with the same engine."""
+    argv = ["--load-format", args.load_format, "--max-num-seqs", str(args.max_num_seqs),
+            "--max-num-batched-tokens", str(args.max_num_batched_tokens), "--block-size", str(args.block_size),
+            "--gpu-memory-utilization", str(args.gpu_memory_utilization), "--seed", str(args.seed)]
+    for flag, value in (("--dtype", args.dtype), ("--device", args.device), ("--max-model-len", args.max_model_len),
+                        ("--num-kv-blocks", args.num_kv_blocks)):
+        if value is not None:
+            argv += [flag, str(value)]
+    for flag, on in (("--no-prefix-caching", args.no_prefix_caching), ("--no-chunked-prefill", args.no_chunked_prefill),
+                     ("--enforce-eager", args.enforce_eager)):
+        if on:
+            argv.append(flag)
+    return argv
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 900) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with {proc.returncode}")
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise RuntimeError(f"the server did not answer /health within {timeout_s} s")
+
+
+def run(args: argparse.Namespace) -> None:
+    """Offline anchor, then the server at each rate; rows written as they come."""
+    import torch
+
+    from flagstack.bench.common import ResultsFile, torch_versions
+    from flagstack.engine.llm import LLM
+    from flagstack.engine.server.command import engine_kwargs
+
+    llm = LLM(args.model, **engine_kwargs(args))
+    requests = make_requests(args.num_requests, tuple(args.input_len), tuple(args.output_len),
+                             llm.engine.vocab_size, args.seed)
+    meta = {"model": args.model or "embedded SmolLM2-135M", "load_format": args.load_format,
+            "num_requests": args.num_requests, "input_len": f"uniform[{args.input_len[0]}, {args.input_len[1]}]",
+            "output_len": f"uniform[{args.output_len[0]}, {args.output_len[1]}] (ignore_eos)",
+            "arrivals": f"Poisson, seed {args.seed}", "engine": " ".join(engine_argv(args)), **torch_versions()}
+    results = ResultsFile("serve", meta, key=("mode", "rate"), out_dir=args.out_dir, columns=COLUMNS)
+    anchor = offline_throughput(llm, requests)
+    results.add(anchor)
+    print(f"offline: {anchor['output_tok_per_s']:.0f} output tok/s", flush=True)
+    del llm
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "flagstack.cli", "serve", *([args.model] if args.model else []),
+                             "--port", str(port), "--served-model-name", "bench", *engine_argv(args)])
+    try:
+        wait_healthy(url, proc)
+        for rate in args.rates:
+            row = asyncio.run(run_rate(url, "bench", requests, rate, args.seed))
+            row["vs_offline"] = row["output_tok_per_s"] / anchor["output_tok_per_s"]
+            results.add(row)
+            print(f"rate {row['rate']}: {row['output_tok_per_s']:.0f} output tok/s "
+                  f"({row['vs_offline']:.0%} of offline), TTFT p50 {row['ttft_p50_ms']:.0f} ms, "
+                  f"TPOT p50 {row['tpot_p50_ms']:.1f} ms, failed {row['failed']}", flush=True)
+    finally:
+        proc.terminate()
+        proc.wait(120)
+    print("wrote " + ", ".join(str(p) for p in results.paths))
+
+
+def _length_range(text: str) -> list[int]:
+    try:
+        lo, hi = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MIN,MAX (two integers), got '{text}'") from None
+    if not 1 <= lo <= hi:
+        raise argparse.ArgumentTypeError(f"expected 1 <= MIN <= MAX, got '{text}'")
+    return [lo, hi]
+
+
+def _rates(text: str) -> list[float]:
+    try:
+        rates = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated rates (requests/s or inf), got '{text}'") from None
+    if not rates or min(rates) <= 0:
+        raise argparse.ArgumentTypeError(f"rates must be > 0, got '{text}'")
+    return rates
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The `flagstack bench serve` flags (engine flags included)."""
+    from flagstack.engine.server.command import add_engine_flags
+
+    p.add_argument("model", nargs="?", default=None,
+                   help="as for `flagstack serve`; on an H100: qwen3-4b --load-format dummy")
+    p.add_argument("--rates", type=_rates, default=[2.0, 8.0, 32.0, math.inf],
+                   help="Poisson request rates per second, comma-separated; inf = all at once")
+    p.add_argument("--num-requests", type=int, default=200)
+    p.add_argument("--input-len", type=_length_range, default=[100, 1024], help="MIN,MAX prompt tokens (uniform)")
+    p.add_argument("--output-len", type=_length_range, default=[100, 512], help="MIN,MAX output tokens (uniform)")
+    p.add_argument("--out-dir", default="bench/results")
+    add_engine_flags(p)
