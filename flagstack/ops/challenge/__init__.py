@@ -4,14 +4,17 @@
 from flagstack.ops.challenge.asinh import asinh
 from flagstack.ops.challenge.cosh import cosh
 from flagstack.ops.challenge.gcd import gcd
+from flagstack.ops.challenge.grid_sample import grid_sample
+from flagstack.ops.challenge import grid_sample_backward  # noqa: F401  (registers the ATen backward)
 from flagstack.ops.challenge.leaky_relu import leaky_relu
 from flagstack.ops.challenge.log10 import log10
 from flagstack.ops.challenge.logaddexp import logaddexp
+from flagstack.ops.challenge.median import median
 from flagstack.ops.challenge.pixel_shuffle import pixel_shuffle, pixel_unshuffle
 from flagstack.ops.challenge.roll import roll
 from flagstack.ops.challenge.smooth_l1_loss import smooth_l1_loss
 from flagstack.ops.challenge.tril import tril
 from flagstack.ops.challenge.upsample_nearest2d import upsample_nearest2d
 
-__all__ = ["asinh", "cosh", "gcd", "leaky_relu", "log10", "logaddexp", "pixel_shuffle", "pixel_unshuffle", "roll",
+__all__ = ["asinh", "cosh", "gcd", "leaky_relu", "log10", "logaddexp", "median", "pixel_shuffle", "pixel_unshuffle", "roll",
            "smooth_l1_loss", "tril", "upsample_nearest2d"]
