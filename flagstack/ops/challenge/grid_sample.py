@@ -52,9 +52,8 @@ def reflect(coord, twice_low, twice_high):
     span = (twice_high - twice_low) * 0.5
     dist = tl.abs(coord - low)
     flips = tl.floor(dist / span)
-    extra = dist - flips * span
-    even = (flips - 2.0 * tl.floor(flips * 0.5)) == 0.0
-    reflected = tl.where(even, extra + low, span - extra + low)
+    extra = dist % span  # fmod, as ATen
+    reflected = tl.where(flips % 2.0 == 0.0, extra + low, span - extra + low)
     return tl.where(span > 0, reflected, 0.0)  # a single pixel with align_corners: always 0
 
 
@@ -82,8 +81,7 @@ def round_half_even(x):
     """nearbyint: the nearest integer, ties to even (exact: x - floor(x) has no rounding)."""
     low = tl.floor(x)
     frac = x - low
-    low_is_even = (low - 2.0 * tl.floor(low * 0.5)) == 0.0
-    up = (frac > 0.5) | ((frac == 0.5) & ~low_is_even)
+    up = (frac > 0.5) | ((frac == 0.5) & (low % 2.0 != 0.0))
     return tl.where(up, low + 1.0, low)
 
 
@@ -181,7 +179,10 @@ def _forward_kernel(x_ptr, grid_ptr, out_ptr, n_points, channels, in_d, in_h, in
                         inside = inside & z_in
                         weight = weight * wz
                     values = tl.load(x_ptr + x_base + at[None, :], mask=c_live & inside[None, :], other=0)
-                    acc += to_compute_dtype(values) * weight[None, :]
+                    if MODE == 1:  # a copy (keeps -0), as ATen
+                        acc = to_compute_dtype(values)
+                    else:
+                        acc += to_compute_dtype(values) * weight[None, :]
         tl.store(out_ptr + out_at + (c.to(tl.int64) * o_sc)[:, None], acc.to(out_ptr.dtype.element_ty),
                  mask=c_live & live[None, :])
 
