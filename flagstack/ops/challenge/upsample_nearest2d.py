@@ -1,5 +1,6 @@
 """upsample_nearest2d (F.interpolate(mode="nearest") on [N, C, H, W]) and its backward: output_size and
-scale forms (aten::upsample_nearest2d, .vec, .out, .vec_out, upsample_nearest2d_backward[.grad_input]).
+scale forms (aten::upsample_nearest2d, .out, .vec_out, upsample_nearest2d_backward[.grad_input]; the .vec
+form as upsample_nearest2d_vec).
 
 Source index as ATen: src = min(floor(dst * scale), in - 1) in fp32, with scale = 1 / scale_factor when
 a scale is given, else in / out. Forward: one program per BLOCK_R x BLOCK_C tile of output rows
@@ -192,7 +193,8 @@ def _bench_case(rows: int, dtype: torch.dtype, device: str, cols: int | None = N
 
 register_aten("aten::upsample_nearest2d", upsample_nearest2d_triton)
 register_aten("aten::upsample_nearest2d.out", upsample_nearest2d_triton)
-register_aten("aten::upsample_nearest2d.vec", upsample_nearest2d_vec)
+# Not aten::upsample_nearest2d.vec: ATen defines it as a composite that calls the overload above, and
+# overriding a composite replaces its autograd (enable() installs those at the Autograd key).
 register_aten("aten::upsample_nearest2d.vec_out", upsample_nearest2d_vec)
 register_aten("aten::upsample_nearest2d_backward", upsample_nearest2d_backward_triton)
 register_aten("aten::upsample_nearest2d_backward.grad_input", upsample_nearest2d_backward_triton)

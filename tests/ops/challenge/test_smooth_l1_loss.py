@@ -181,3 +181,28 @@ def test_backward_grad_input_and_aten_adapters():
     out = torch.empty((), device=DEVICE)
     assert overrides["aten::smooth_l1_loss.out"](x, y, 1, 1.0, out=out) is out
     check(out, smooth_l1_loss_reference(x, y, 1, 1.0))
+
+
+@covers("params")
+def test_through_the_dispatcher(monkeypatch):
+    """F.smooth_l1_loss and its autograd reach our kernels once flagstack.ops.enable() installs them."""
+    import sys
+
+    from flagstack import ops
+
+    module = sys.modules["flagstack.ops.challenge.smooth_l1_loss"]
+    calls = []
+    for name in ("_reduce", "launch_elementwise"):  # the mean's reduction, the backward's launch
+        monkeypatch.setattr(module, name, lambda *a, fn=getattr(module, name), **k: calls.append(fn) or fn(*a, **k))
+    x, y = make((6, 9), torch.float32).requires_grad_(), make((6, 9), torch.float32)
+    expected = F.smooth_l1_loss(x, y, beta=0.5)
+    expected_grad, = torch.autograd.grad(expected, x)
+    ops.enable(DEVICE.upper(), only=["aten::smooth_l1_loss", "aten::smooth_l1_loss_backward"])
+    try:
+        loss = F.smooth_l1_loss(x, y, beta=0.5)
+        x_grad, = torch.autograd.grad(loss, x)
+    finally:
+        ops.disable()
+    check(loss.detach(), expected.detach())
+    check(x_grad, expected_grad)
+    assert len(calls) == 2

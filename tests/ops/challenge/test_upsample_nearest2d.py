@@ -149,3 +149,28 @@ def test_backward_matches_autograd(factors):
     out = upsample_nearest2d_backward_triton(grad, y.shape[2:], x.shape, *factors, grad_input=grad_input)
     assert out is grad_input
     check(grad_input, x.grad)
+
+
+@covers("params")
+def test_through_the_dispatcher(monkeypatch):
+    """F.interpolate forward and backward reach our kernels once flagstack.ops.enable() installs them."""
+    import sys
+
+    from flagstack import ops
+
+    module = sys.modules["flagstack.ops.challenge.upsample_nearest2d"]
+    calls = []
+    monkeypatch.setattr(module, "_scale", lambda *args, scale=module._scale: calls.append(args) or scale(*args))
+    x = make((2, 3, 5, 7), torch.float32).requires_grad_()
+    expected = F.interpolate(x, scale_factor=(1.5, 2.0), mode="nearest")
+    grad = torch.randn_like(expected)
+    expected_grad, = torch.autograd.grad(expected, x, grad)
+    ops.enable(DEVICE.upper(), only=["aten::upsample_nearest2d", "aten::upsample_nearest2d_backward"])
+    try:
+        y = F.interpolate(x, scale_factor=(1.5, 2.0), mode="nearest")
+        x_grad, = torch.autograd.grad(y, x, grad)
+    finally:
+        ops.disable()
+    check(y.detach(), expected.detach(), exact=True)
+    check(x_grad, expected_grad)
+    assert len(calls) == 4  # h and w scales, in the forward and in the backward
