@@ -142,7 +142,7 @@ def _global_histogram_kernel(x_ptr, n, state_ptr, hist_ptr, SHIFT: tl.constexpr,
     # state: [prefix bits, rank, any NaN]. Program p takes chunks p, p + P, ...
     prefix = tl.load(state_ptr).to(tl.uint64 if KEY_BITS == 64 else tl.uint32)
     hist = tl.zeros([256], tl.int32)
-    has_nan = 0
+    has_nan = tl.zeros([], tl.int32)
     for start in range(tl.program_id(0).to(tl.int64) * BLOCK, n, tl.num_programs(0).to(tl.int64) * BLOCK):
         offsets = start + tl.arange(0, BLOCK)
         x = tl.load(x_ptr + offsets, mask=offsets < n)
