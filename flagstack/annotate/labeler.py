@@ -121,10 +121,16 @@ class Labeler:
             if hasattr(sel, "precompute"):
                 sel.precompute(items)
 
-    def _batched(self, items: list[dict]) -> list[Scored]:
+    def _batched(self, items: list[dict], desc: str = "dev (calibration)") -> list[Scored]:
+        from tqdm import tqdm
+
         self._precompute(items)
-        size = self.config.batch_items
-        return [s for i in range(0, len(items), size) for s in self.score(items[i:i + size])]
+        size, out = self.config.batch_items, []
+        with tqdm(total=len(items), desc=desc, unit="doc") as bar:
+            for i in range(0, len(items), size):
+                out += self.score(items[i:i + size])
+                bar.update(len(items[i:i + size]))
+        return out
 
     def result_row(self, scored: Scored) -> dict:
         """The output record of one item: label(s), confidence, every label's probability, provenance."""

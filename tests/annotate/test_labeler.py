@@ -91,3 +91,18 @@ def test_baselines():
     assert {r["label"] for r in rows} == {"apple"} and rows[0]["confidence"] == 0.5
     with pytest.raises(ValueError, match="baseline"):
         run_baseline("svm", pool, items, labels)
+
+
+def test_standard_sweep_rows(tmp_path):
+    from flagstack.annotate.report import load_records
+    from flagstack.annotate.sweep import standard_sweep
+
+    specs = [RunSpec("zero", "none", calibration="none", prompt=CFG),
+             RunSpec("knn", "knn", 2, calibration="contextual", prompt=CFG),
+             RunSpec("mmr-sc", "mmr", 2, prompt=CFG), RunSpec("rand-sc", "random", 3, prompt=CFG, demo_sets=2)]
+    standard_sweep(toy_task(), KeywordBackend(), toy_items(9, "p"), toy_items(3, "dev"), toy_items(4), tmp_path,
+                   specs, progress=False)
+    runs = {r["run"]: r for r in load_records(tmp_path)}
+    assert set(runs) == {"majority", "tfidf_knn", "tfidf_linear", "zero", "knn", "mmr-sc", "rand-sc"}
+    assert runs["knn"]["shots"] == 2.0 and runs["rand-sc"]["shots"] == 6.0  # two demo sets of 3
+    assert runs["zero"]["accuracy"] == 1.0 and not runs["majority"]["llm"]

@@ -47,8 +47,9 @@ class HFBackend:
 
     constrains_json = True  # through xgrammar's logits processor
 
-    def __init__(self, model: str | None = None, prefix_cache: bool = False, device: str = "cpu",
+    def __init__(self, model: str | None = None, prefix_cache: bool = False, device: str | None = None,
                  dtype: torch.dtype = torch.float32, loaded=None):
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.tokenizer, self.model = loaded or load_hf(model, dtype)
         self.model.to(device)
         self.device = device
