@@ -2,6 +2,7 @@
 -> registry entry). Importing this package registers them and offers their ATen overrides to
 `flagstack.ops.enable()`."""
 from flagstack.ops.challenge.asinh import asinh
+from flagstack.ops.challenge.chunk_gated_delta_rule import chunk_gated_delta_rule
 from flagstack.ops.challenge.cosh import cosh
 from flagstack.ops.challenge.gcd import gcd
 from flagstack.ops.challenge.grid_sample import grid_sample
