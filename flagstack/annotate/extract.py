@@ -1,9 +1,10 @@
 """Structured extraction: a JSON object per item, checked against the task's JSON schema.
 
-Backends that can constrain decoding (HF through xgrammar) are given the schema and always produce
-valid JSON. The engine has no logits-processor hook yet, so there the output is validated and, if
-it fails, the item is retried with the answer opened as '{' (which fixes most small-model misses);
-an item that still fails is recorded with its error and confidence 0.
+Backends that can constrain decoding (the engine's constraint hook and HF's logits processor, both
+with xgrammar) are given the schema and produce valid JSON (unless cut by max_tokens). Elsewhere
+(OpenAI-compatible servers without guided decoding) the output is validated and, if it fails, the
+item is retried with the answer opened as '{'; an item that still fails is recorded with its error
+and confidence 0. Every output is validated either way.
 """
 from __future__ import annotations
 

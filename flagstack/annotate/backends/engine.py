@@ -6,6 +6,8 @@ cache once they are computed, and requests scheduled in the same step cannot sha
 batch runs in three waves: one prompt per shared-prefix group with the first label (computes the
 demo block once), then the other prompts with the first label (their prefix is a cache hit), then
 every prompt with the remaining labels (only the label and the last partial block are computed).
+Extraction uses the engine's structured-output hook (SamplingParams.constraint_factory, xgrammar):
+the output is valid JSON for the task's schema by construction.
 """
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ def prefix_leaders(prompts: list[list[int]]) -> list[bool]:
 class EngineBackend:
     """Label scoring and generation on flagstack.engine.LLM (None: the embedded SmolLM2)."""
 
-    constrains_json = False  # the engine has no logits-processor hook yet: extraction validates and retries
+    constrains_json = True  # through the engine's per-sequence constraint hook
 
     def __init__(self, model: str | None = None, llm=None, **engine_kwargs):
         if llm is None:
@@ -79,10 +81,18 @@ class EngineBackend:
         return scores
 
     def generate(self, prompts: list[list[int]], max_tokens: int, json_schema: dict | None = None) -> list[str]:
-        """Greedy continuations (json_schema is not enforced here: the caller validates)."""
+        """Greedy continuations; with a schema, constrained to JSON matching it."""
         from flagstack.engine.config import SamplingParams
 
-        outs = self.llm.generate(prompts, SamplingParams(max_tokens=max_tokens, temperature=0.0))
+        factory = None
+        if json_schema is not None:
+            from flagstack.engine.structured import StructuredOutputs
+
+            core = self.llm.engine
+            structured = StructuredOutputs(self.tokenizer, core.vocab_size, core.eos_token_ids)
+            factory = structured.factory(structured.compile("json", json_schema))
+        outs = self.llm.generate(prompts, SamplingParams(max_tokens=max_tokens, temperature=0.0,
+                                                         constraint_factory=factory))
         self._requests += len(prompts)
         return [o.outputs[0].text for o in outs]
 
