@@ -94,6 +94,13 @@ def _bench_ops(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_engine(args: argparse.Namespace) -> int:
+    from flagstack.bench import engine as bench_engine
+
+    bench_engine.run(args)
+    return 0
+
+
 def add_bench_commands(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser("bench", help="benchmarks (JSON + markdown in bench/results/)")
     kinds = bench.add_subparsers(dest="bench_cmd", required=True)
@@ -108,6 +115,22 @@ def add_bench_commands(sub: argparse._SubParsersAction) -> None:
                      help="time CUDA-graph replays (GPU time, no launch overhead); results in ops-graph-*")
     ops.add_argument("--out-dir", default="bench/results", help="where the JSON and markdown go")
     ops.set_defaults(func=_bench_ops)
+    engine = kinds.add_parser("engine", help="engine vs HF transformers: throughput, decode, memory, roofline")
+    engine.add_argument("--device", choices=["cuda", "cpu"], help="default: cuda when available")
+    engine.add_argument("--model", help="HF directory, .gguf file or bundled config name (default: qwen3-4b with "
+                        "random weights on CUDA, the embedded SmolLM2 GGUF on CPU)")
+    engine.add_argument("--num-requests", type=int, help="offline workload size (default: 256 on CUDA, 32 on CPU)")
+    engine.add_argument("--quick", action="store_true", help="smaller workloads, no torch.compile anchor")
+    engine.add_argument("--no-hf", action="store_true", help="skip the HF transformers anchors")
+    engine.add_argument("--no-compile", action="store_true", help="skip the HF static cache + torch.compile anchor")
+    engine.add_argument("--engine-arg", action="append", metavar="KEY=VALUE",
+                        help="an EngineConfig field, e.g. max_num_seqs=128 (repeatable)")
+    engine.add_argument("--threads", type=int, help="torch CPU threads (CPU runs)")
+    engine.add_argument("--seed", type=int, default=0, help="seed of the request lengths and token ids")
+    engine.add_argument("--note", help="a line for the results' meta (e.g. what else shared the machine)")
+    engine.add_argument("--fresh", action="store_true", help="re-time rows already in today's results file")
+    engine.add_argument("--out-dir", default="bench/results", help="where the JSON and markdown go")
+    engine.set_defaults(func=_bench_engine)
     from flagstack.bench import serve as bench_serve  # argparse only at import
 
     serve = kinds.add_parser("serve", help="the OpenAI server under Poisson load, vs offline LLM.generate")
