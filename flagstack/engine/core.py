@@ -59,7 +59,7 @@ class EngineCore:
         for i in range(params.n):
             gen = None
             if params.seed is not None:
-                gen = torch.Generator(device=self.device).manual_seed(params.seed + i)
+                gen = torch.Generator().manual_seed(params.seed + i)
             request.sequences.append(Sequence(request, i, gen))
         first, *children = request.sequences
         for child in children:

@@ -14,7 +14,8 @@ import torch
 
 from flagstack.engine.config import EngineConfig
 from flagstack.engine.context import AttentionMetadata, step_context
-from flagstack.engine.sampler import Sampler, SampleOutput, filtered_probs, logprob_dicts
+from flagstack import ops
+from flagstack.engine.sampler import Sampler, SampleOutput, logprob_dicts
 from flagstack.engine.scheduler import ScheduledBatch
 from flagstack.engine.sequence import Sequence
 
@@ -33,7 +34,7 @@ class ModelRunner:
         self.device, self.max_model_len = device, max_model_len
         self.block_size = config.block_size
         self.max_blocks_per_seq = -(-max_model_len // self.block_size)
-        self.sampler = Sampler(torch.Generator(device=device).manual_seed(config.seed))
+        self.sampler = Sampler(torch.Generator(device=device).manual_seed(config.seed), config.seed)
         self.num_blocks = config.num_kv_blocks or self._pool_size()
         self.k_caches, self.v_caches = self._allocate_cache(self.num_blocks)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
@@ -95,8 +96,7 @@ class ModelRunner:
             hidden = self.model(ids, positions)
             rows = min(self.config.max_num_seqs, hidden.shape[0])
             logits = self.model.compute_logits(hidden[:rows])
-            ones = torch.ones(rows, device=self.device)
-            filtered_probs(logits, ones, ones.long(), ones, ones * 0)
+            ops.sample(logits, [1.0] * rows, [0] * rows, [0.9] * rows, [0.0] * rows)  # its sort buffers
         torch.cuda.synchronize()
         for layer in self.model.attention_layers():
             layer.k_cache = layer.v_cache = None

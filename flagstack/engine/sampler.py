@@ -1,9 +1,8 @@
 """Token choice for one step: penalties, min_tokens, temperature / top-k / top-p / min-p, per-request
 seeds, and logprobs (of the raw model distribution, as vLLM reports them by default).
 
-Random choice uses the exponential race: argmax(p / q) with q ~ Exp(1) i.i.d. is an exact sample of
-p, so each row's randomness is one noise vector drawn from that row's generator (a seeded request
-gets the same tokens whatever else shares its batch).
+Random choice is flagstack.ops.sample (temperature, top-k, top-p, min-p; Triton on CUDA). A seeded
+request has its own CPU generator that gives each step's row seed.
 """
 from __future__ import annotations
 
@@ -11,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from flagstack import ops
 from flagstack.engine.sequence import Logprobs, Sequence
 
 
@@ -58,22 +58,10 @@ def apply_penalties(logits: torch.Tensor, seqs: list[Sequence]) -> None:
     logits -= presence * (counts > 0) + frequency * counts
 
 
-def filtered_probs(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
-                   min_p: torch.Tensor) -> torch.Tensor:
-    """Softmax(logits / T) with tokens outside top-k, the top-p nucleus or below min_p * max zeroed."""
-    probs = torch.softmax(logits / temperature[:, None], dim=-1)
-    sorted_probs, order = probs.sort(dim=-1, descending=True)
-    rank = torch.arange(probs.shape[1], device=probs.device)[None, :]
-    k = torch.where(top_k > 0, top_k, probs.shape[1])[:, None]
-    before = sorted_probs.cumsum(-1) - sorted_probs  # mass of the tokens ranked above
-    drop = (rank >= k) | (before >= top_p[:, None]) | (sorted_probs < min_p[:, None] * sorted_probs[:, :1])
-    drop[:, 0] = False  # the most likely token always stays
-    return probs.scatter(1, order, sorted_probs.masked_fill(drop, 0.0))
-
-
 class Sampler:
-    def __init__(self, generator: torch.Generator) -> None:
-        self.generator = generator  # for requests without their own seed
+    def __init__(self, generator: torch.Generator, seed: int = 0) -> None:
+        self.generator = generator  # on the logits' device, for batches without a seeded request
+        self.seed_generator = torch.Generator().manual_seed(seed)  # row seeds of unseeded requests
 
     def __call__(self, logits: torch.Tensor, seqs: list[Sequence], eos_token_ids: list[int]) -> SampleOutput:
         """Choose one token per row of logits [B, V] (fp32, not modified) for seqs[row]."""
@@ -109,18 +97,11 @@ class Sampler:
         return SampleOutput(chosen.tolist(), dicts, chosen_lp)
 
     def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
-        device = logits.device
+        """flagstack.ops.sample with per-row settings; a seeded request draws each step's row seed from
+        its own generator, so its tokens do not depend on the rest of the batch."""
         p = [s.params for s in seqs]
-        probs = filtered_probs(
-            logits,
-            torch.tensor([x.temperature for x in p], device=device),
-            torch.tensor([x.top_k for x in p], device=device),
-            torch.tensor([x.top_p for x in p], device=device),
-            torch.tensor([x.min_p for x in p], device=device))
-        noise = torch.empty_like(probs)
+        args = (logits, [x.temperature for x in p], [x.top_k for x in p], [x.top_p for x in p], [x.min_p for x in p])
         if all(s.generator is None for s in seqs):
-            noise.exponential_(generator=self.generator)
-        else:
-            for r, seq in enumerate(seqs):
-                noise[r].exponential_(generator=seq.generator or self.generator)
-        return (probs / noise).argmax(dim=-1)
+            return ops.sample(*args, generator=self.generator)
+        seeds = [int(torch.randint(1 << 62, (1,), generator=s.generator or self.seed_generator)) for s in seqs]
+        return ops.sample(*args, seeds=seeds)

@@ -1,10 +1,10 @@
-"""Sampler: penalties against hand-computed values, filters on small cases, logprobs vs log_softmax,
-greedy, min_tokens, seeds, and sampled frequencies vs the filtered distribution."""
+"""Sampler: penalties against hand-computed values, logprobs vs log_softmax, greedy, min_tokens, seeds,
+and sampled frequencies vs the filtered distribution (the filters themselves: tests/ops/test_sampling.py)."""
 import pytest
 import torch
 
 from flagstack.engine.config import SamplingParams
-from flagstack.engine.sampler import Sampler, apply_penalties, filtered_probs, logprob_dicts
+from flagstack.engine.sampler import Sampler, apply_penalties, logprob_dicts
 from tests.engine.test_kv_cache import make_seq
 
 
@@ -28,21 +28,6 @@ def test_penalties_per_row_and_off():
     rows = [seq_with_output([0], [1], presence_penalty=1.0), seq_with_output([0], [1])]
     apply_penalties(logits, rows)
     torch.testing.assert_close(logits, torch.tensor([[1.0, 0.0, 1.0], [1.0, 1.0, 1.0]]))
-
-
-def test_filters_small_cases():
-    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]] * 4))
-    one = torch.ones(4)
-    probs = filtered_probs(logits, one, torch.tensor([2, 0, 0, 1]), torch.tensor([1.0, 0.7, 1.0, 0.1]),
-                           torch.tensor([0.0, 0.0, 0.25, 0.0]))
-    keep = probs > 0
-    assert keep.tolist() == [[True, True, False, False],  # top-k 2
-                             [True, True, False, False],  # top-p 0.7: 0.5 + 0.3 reaches it
-                             [True, True, True, False],  # min-p 0.25 * 0.5 = 0.125
-                             [True, False, False, False]]  # top-k 1
-    torch.testing.assert_close(probs[0], torch.tensor([0.5, 0.3, 0.0, 0.0]))  # zeroed, not renormalized
-    hot = filtered_probs(logits[:1], torch.tensor([0.5]), torch.tensor([0]), torch.tensor([1.0]), torch.tensor([0.0]))
-    torch.testing.assert_close(hot[0], torch.softmax(logits[0] / 0.5, -1))
 
 
 def test_sampled_frequencies_match_filtered_distribution():
