@@ -36,6 +36,8 @@ CORE_SHAPES: dict[str, list[tuple[int, int, torch.dtype]]] = {
     "asinh": [(4096, 4096, torch.float32), (4096, 4096, torch.bfloat16), (1024, 1024, torch.float32)],
     "smooth_l1_loss": [(4096, 4096, torch.float32), (4096, 4096, torch.bfloat16), (1024, 1024, torch.float32)],
     "median": [(1024, 4096, torch.float32), (1024, 4096, torch.bfloat16), (4096, 1024, torch.float32)],
+    # scatter_reduce: amax of rows x cols src into rows x cols/8.
+    "scatter_reduce": [(1024, 4096, torch.float32), (1024, 4096, torch.bfloat16), (4096, 1024, torch.float32)],
     # Image ops: rows // 256 images, cols the spatial side (16x256x64x64 at 4096, 64).
     "pixel_shuffle": [(4096, 64, torch.bfloat16), (4096, 64, torch.float32), (1024, 32, torch.bfloat16)],
     "pixel_unshuffle": [(4096, 64, torch.bfloat16), (4096, 64, torch.float32), (1024, 32, torch.bfloat16)],

@@ -13,9 +13,10 @@ from flagstack.ops.challenge.logaddexp import logaddexp
 from flagstack.ops.challenge.median import median
 from flagstack.ops.challenge.pixel_shuffle import pixel_shuffle, pixel_unshuffle
 from flagstack.ops.challenge.roll import roll
+from flagstack.ops.challenge.scatter_reduce import scatter_reduce
 from flagstack.ops.challenge.smooth_l1_loss import smooth_l1_loss
 from flagstack.ops.challenge.tril import tril
 from flagstack.ops.challenge.upsample_nearest2d import upsample_nearest2d
 
 __all__ = ["asinh", "cosh", "gcd", "leaky_relu", "log10", "logaddexp", "median", "pixel_shuffle", "pixel_unshuffle", "roll",
-           "smooth_l1_loss", "tril", "upsample_nearest2d"]
+           "scatter_reduce", "smooth_l1_loss", "tril", "upsample_nearest2d"]
