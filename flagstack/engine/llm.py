@@ -111,10 +111,18 @@ class AsyncLLM:
             raise RuntimeError("the engine loop has failed") from self._error
         request_id = request_id or f"async-{id(object())}-{time.monotonic_ns()}"
         queue: asyncio.Queue = asyncio.Queue()
-        with self._lock:
-            self.engine.add_request(request_id, prompt, params or SamplingParams())
-            self._streams[request_id] = (asyncio.get_running_loop(), queue, DeltaTracker())
+        loop = asyncio.get_running_loop()
+        # the engine thread holds the lock for a whole step: wait for it in a worker thread, so the
+        # event loop (other streams, /health) keeps running meanwhile
+        adding = loop.run_in_executor(None, self._add, request_id, prompt, params or SamplingParams(),
+                                      (loop, queue, DeltaTracker()))
+        try:
+            await asyncio.shield(adding)
+        except asyncio.CancelledError:  # the consumer left while waiting: abort once the add lands
+            adding.add_done_callback(lambda f: f.exception() or loop.run_in_executor(None, self.abort, request_id))
+            raise
         self._wake.set()
+        finished = False
         try:
             while True:
                 item = await queue.get()
@@ -122,9 +130,16 @@ class AsyncLLM:
                     raise RuntimeError("the engine loop has failed") from item
                 yield item
                 if item.finished:
+                    finished = True
                     return
         finally:
-            self.abort(request_id)  # no-op when finished; frees blocks when the consumer stops early
+            if not finished:  # the consumer stopped early: free its blocks (off the event loop, as above)
+                await loop.run_in_executor(None, self.abort, request_id)
+
+    def _add(self, request_id: str, prompt: Prompt, params: SamplingParams, stream: tuple) -> None:
+        with self._lock:
+            self.engine.add_request(request_id, prompt, params)
+            self._streams[request_id] = stream
 
     def abort(self, request_id: str) -> bool:
         """Stop a request and free its KV blocks; its stream ends with finish_reason 'abort'."""

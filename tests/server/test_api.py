@@ -144,7 +144,8 @@ def test_structured_json_schema(client):
 
 def test_structured_json_object_and_vllm_json(client):
     out = client.completions.create(model=MODEL, prompt='{"a": 1} is JSON. Another small JSON object: ',
-                                    max_tokens=30, temperature=0, extra_body={"response_format": {"type": "json_object"}})
+                                    max_tokens=30, temperature=0,
+                                    extra_body={"response_format": {"type": "json_object"}})
     assert out.choices[0].finish_reason == "stop"
     assert isinstance(json.loads(out.choices[0].text), dict)
     schema = {"type": "array", "items": {"type": "boolean"}, "minItems": 2, "maxItems": 2}

@@ -35,7 +35,8 @@ def streamed(splitter: OutputSplitter, text: str, step: int = 3) -> tuple[str, s
     ("Plain < text <b> no tags", False, True, ("", "Plain < text <b> no tags", [])),
     ("Let me check.\n" + CALL, False, True, ("", "Let me check.\n", ["get_weather"])),
     ("<think>x</think>" + CALL + CALL, False, True, ("x", "", ["get_weather", "get_weather"])),
-    ("<tool_call>\n{not json}\n</tool_call> after", False, True, ("", "<tool_call>\n{not json}\n</tool_call> after", [])),
+    ("<tool_call>\n{not json}\n</tool_call> after", False, True,
+     ("", "<tool_call>\n{not json}\n</tool_call> after", [])),
     ("<tool_call>\n{\"name\": \"f\"", False, True, ("", "<tool_call>\n{\"name\": \"f\"", [])),
     (CALL, False, False, ("", CALL, [])),  # tools not requested: the block is text
 ])
@@ -137,3 +138,49 @@ def test_choice_regex_escapes_metacharacters():
     pattern = choice_regex(["a.b", "(x)", "p|q", "1+1"])
     assert all(re.fullmatch(pattern, c) for c in ["a.b", "(x)", "p|q", "1+1"])
     assert not any(re.fullmatch(pattern, c) for c in ["axb", "x", "p", "11"])
+
+
+def qwen_like_tokenizer():
+    """A tokenizer whose chat template acts like Qwen3's: tools listed, thinking opened unless disabled."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"x": 0}, unk_token="x")))
+    tok.chat_template = (
+        "{% if tools %}TOOLS:{{ tools | map(attribute='function') | map(attribute='name') | join(',') }}\n{% endif %}"
+        "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}<assistant>"
+        "{% if enable_thinking is defined and not enable_thinking %}<think>\n\n</think>\n\n"
+        "{% else %}<think>\n{% endif %}")
+    return tok
+
+
+def chat_request(**fields) -> ChatCompletionRequest:
+    body = {"messages": [{"role": "user", "content": "hi"}], **fields}
+    return parse_body(ChatCompletionRequest, json.dumps(body).encode())
+
+
+def test_chat_template_kwargs_switch_thinking_and_tools_reach_the_template():
+    from flagstack.engine.server.chat import prompt_opens_reasoning, render_chat
+
+    tok = qwen_like_tokenizer()
+    thinking = render_chat(tok, chat_request())
+    assert thinking == "<user>hi<assistant><think>\n" and prompt_opens_reasoning(thinking)
+    plain = render_chat(tok, chat_request(chat_template_kwargs={"enable_thinking": False}))
+    assert plain.endswith("</think>\n\n") and not prompt_opens_reasoning(plain)
+    tools = [{"type": "function", "function": {"name": "f"}}, {"type": "function", "function": {"name": "g"}}]
+    assert render_chat(tok, chat_request(tools=tools)).startswith("TOOLS:f,g\n")
+    assert render_chat(tok, chat_request(tools=tools, tool_choice="none")).startswith("<user>")
+
+
+def test_forced_tool_schemas():
+    from flagstack.engine.server.chat import forced_tool_schema
+
+    params = {"type": "object", "properties": {"q": {"type": "string"}}}
+    tools = [{"type": "function", "function": {"name": "f", "parameters": params}},
+             {"type": "function", "function": {"name": "g"}}]
+    assert forced_tool_schema(chat_request(tools=tools, tool_choice="auto")) is None
+    named = chat_request(tools=tools, tool_choice={"type": "function", "function": {"name": "f"}})
+    assert forced_tool_schema(named) == (params, "f")
+    schema, name = forced_tool_schema(chat_request(tools=tools, tool_choice="required"))
+    assert name is None and [s["properties"]["name"]["const"] for s in schema["anyOf"]] == ["f", "g"]
+    assert schema["anyOf"][1]["properties"]["arguments"] == {"type": "object"}

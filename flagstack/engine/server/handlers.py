@@ -29,6 +29,7 @@ class Choice:
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[dict] = field(default_factory=list)
     finish_reason: str | None = None
+    stop_reason: int | str | None = None  # the stop string or token id that ended it
 
 
 async def merged_outputs(ctx, prompts: list[list[int]], params: SamplingParams,
@@ -123,7 +124,7 @@ def _update(choice: Choice, delta) -> None:
     choice.token_ids += delta.token_ids
     if delta.logprobs is not None:
         choice.logprobs += delta.logprobs
-    choice.finish_reason = delta.finish_reason
+    choice.finish_reason, choice.stop_reason = delta.finish_reason, delta.stop_reason
 
 
 # -- /v1/completions ---------------------------------------------------------------------------------
@@ -169,7 +170,7 @@ class CompletionJob:
                 if self.echo:
                     lp = {k: prompt_lps[i][k] + lp[k] for k in lp}
             body.append({"index": index, "text": prefix + c.text, "logprobs": lp, "finish_reason": c.finish_reason,
-                         "stop_reason": None})
+                         "stop_reason": c.stop_reason})
         return {**self._head(), "choices": body, "usage": usage(self.prompts, choices)}
 
     async def chunks(self) -> AsyncIterator[dict]:

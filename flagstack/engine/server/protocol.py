@@ -142,7 +142,6 @@ class ChatCompletionRequest(SamplingFields):
     parallel_tool_calls: bool | None = None
     chat_template_kwargs: dict[str, Any] | None = None
     add_generation_prompt: bool = True
-    echo: bool = False
 
 
 class TokenizeRequest(Strict):
