@@ -139,7 +139,7 @@ class ModelRunner:
         hidden = self._forward(ids, positions, slots, cu, seq_lens, tables, batch.is_decode)
         if prompt_rows:
             self._score_prompt(hidden, prompt_rows, prompt_targets)
-        logits = self.model.compute_logits(hidden[torch.tensor(sample_rows, device=self.device)])
+        logits = self.model.compute_logits(hidden[torch.tensor(sample_rows, dtype=torch.long, device=self.device)])
         return StepResult(sample_seqs, self.sampler(logits, sample_seqs, eos_token_ids))
 
     def _forward(self, ids, positions, slots, cu, seq_lens, tables, is_decode: bool) -> torch.Tensor:

@@ -2,6 +2,7 @@
 outputs under every scheduling variant, logprobs, prompt logprobs (incl. a cached prefix), n > 1, stop
 strings, chat, streaming and abort, and the error branches."""
 import asyncio
+import gc
 
 import pytest
 import torch
@@ -264,3 +265,6 @@ def test_cuda_greedy_matches_hf_with_and_without_graphs(arch, tmp_path):
         assert bool(llm.engine.runner.graphs) is not eager
         assert tokens(llm.generate(prompts, GREEDY)) == reference
         assert tokens(llm.generate(prompts[0], GREEDY)) == reference[:1]  # graph of a padded batch
+        del llm  # its KV cache must go before the next engine measures free memory
+        gc.collect()
+        torch.cuda.empty_cache()
