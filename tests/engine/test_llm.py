@@ -193,7 +193,9 @@ def test_async_streams_deltas_and_abort(tiny):
         async for out in engine.generate(prompts[1], SamplingParams(temperature=0, max_tokens=30, ignore_eos=True), "c"):
             abort_outs.append(out)
             if len(abort_outs) == 2:
-                assert engine.abort("c")
+                # On a fast host the engine thread can finish all 30 tokens before the consumer reads
+                # two deltas; then there is nothing left to abort (and the next line says so).
+                assert engine.abort("c") or engine.engine.requests.get("c") is None
                 break
         return streams, abort_outs
 
