@@ -4,6 +4,7 @@
 from flagstack.ops.challenge.asinh import asinh
 from flagstack.ops.challenge.chunk_gated_delta_rule import chunk_gated_delta_rule
 from flagstack.ops.challenge.cosh import cosh
+from flagstack.ops.challenge.ctc_loss import ctc_loss
 from flagstack.ops.challenge.gcd import gcd
 from flagstack.ops.challenge.grid_sample import grid_sample
 from flagstack.ops.challenge import grid_sample_backward  # noqa: F401  (registers the ATen backward)

@@ -1,0 +1,303 @@
+"""ctc_loss (F.ctc_loss): connectionist temporal classification loss by the log-space forward-backward
+algorithm, with blank index, reductions none / mean / sum, zero_infinity, padded (2-D) or concatenated
+(1-D) targets, and its gradient (aten::_ctc_loss[.Tensor][.out][.Tensor_out], _ctc_loss_backward[.Tensor]
+[.out]; F.ctc_loss's autograd runs through these two).
+
+For target l (length S) the extended target l' = (blank, l1, blank, l2, ..., blank) has L = 2S + 1 states.
+Forward, alpha[t, s] = lp[t, l'_s] + logsumexp(alpha[t-1, s], alpha[t-1, s-1], alpha[t-1, s-2] when
+l'_s is a label different from l'_{s-2}); nll = -logsumexp(alpha[T-1, L-1], alpha[T-1, L-2]). Backward,
+beta mirrors alpha from the end, and grad[t, c] = (exp(lp[t, c]) - sum_{s: l'_s = c} exp(alpha[t, s] +
+beta[t, s] + nll - lp[t, c])) * grad_nll: the softmax minus the posterior of c at t (beta counts lp[t, l'_s]
+as alpha does, as ATen's, hence - lp).
+
+One program per sequence walks t in order with the L states in registers (neighbour states through
+tl.gather); each step reads L log-probs (the next step's are prefetched) and writes one alpha row,
+which the backward reads back. Work is T sequential steps per sequence, so this is latency-bound:
+T200 N32 S50 is 200 steps of ~1 us of dependent loads and math each.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from flagstack.ops import interpreter_compat  # noqa: F401  (loops over scalar args on CPU)
+from flagstack.ops.challenge.pointwise import check_kernel_dtype, check_same_dtype, resize_out
+from flagstack.ops.registry import BenchCase, register, register_aten
+
+DTYPES = (torch.float32, torch.float64)  # as ATen
+REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}  # ATen's Reduction enum
+BLOCK_C = 256  # classes per step of the gradient's row loop
+
+
+@triton.jit
+def _logsumexp3(a, b, c):
+    """log(e^a + e^b + e^c), -inf when all are -inf (ATen's guard against inf - inf)."""
+    top = tl.maximum(a, tl.maximum(b, c))
+    top = tl.where(top == float("-inf"), 0.0, top)
+    return top + tl.log(tl.exp(a - top) + tl.exp(b - top) + tl.exp(c - top))
+
+
+@triton.jit
+def _extended_target(targets_ptr, target_start, target_stride, target_len, blank, BLOCK_L: tl.constexpr):
+    """States s of l': their labels, which exist (s < 2S + 1), and which may skip from s - 2."""
+    s = tl.arange(0, BLOCK_L)
+    live = s < 2 * target_len + 1
+    is_label = (s % 2) == 1
+    label = tl.load(targets_ptr + target_start + (s // 2) * target_stride, mask=live & is_label, other=0)
+    label = tl.where(is_label, label.to(tl.int64), blank)
+    before = tl.load(targets_ptr + target_start + (s // 2 - 1) * target_stride, mask=live & is_label & (s >= 3),
+                     other=0).to(tl.int64)
+    can_skip = is_label & (s >= 3) & (label != before)
+    return s, live, label, can_skip
+
+
+@triton.jit
+def _shift(x, by: tl.constexpr, s, BLOCK_L: tl.constexpr):
+    """x[s - by] (by = +-1, +-2), -inf where that is outside the block."""
+    source = s - by
+    inside = (source >= 0) & (source < BLOCK_L)
+    return tl.where(inside, tl.gather(x, tl.where(inside, source, 0), axis=0), float("-inf"))
+
+
+@triton.jit
+def _alpha_kernel(lp_ptr, targets_ptr, target_start_ptr, input_len_ptr, target_len_ptr, nll_ptr, alpha_ptr,
+                  blank, width, lp_st, lp_sn, lp_sc, target_stride, a_sn, a_st, BLOCK_L: tl.constexpr):
+    n = tl.program_id(0)
+    steps = tl.load(input_len_ptr + n)
+    target_len = tl.load(target_len_ptr + n)
+    s, live, label, can_skip = _extended_target(targets_ptr, tl.load(target_start_ptr + n), target_stride,
+                                                target_len, blank, BLOCK_L)
+    lp_at = lp_ptr + n.to(tl.int64) * lp_sn + label * lp_sc
+    row_at = alpha_ptr + n.to(tl.int64) * a_sn + s
+    first = tl.load(lp_at, mask=live & (s < 2) & (steps > 0), other=float("-inf"))
+    alpha = tl.where(live & (s < 2), first, float("-inf"))
+    tl.store(row_at, alpha, mask=s < width)
+    upcoming = tl.load(lp_at + lp_st, mask=live & (steps > 1), other=float("-inf"))
+    for t in range(1, steps):
+        lp_t = upcoming
+        upcoming = tl.load(lp_at + (t + 1) * lp_st, mask=live & (t + 1 < steps), other=float("-inf"))
+        paths = _logsumexp3(alpha, _shift(alpha, 1, s, BLOCK_L), tl.where(can_skip, _shift(alpha, 2, s, BLOCK_L),
+                                                                         float("-inf")))
+        alpha = tl.where(live, lp_t + paths, float("-inf"))
+        tl.store(row_at + t * a_st, alpha, mask=s < width)
+    # paths end on the final blank or the last label (sums pick one element and, unlike max, keep NaN)
+    last = tl.sum(tl.where(s == 2 * target_len, alpha, 0.0), axis=0)
+    label_last = tl.where(target_len > 0, tl.sum(tl.where(s == 2 * target_len - 1, alpha, 0.0), axis=0),
+                          float("-inf"))
+    log_likelihood = _logsumexp3(last, label_last, float("-inf"))
+    log_likelihood = tl.where(steps == 0, tl.where(target_len == 0, 0.0, float("-inf")), log_likelihood)
+    tl.store(nll_ptr + n, log_likelihood * -1.0)  # -0.0 for an empty target in no time, as ATen
+
+
+@triton.jit
+def _gradient_kernel(grad_out_ptr, lp_ptr, targets_ptr, target_start_ptr, input_len_ptr, target_len_ptr, nll_ptr,
+                     alpha_ptr, grad_ptr, blank, max_steps, classes, zero_infinity, go_s, nll_s,
+                     lp_st, lp_sn, lp_sc, target_stride, a_sn, a_st, a_ss, g_st, g_sn, g_sc,
+                     BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr):
+    n = tl.program_id(0)
+    steps = tl.load(input_len_ptr + n)
+    target_len = tl.load(target_len_ptr + n)
+    target_start = tl.load(target_start_ptr + n)
+    s, live, label, _ = _extended_target(targets_ptr, target_start, target_stride, target_len, blank, BLOCK_L)
+    has_next_label = ((s % 2) == 1) & (s + 2 < 2 * target_len + 1)
+    after = tl.load(targets_ptr + target_start + (s // 2 + 1) * target_stride, mask=has_next_label, other=0)
+    skip_from_next = has_next_label & (label != after.to(tl.int64))  # state s + 2 may come from s
+    nll = tl.load(nll_ptr + n * nll_s)
+    scale = tl.load(grad_out_ptr + n * go_s)
+    # An impossible alignment (nll = inf) or a NaN nll gives NaN gradients in every class, as ATen's
+    # (its nll enters each term); zero_infinity zeroes the impossible ones.
+    zeroed = (nll == float("inf")) & (zero_infinity != 0)
+    scale = tl.where((nll == float("inf")) | (nll != nll), float("nan"), scale)
+    lp_row = lp_ptr + n.to(tl.int64) * lp_sn
+    alpha_row = alpha_ptr + n.to(tl.int64) * a_sn + s * a_ss
+    grad_row = grad_ptr + n.to(tl.int64) * g_sn
+    c = tl.arange(0, BLOCK_C)
+    beta = tl.full([BLOCK_L], float("-inf"), nll.dtype)
+    for step in range(0, max_steps):
+        t = max_steps - 1 - step
+        if t < steps:
+            lp_t = tl.load(lp_row + t * lp_st + label * lp_sc, mask=live, other=float("-inf"))
+            if t == steps - 1:
+                beta = tl.where(live & (s >= 2 * target_len - 1), lp_t, float("-inf"))
+            else:
+                paths = _logsumexp3(beta, _shift(beta, -1, s, BLOCK_L),
+                                    tl.where(skip_from_next, _shift(beta, -2, s, BLOCK_L), float("-inf")))
+                beta = tl.where(live, lp_t + paths, float("-inf"))
+            alpha = tl.load(alpha_row + t * a_st, mask=live, other=float("-inf"))
+            # the posterior of state s at t: beta counts lp_t as alpha does, so it is taken out once
+            occupancy = tl.where(live, tl.exp(alpha + beta + nll - lp_t), 0.0)
+            for c_start in range(0, classes, BLOCK_C):
+                cls = c_start + c
+                lp_c = tl.load(lp_row + t * lp_st + cls * lp_sc, mask=cls < classes, other=0.0)
+                mass = tl.sum(tl.where(label[:, None] == cls[None, :], occupancy[:, None], 0.0), axis=0)
+                grad = (tl.exp(lp_c) - mass) * scale
+                # ATen's exp(lcab + nll - lp) is inf - inf = NaN where lp = -inf (probability 0): kept
+                grad = tl.where(zeroed, 0.0, tl.where(lp_c == float("-inf"), float("nan"), grad))
+                tl.store(grad_row + t * g_st + cls * g_sc, grad, mask=cls < classes)
+        else:  # past this sequence's end: no gradient
+            for c_start in range(0, classes, BLOCK_C):
+                cls = c_start + c
+                tl.store(grad_row + t * g_st + cls * g_sc, tl.zeros([BLOCK_C], nll.dtype), mask=cls < classes)
+
+
+def _lengths(name: str, lengths) -> list[int]:
+    """Lengths given as a list of ints (the IntList overloads) or an integer tensor (.Tensor ones)."""
+    if isinstance(lengths, torch.Tensor):
+        if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
+            raise RuntimeError(f"{name} must be integral")
+        return [int(v) for v in lengths.reshape(-1).tolist()]
+    return [int(v) for v in lengths]
+
+
+def _check(log_probs: torch.Tensor, targets: torch.Tensor, input_lengths: list[int], target_lengths: list[int],
+           blank: int) -> None:
+    """ATen's ctc_loss checks (RuntimeError), then the dtypes our kernels take (NotImplementedError)."""
+    if targets.dtype not in (torch.int32, torch.int64):
+        raise RuntimeError(f"Expected tensor for argument #2 'targets' to have scalar type Int or Long; but got "
+                           f"{targets.dtype} instead")
+    if log_probs.dim() != 3:
+        raise RuntimeError(f"Expected 3-dimensional tensor, but got {log_probs.dim()}-dimensional tensor for "
+                           f"argument #1 'log_probs'")
+    steps, batch, classes = log_probs.shape
+    if log_probs.numel() == 0:
+        raise RuntimeError("log_probs tensor must not be empty")
+    if not 0 <= blank < classes:
+        raise RuntimeError("blank must be in label range")
+    if len(input_lengths) != batch:
+        raise RuntimeError("input_lengths must be of size batch_size")
+    if len(target_lengths) != batch:
+        raise RuntimeError("target_lengths must be of size batch_size")
+    if targets.dim() == 1:
+        if targets.shape[0] != sum(target_lengths):
+            raise RuntimeError(f"Expected tensor to have size {sum(target_lengths)} at dimension 0, but got size "
+                               f"{targets.shape[0]} for argument #2 'targets'")
+    elif targets.dim() != 2 or targets.shape[0] != batch or targets.shape[1] < max(target_lengths):
+        raise RuntimeError(f"Expected targets of shape [batch_size ({batch}), at least {max(target_lengths)}] or "
+                           f"concatenated 1-D, got {list(targets.shape)}")
+    for name, lengths, most in (("input_lengths", input_lengths, steps), ("target_lengths", target_lengths, None)):
+        if min(lengths) < 0:
+            raise RuntimeError(f"Expected {name} to have value at least 0, but got value {min(lengths)}")
+        if most is not None and max(lengths) > most:
+            raise RuntimeError(f"Expected {name} to have value at most {most}, but got value {max(lengths)}")
+    check_kernel_dtype("ctc_loss", log_probs.dtype, DTYPES, log_probs.device)
+
+
+def _target_layout(targets: torch.Tensor, target_lengths: list[int]) -> tuple[torch.Tensor, int]:
+    """Where each sequence's target starts (elements) and the stride between its labels."""
+    if targets.dim() == 1:
+        starts = [0]
+        for length in target_lengths[:-1]:
+            starts.append(starts[-1] + length)
+        return torch.tensor(starts, device=targets.device) * targets.stride(0), targets.stride(0)
+    return torch.arange(targets.shape[0], device=targets.device) * targets.stride(0), targets.stride(1)
+
+
+def _prepare(log_probs, targets, input_lengths, target_lengths, blank):
+    """Checked lengths and the per-sequence tensors both kernels take."""
+    input_lengths, target_lengths = _lengths("input_lengths", input_lengths), _lengths("target_lengths", target_lengths)
+    _check(log_probs, targets, input_lengths, target_lengths, blank)
+    device = log_probs.device
+    starts, target_stride = _target_layout(targets.to(device), target_lengths)
+    return (targets.to(device), starts, torch.tensor(input_lengths, device=device),
+            torch.tensor(target_lengths, device=device), target_stride, max(target_lengths))
+
+
+def ctc_loss_forward_triton(log_probs: torch.Tensor, targets: torch.Tensor, input_lengths, target_lengths,
+                            blank: int = 0, zero_infinity: bool = False, *, out0: torch.Tensor | None = None,
+                            out1: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """aten::_ctc_loss: (negative log-likelihood [N], log_alpha [N, T, 2 max(S) + 1]) of log_probs [T, N, C].
+    zero_infinity acts in ctc_loss and the backward only, as in ATen."""
+    targets, starts, in_lens, tg_lens, target_stride, max_target = _prepare(log_probs, targets, input_lengths,
+                                                                            target_lengths, blank)
+    steps, batch, _ = log_probs.shape
+    width = 2 * max_target + 1
+    nll = torch.empty(batch, dtype=log_probs.dtype, device=log_probs.device)
+    alpha = torch.full((batch, steps, width), float("-inf"), dtype=log_probs.dtype, device=log_probs.device)
+    _alpha_kernel[(batch,)](log_probs, targets, starts, in_lens, tg_lens, nll, alpha, blank, width,
+                            *log_probs.stride(), target_stride, alpha.stride(0), alpha.stride(1),
+                            BLOCK_L=triton.next_power_of_2(width), num_warps=4)
+    results = []
+    for result, out in ((nll, out0), (alpha, out1)):
+        if out is not None:
+            check_same_dtype(log_probs.dtype, out)
+            result = resize_out(out, result.shape).copy_(result)
+        results.append(result)
+    return results[0], results[1]
+
+
+def ctc_loss_backward_triton(grad: torch.Tensor, log_probs: torch.Tensor, targets: torch.Tensor, input_lengths,
+                             target_lengths, neg_log_likelihood: torch.Tensor, log_alpha: torch.Tensor, blank: int,
+                             zero_infinity: bool = False, *, out: torch.Tensor | None = None) -> torch.Tensor:
+    """aten::_ctc_loss_backward: gradient wrt log_probs [T, N, C] from that of the nll [N] and the
+    forward's nll and log_alpha."""
+    targets, starts, in_lens, tg_lens, target_stride, _ = _prepare(log_probs, targets, input_lengths, target_lengths,
+                                                                   blank)
+    steps, batch, classes = log_probs.shape
+    if grad.shape != (batch,) and grad.numel() != 1:
+        raise RuntimeError(f"grad must have shape [{batch}] (one per sequence), got {list(grad.shape)}")
+    if log_alpha.dim() != 3 or tuple(log_alpha.shape[:2]) != (batch, steps) or \
+            log_alpha.shape[2] < 2 * max(_lengths("target_lengths", target_lengths)) + 1:
+        raise RuntimeError(f"log_alpha must be [N, T, 2 max(target_lengths) + 1], got {list(log_alpha.shape)}")
+    if out is None:
+        out = torch.empty(log_probs.shape, dtype=log_probs.dtype, device=log_probs.device)
+    else:
+        check_same_dtype(log_probs.dtype, out)
+        resize_out(out, log_probs.shape)
+    grad = grad.to(log_probs.dtype).expand(batch)
+    _gradient_kernel[(batch,)](grad, log_probs, targets, starts, in_lens, tg_lens, neg_log_likelihood, log_alpha,
+                               out, blank, steps, classes, int(bool(zero_infinity)), grad.stride(0),
+                               neg_log_likelihood.stride(0), *log_probs.stride(), target_stride, *log_alpha.stride(),
+                               *out.stride(), BLOCK_L=triton.next_power_of_2(log_alpha.shape[2]),
+                               BLOCK_C=min(BLOCK_C, triton.next_power_of_2(classes)), num_warps=4)
+    return out
+
+
+def ctc_loss_triton(log_probs: torch.Tensor, targets: torch.Tensor, input_lengths, target_lengths, blank: int = 0,
+                    reduction: int | str = "mean", zero_infinity: bool = False) -> torch.Tensor:
+    """CTC loss of log_probs [T, N, C] (or unbatched [T, C]) against targets; reduction none / mean (each
+    loss divided by its target length, then averaged) / sum; zero_infinity zeroes impossible alignments."""
+    value = REDUCTIONS.get(reduction, -1) if isinstance(reduction, str) else int(reduction)
+    if value not in REDUCTIONS.values():
+        raise ValueError(f"reduction must be 'none', 'mean' or 'sum' (or 0, 1, 2), got {reduction!r}")
+    unbatched = log_probs.dim() == 2
+    if unbatched:
+        log_probs, targets = log_probs.unsqueeze(1), targets.unsqueeze(0)
+        input_lengths, target_lengths = ([int(torch.as_tensor(v).reshape(-1)[0])] if not isinstance(v, (list, tuple))
+                                         else v for v in (input_lengths, target_lengths))
+    nll, _ = ctc_loss_forward_triton(log_probs, targets, input_lengths, target_lengths, blank, zero_infinity)
+    if zero_infinity:
+        nll = torch.where(nll == float("inf"), torch.zeros_like(nll), nll)
+    if value == REDUCTIONS["mean"]:
+        lengths = torch.tensor(_lengths("target_lengths", target_lengths), dtype=nll.dtype, device=nll.device)
+        return (nll / lengths.clamp_min(1)).mean()
+    if value == REDUCTIONS["sum"]:
+        return nll.sum()
+    return nll.squeeze(0) if unbatched else nll
+
+
+def ctc_loss_reference(log_probs: torch.Tensor, targets: torch.Tensor, input_lengths, target_lengths, blank: int = 0,
+                       reduction: int | str = "mean", zero_infinity: bool = False) -> torch.Tensor:
+    """CTC loss (torch's F.ctc_loss)."""
+    if not isinstance(reduction, str):
+        reduction = {v: k for k, v in REDUCTIONS.items()}[int(reduction)]
+    return torch.nn.functional.ctc_loss(log_probs, targets, input_lengths, target_lengths, blank, reduction,
+                                        zero_infinity)
+
+
+def _bench_case(rows: int, dtype: torch.dtype, device: str, cols: int | None = None) -> BenchCase:
+    """Core shape at rows=4096: T 200, N 32 (rows // 128), C 64 (cols), targets of 50; CPU: T 20, S 5."""
+    on_gpu = device.startswith("cuda")
+    steps, length, batch = (200, 50, max(rows // 128, 1)) if on_gpu else (20, 5, 2)
+    classes = cols or 64
+    log_probs = torch.randn(steps, batch, classes, device=device).log_softmax(-1).to(dtype)
+    targets = torch.randint(1, classes, (batch, length), device=device)
+    lengths = torch.full((batch,), steps, device=device), torch.full((batch,), length, device=device)
+    return BenchCase((log_probs, targets, *lengths), bytes_moved=log_probs.numel() * log_probs.element_size())
+
+
+for _name in ("aten::_ctc_loss", "aten::_ctc_loss.Tensor", "aten::_ctc_loss.out", "aten::_ctc_loss.Tensor_out"):
+    register_aten(_name, ctc_loss_forward_triton)
+for _name in ("aten::_ctc_loss_backward", "aten::_ctc_loss_backward.Tensor", "aten::_ctc_loss_backward.out"):
+    register_aten(_name, ctc_loss_backward_triton)
+ctc_loss = register("ctc_loss", reference=ctc_loss_reference, triton=ctc_loss_triton, bench_case=_bench_case)
