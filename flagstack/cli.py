@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except ValueError as err:  # bad input: a clear message and a non-zero exit, no traceback
+    except (ValueError, FileNotFoundError) as err:  # bad input: a clear message, a non-zero exit
         print(f"flagstack: error: {err}", file=sys.stderr)
         return 2
 

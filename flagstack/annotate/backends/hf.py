@@ -11,14 +11,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flagstack.annotate.backends.base import TokenStats, check_score_args, embedded_model_path
+from flagstack.annotate.backends.base import TokenStats, check_score_args
+from flagstack.engine.loader import embedded_gguf_path
 
 
 def load_hf(model: str | None, dtype: torch.dtype = torch.float32):
     """(tokenizer, model) from a HF directory/name or a GGUF file (None: the embedded SmolLM2)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = Path(model) if model else embedded_model_path()
+    path = Path(model) if model else embedded_gguf_path()
     kwargs = {"gguf_file": path.name} if path.suffix == ".gguf" else {}
     where = str(path.parent) if kwargs else str(model)
     tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
@@ -53,7 +54,7 @@ class HFBackend:
         self.tokenizer, self.model = loaded or load_hf(model, dtype)
         self.model.to(device)
         self.device = device
-        self.model_name = f"hf:{Path(model).name if model else embedded_model_path().name}"
+        self.model_name = f"hf:{Path(model).name}" if model else "hf:given-model" if loaded else "hf:SmolLM2-135M-Instruct.Q4_1.gguf"
         self.prefix_cache = prefix_cache
         self._cached: list[int] = []
         self._cache = None

@@ -20,12 +20,12 @@ CHOICE_FLOOR = -20.0
 def _local_tokenizer(name: str | None):
     from transformers import AutoTokenizer
 
-    from flagstack.annotate.backends.base import embedded_model_path
+    from flagstack.engine.loader import embedded_gguf_path
+    from flagstack.engine.tokenizer import load_gguf_tokenizer
 
     if name:
         return AutoTokenizer.from_pretrained(name)
-    path = embedded_model_path()
-    return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    return load_gguf_tokenizer(embedded_gguf_path())
 
 
 class OpenAIBackend:
