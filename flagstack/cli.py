@@ -70,7 +70,7 @@ def _ops_score(args: argparse.Namespace) -> int:
     return 0 if all(s.failed == 0 for s in scores.values()) else 1
 
 
-def add_ops_commands(sub: argparse._SubParsersAction) -> None:
+def add_ops_commands(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
     ops = sub.add_parser("ops", help="operator library").add_subparsers(dest="ops_cmd", required=True)
     ops.add_parser("list", help="every op with the backends it has").set_defaults(func=_ops_list)
     score = ops.add_parser("score", help="challenge ops scorecard: tests, test categories, speed vs torch/FlagGems")
@@ -85,6 +85,7 @@ def add_ops_commands(sub: argparse._SubParsersAction) -> None:
     test.add_argument("--dtypes", type=_comma_list(str), default=["fp32", "fp16", "bf16"],
                       help="comma-separated from fp32,fp16,bf16 (default: all three)")
     test.set_defaults(func=_ops_test)
+    return ops
 
 
 def _bench_ops(args: argparse.Namespace) -> int:
@@ -139,11 +140,11 @@ def add_bench_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    """For now: the op self-check and a quick op benchmark, on whatever device is here."""
+    """The op self-check and a quick op benchmark, on whatever device is here."""
     import torch
 
     _interpret_triton_without_cuda()
-    print("== flagstack demo, step 1: every op's Triton kernel vs its PyTorch reference (flagstack ops test)")
+    print("== flagstack ops demo, step 1: every op's Triton kernel vs its PyTorch reference (flagstack ops test)")
     # One row count keeps it to a few minutes on 2 CPU cores (the interpreter is slow on 151,936-wide rows).
     rows = None if torch.cuda.is_available() else [2]
     status = _ops_test(argparse.Namespace(ops=None, rows=rows, dtypes=["fp32", "fp16", "bf16"]))
@@ -158,8 +159,11 @@ def _demo(args: argparse.Namespace) -> int:
     return status
 
 
-def add_demo_command(sub: argparse._SubParsersAction) -> None:
-    demo = sub.add_parser("demo", help="what `make demo` runs: op checks and a quick benchmark")
+def add_demo_commands(sub: argparse._SubParsersAction, ops: argparse._SubParsersAction) -> None:
+    """`flagstack demo` (what `make demo` runs: the annotation main job) and `flagstack ops demo`."""
+    main_job = sub.add_parser("demo", help="what `make demo` runs: BBC News annotation on the embedded model")
+    main_job.set_defaults(func=lambda args: main(["annotate", "demo"]))
+    demo = ops.add_parser("demo", help="op checks and a quick op benchmark")
     demo.add_argument("--bench-ops", type=_comma_list(str), default=["rms_norm", "silu_and_mul", "softmax"],
                       help="ops the quick benchmark times (torch.compile on CPU takes seconds per op)")
     demo.add_argument("--out-dir", default="bench/results")
@@ -190,9 +194,9 @@ def add_annotate_commands(sub: argparse._SubParsersAction) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flagstack", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    add_ops_commands(sub)
+    ops = add_ops_commands(sub)
     add_bench_commands(sub)
-    add_demo_command(sub)
+    add_demo_commands(sub, ops)
     add_engine_commands(sub)
     add_serve_command(sub)
     add_annotate_commands(sub)

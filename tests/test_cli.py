@@ -73,6 +73,6 @@ def test_demo_wiring(capsys, monkeypatch, tmp_path):
                         lambda entries, rows, dtypes, on_result: checked.append(entries) or [])
     monkeypatch.setattr(bench_ops, "_COMPILED", {})
     monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)  # its CPU compile is not under test
-    code, out, _ = run(capsys, "demo", "--bench-ops", "rms_norm,not_an_op", "--out-dir", str(tmp_path))
+    code, out, _ = run(capsys, "ops", "demo", "--bench-ops", "rms_norm,not_an_op", "--out-dir", str(tmp_path))
     assert code == 0 and len(checked) == 1 and "demo done: op checks passed" in out
     assert "--ops rms_norm)" in out and len(list(tmp_path.glob("ops-quick-*.json"))) == 1
