@@ -14,6 +14,7 @@ import triton.language as tl
 
 from flagstack.ops import interpreter_compat  # noqa: F401  (loops over scalar args on CPU)
 from flagstack.ops.checks import FLOAT_DTYPES, check_tensor, rows_view
+from flagstack.ops.host import cdiv, next_power_of_2, sm_count
 from flagstack.ops.registry import BenchCase, register, register_aten
 
 NO_INDEX = tl.constexpr(2147483647)
@@ -73,11 +74,12 @@ def argmax_combine_kernel(val_ptr, idx_ptr, out_ptr, n_splits, SPLITS: tl.conste
 
 
 def num_splits(n_rows: int, n_cols: int, device: torch.device, block: int = BLOCK) -> int:
-    """How many programs share a row: enough for ~2 programs per SM when rows are few."""
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
-    if n_rows >= sms:
+    """How many programs share a row: enough for ~4 programs per SM when rows are few (one
+    program per SM streaming a 304 KB row was 0.88x torch.compile at 256 rows on an H100)."""
+    sms = sm_count(device, cpu=4)
+    if n_rows >= 4 * sms:
         return 1
-    return max(1, min(triton.cdiv(n_cols, block), triton.cdiv(2 * sms, n_rows)))
+    return max(1, min(cdiv(n_cols, block), cdiv(4 * sms, n_rows)))
 
 
 def warps_for(block: int) -> int:
@@ -93,10 +95,10 @@ def argmax_rows(rows: torch.Tensor, splits: int | None = None, block: int = BLOC
     out = torch.empty(n_rows, dtype=torch.int64, device=rows.device)
     if n_rows == 0:
         return out
-    block = min(block, triton.next_power_of_2(n_cols))  # short rows: no idle lanes
+    block = min(block, next_power_of_2(n_cols))  # short rows: no idle lanes
     splits = splits or num_splits(n_rows, n_cols, rows.device, block)
-    span = triton.cdiv(triton.cdiv(n_cols, splits), block) * block
-    splits = triton.cdiv(n_cols, span)
+    span = cdiv(cdiv(n_cols, splits), block) * block
+    splits = cdiv(n_cols, span)
     if splits == 1:
         _argmax_kernel[(1, n_rows)](rows, out, out, n_cols, rows.stride(0), span, WRITE_VALUE=False,
                                     BLOCK=block, num_warps=warps_for(block))
@@ -105,7 +107,7 @@ def argmax_rows(rows: torch.Tensor, splits: int | None = None, block: int = BLOC
     indices = torch.empty(n_rows, splits, dtype=torch.int64, device=rows.device)
     _argmax_kernel[(splits, n_rows)](rows, values, indices, n_cols, rows.stride(0), span, WRITE_VALUE=True,
                                      BLOCK=block, num_warps=warps_for(block))
-    argmax_combine_kernel[(n_rows,)](values, indices, out, splits, SPLITS=triton.next_power_of_2(splits))
+    argmax_combine_kernel[(n_rows,)](values, indices, out, splits, SPLITS=next_power_of_2(splits))
     return out
 
 

@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 
 from flagstack.ops.checks import FLOAT_DTYPES, check_same_device, check_tensor
+from flagstack.ops.host import cdiv, row_tile
 from flagstack.ops.registry import BenchCase, register, register_aten
 
 ID_DTYPES = (torch.int32, torch.int64)
@@ -41,11 +42,12 @@ def embedding_triton(ids: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     n_cols = weight.shape[1]
     out = torch.empty(flat.shape[0], n_cols, dtype=weight.dtype, device=weight.device)
     if out.numel() > 0:
-        block_d = min(triton.next_power_of_2(n_cols), 1024)
-        block_t = max(1, 1024 // block_d)
-        grid = (triton.cdiv(flat.shape[0], block_t), triton.cdiv(n_cols, block_d))
+        # 4096-element tiles (2560 -> 8 ids x 512 columns, no masked lanes): 1024-element tiles made
+        # 49K tiny programs at 4096 ids and reached 80% of copy speed
+        block_t, block_d = row_tile(n_cols, 4096)
+        grid = (cdiv(flat.shape[0], block_t), cdiv(n_cols, block_d))
         _embedding_kernel[grid](flat, weight, out, flat.shape[0], weight.shape[0], n_cols, weight.stride(0),
-                                BLOCK_T=block_t, BLOCK_D=block_d, num_warps=4)
+                                BLOCK_T=block_t, BLOCK_D=block_d, num_warps=8)
     return out.view(*ids.shape, n_cols)
 
 

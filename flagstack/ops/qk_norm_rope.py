@@ -17,6 +17,7 @@ import triton
 import triton.language as tl
 
 from flagstack.ops.checks import check_same_device, check_tensor
+from flagstack.ops.host import cdiv, next_power_of_2
 from flagstack.ops.registry import BenchCase, register
 from flagstack.ops.rms_norm import rms_norm_reference
 from flagstack.ops.rotary import (check_heads, check_rope_args, heads_view, rope_cos_sin_cache,
@@ -70,9 +71,9 @@ def qk_norm_rope_triton(q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor
     positions = positions.contiguous()  # the kernel reads positions[token] at unit stride
     if tokens == 0:
         return q, k
-    block_d = triton.next_power_of_2(half)
-    block_h = min(triton.next_power_of_2(max(qh.shape[1], kh.shape[1])), max(1, 512 // block_d))
-    grid = (tokens, triton.cdiv(qh.shape[1], block_h) + triton.cdiv(kh.shape[1], block_h))
+    block_d = next_power_of_2(half)
+    block_h = min(next_power_of_2(max(qh.shape[1], kh.shape[1])), max(1, 512 // block_d))
+    grid = (tokens, cdiv(qh.shape[1], block_h) + cdiv(kh.shape[1], block_h))
     _qk_norm_rope_kernel[grid](positions, qh, kh, q_weight.contiguous(), k_weight.contiguous(), cos_sin_cache,
                                qh.shape[1], kh.shape[1], qh.stride(0), qh.stride(1), kh.stride(0), kh.stride(1),
                                cos_sin_cache.stride(0), half, eps, IS_NEOX=is_neox, BLOCK_H=block_h,

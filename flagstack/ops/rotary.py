@@ -19,6 +19,7 @@ import triton
 import triton.language as tl
 
 from flagstack.ops.checks import check_same_device, check_tensor
+from flagstack.ops.host import cdiv, next_power_of_2
 from flagstack.ops.registry import BenchCase, register
 
 INT_DTYPES = (torch.int32, torch.int64)
@@ -82,9 +83,9 @@ def rotary_embedding_triton(positions: torch.Tensor, q: torch.Tensor, k: torch.T
     positions = positions.contiguous()  # the kernel reads positions[token] at unit stride
     if tokens == 0 or half == 0:
         return q, k
-    block_d = triton.next_power_of_2(half)
-    block_h = min(triton.next_power_of_2(max(qh.shape[1], kh.shape[1])), max(1, 512 // block_d))
-    grid = (tokens, triton.cdiv(qh.shape[1], block_h) + triton.cdiv(kh.shape[1], block_h))
+    block_d = next_power_of_2(half)
+    block_h = min(next_power_of_2(max(qh.shape[1], kh.shape[1])), max(1, 512 // block_d))
+    grid = (tokens, cdiv(qh.shape[1], block_h) + cdiv(kh.shape[1], block_h))
     _rotary_kernel[grid](positions, qh, kh, cos_sin_cache, qh.shape[1], kh.shape[1], qh.stride(0), qh.stride(1),
                          kh.stride(0), kh.stride(1), cos_sin_cache.stride(0), half, IS_NEOX=is_neox,
                          BLOCK_H=block_h, BLOCK_D=block_d, num_warps=4)

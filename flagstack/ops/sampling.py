@@ -13,6 +13,14 @@ logit_i >= max_logit + T * log(min_p)). The fused kernel then reads logits and n
 key = logit / T - log q where logit >= threshold, and keeps the first index of the max key.
 Temperature 0 rows are greedy (argmax of the logits; their noise is not read).
 Traffic: logits once + noise (4 B/token) written by torch and read once.
+
+Fused thresholds: when the filters are plain numbers or lists (known on the host, so choosing the
+path needs no device sync) and every sampled row with top-p also has a top-k <= K_MAX, the
+thresholds come from two small kernels instead of torch.topk/sort and their syncs: each CHUNK-wide
+slice of a row keeps its K largest logits (many programs per row even at batch 1), then one
+program per row takes the K largest of those candidates (the row's top K, sorted) and derives
+top-k, top-p and min-p from them exactly as the torch path does. Extra traffic: one more read of
+the logits (~2 B/token), then the draw as above.
 """
 from __future__ import annotations
 
@@ -27,23 +35,26 @@ from flagstack.ops import interpreter_compat  # noqa: F401  (loops over scalar a
 from flagstack.ops.argmax import (NO_INDEX, argmax_combine_kernel, argmax_result, argmax_rows, argmax_update,
                                   num_splits, warps_for)
 from flagstack.ops.checks import check_tensor
+from flagstack.ops.host import cdiv, next_power_of_2
 from flagstack.ops.registry import BenchCase, register
 from flagstack.ops.softmax import log_softmax
 
 BLOCK = 2048  # vocab entries per iteration: 2 loads (logits, noise) of 2048 per program
 TOPK_CHUNK = 4096  # top-k threshold: columns per first-stage slice on CUDA
+K_MAX = 64  # the fused threshold path serves top-k up to this (top-p needs a top-k there)
+CHUNK = 4096  # fused path: columns per candidate program (37 programs per 151,936-wide row)
 
 ParamLike = torch.Tensor | float | int | Sequence[float] | None
 
 
 @triton.jit
 def _sample_kernel(logits_ptr, noise_ptr, temp_ptr, thr_ptr, val_ptr, idx_ptr, n_cols, logits_row_stride,
-                   span, WRITE_VALUE: tl.constexpr, BLOCK: tl.constexpr):
+                   temp_stride, span, WRITE_VALUE: tl.constexpr, BLOCK: tl.constexpr):
     split, row = tl.program_id(0), tl.program_id(1).to(tl.int64)
     n_splits = tl.num_programs(0)
     lo = split * span
     hi = tl.minimum(lo + span, n_cols)
-    t = tl.load(temp_ptr + row)
+    t = tl.load(temp_ptr + row * temp_stride)  # stride 0: one temperature for every row
     threshold = tl.load(thr_ptr + row)
     greedy = t == 0.0
     noise_hi = tl.where(greedy, lo, hi)  # greedy rows read no noise
@@ -61,6 +72,61 @@ def _sample_kernel(logits_ptr, noise_ptr, temp_ptr, thr_ptr, val_ptr, idx_ptr, n
     if WRITE_VALUE:
         tl.store(val_ptr + row * n_splits + split, value)
     tl.store(idx_ptr + row * n_splits + split, index.to(tl.int64))
+
+
+@triton.jit
+def _top_sorted(x, K: tl.constexpr):
+    """The K largest values of a 1-D fp32 block, largest first: K rounds of take the max, drop its
+    first copy (2 block reductions per round; tl.topk's sorting network takes seconds per call in
+    the CPU interpreter, and K <= 64 rounds cost a few microseconds on a GPU)."""
+    idx = tl.arange(0, x.shape[0])
+    j = tl.arange(0, K)
+    top = tl.full([K], float("-inf"), tl.float32)
+    for r in range(K):
+        m = tl.max(x, axis=0)
+        top = tl.where(j == r, m, top)
+        first = tl.min(tl.where(x == m, idx, x.shape[0]), axis=0)
+        x = tl.where(idx == first, float("-inf"), x)
+    return top
+
+
+@triton.jit
+def _chunk_top_kernel(logits_ptr, cand_ptr, n_cols, logits_row_stride, CHUNK: tl.constexpr, K: tl.constexpr):
+    """cand[row, chunk, :] = the K largest logits (fp32) of one CHUNK-wide slice of a row."""
+    chunk, row = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    cols = chunk * CHUNK + tl.arange(0, CHUNK)
+    x = tl.load(logits_ptr + row * logits_row_stride + cols, mask=cols < n_cols, other=float("-inf"))
+    top = _top_sorted(x.to(tl.float32), K)
+    tl.store(cand_ptr + (row * tl.num_programs(0) + chunk) * K + tl.arange(0, K), top)
+
+
+@triton.jit
+def _threshold_kernel(cand_ptr, params_ptr, thr_ptr, n_cand, param_stride, row_stride,
+                      K: tl.constexpr, N_CAND: tl.constexpr):
+    """thr[row] from the row's top K logits: k-th largest, top-p over the top-k, min-p (the torch
+    path's formulas in its order). params: temperature, top_k (0 = off), top_p, min_p."""
+    row = tl.program_id(0)
+    c = tl.arange(0, N_CAND)
+    top = _top_sorted(tl.load(cand_ptr + row * n_cand + c, mask=c < n_cand, other=float("-inf")), K)
+    t = tl.load(params_ptr + row * row_stride)
+    k = tl.load(params_ptr + param_stride + row * row_stride).to(tl.int32)
+    top_p = tl.load(params_ptr + 2 * param_stride + row * row_stride)
+    min_p = tl.load(params_ptr + 3 * param_stride + row * row_stride)
+    j = tl.arange(0, K)
+    thr = tl.sum(tl.where(j == k - 1, top, 0.0), axis=0)
+    thr = tl.where(k > 0, thr, float("-inf"))
+    # top-p over the renormalized top-k survivors (rows with top-p have 1 <= k <= K here)
+    scaled = tl.where(j < k, top, float("-inf")) / tl.where(t > 0, t, 1.0)
+    peak = tl.max(scaled, axis=0)
+    probs = tl.exp(scaled - tl.where(peak == float("-inf"), 0.0, peak))  # k = 0 rows: zeros, no nan
+    probs = probs / tl.maximum(tl.sum(probs, axis=0), 1e-30)
+    n_keep = tl.maximum(tl.sum((tl.cumsum(probs, axis=0) - probs < top_p).to(tl.int32), axis=0), 1)
+    p_thr = tl.sum(tl.where(j == n_keep - 1, top, 0.0), axis=0)
+    thr = tl.where(top_p < 1.0, tl.maximum(thr, p_thr), thr)
+    row_max = tl.max(top, axis=0)
+    m_thr = row_max + t * tl.log(tl.maximum(min_p, 1e-30))
+    thr = tl.where(min_p > 0.0, tl.maximum(thr, m_thr), thr)
+    tl.store(thr_ptr + row, thr)
 
 
 @dataclass
@@ -164,27 +230,85 @@ def _plan(logits: torch.Tensor, temperature: ParamLike, top_k: ParamLike, top_p:
     return _Plan(temperature, threshold, noise)
 
 
+def _host_values(value: ParamLike, default: float) -> list[float] | None:
+    """A filter's values as a host list (one per row, or one for all); None for a tensor."""
+    if value is None:
+        return [default]
+    if isinstance(value, torch.Tensor):
+        return None
+    return [float(v) for v in value] if isinstance(value, (list, tuple)) else [float(value)]
+
+
+def _fused_params(logits: torch.Tensor, temperature: ParamLike, top_k: ParamLike, top_p: ParamLike,
+                  min_p: ParamLike) -> tuple[torch.Tensor, int] | None:
+    """(params [4, 1 or B] fp32 on the device, largest top-k) when the fused threshold path applies.
+
+    It applies when every filter is known on the host, some row samples, and every sampled row's
+    top-k is off or <= K_MAX, with top-p only on rows that have a top-k. None: use the torch path.
+    """
+    rows, vocab = logits.shape
+    values = [_host_values(v, d) for v, d in ((temperature, 1.0), (top_k, 0.0), (top_p, 1.0), (min_p, 0.0))]
+    if any(v is None for v in values) or rows == 0:
+        return None
+    width = max(len(v) for v in values)
+    if width not in (1, rows):
+        return None  # the torch path raises the error
+    temps, ks, ps, mins = (v * width if len(v) == 1 else v for v in values)
+    ks = [k if 0 < k < vocab else 0.0 for k in ks]
+    if not any(t > 0 for t in temps):
+        return None  # all greedy
+    for t, k, p in zip(temps, ks, ps):
+        if t > 0 and (k > K_MAX or (p < 1 and k == 0)):
+            return None
+    params = torch.tensor([temps, ks, ps, mins], dtype=torch.float32).to(logits.device, non_blocking=True)
+    return params, int(max(ks))
+
+
+def _fused_thresholds(logits: torch.Tensor, params: torch.Tensor, k_max: int) -> torch.Tensor:
+    """Per-row thresholds from the two candidate kernels (see the module docstring)."""
+    rows, vocab = logits.shape
+    chunk = min(CHUNK, max(2, next_power_of_2(vocab)))
+    k = max(2, next_power_of_2(k_max))  # k <= chunk since k_max < vocab
+    n_chunks = cdiv(vocab, chunk)
+    cand = torch.empty(rows, n_chunks * k, dtype=torch.float32, device=logits.device)
+    _chunk_top_kernel[(n_chunks, rows)](logits, cand, vocab, logits.stride(0), CHUNK=chunk, K=k,
+                                        num_warps=8 if chunk >= 2048 else 4)
+    threshold = torch.empty(rows, dtype=torch.float32, device=logits.device)
+    _threshold_kernel[(rows,)](cand, params, threshold, n_chunks * k, params.stride(0),
+                               params.stride(1) if params.shape[1] > 1 else 0, K=k,
+                               N_CAND=next_power_of_2(n_chunks * k), num_warps=4)
+    return threshold
+
+
 def sample_triton(logits: torch.Tensor, temperature: ParamLike = 1.0, top_k: ParamLike = None,
                   top_p: ParamLike = None, min_p: ParamLike = None, *, generator: torch.Generator | None = None,
                   seeds: Sequence[int] | torch.Tensor | None = None) -> torch.Tensor:
     """Sample one token id per row (int64 [B]) with the fused Triton kernel."""
     logits = logits if logits.stride(-1) == 1 else logits.contiguous()
-    plan = _plan(logits, temperature, top_k, top_p, min_p, generator, seeds)
+    fused = _fused_params(logits, temperature, top_k, top_p, min_p)
+    if fused is not None:  # no host sync: thresholds from the candidate kernels
+        params, k_max = fused
+        temps = params[0].expand(logits.shape[0])  # stride 0 when one value serves every row
+        if isinstance(seeds, torch.Tensor):
+            seeds = seeds.tolist()
+        plan = _Plan(temps, _fused_thresholds(logits, params, k_max), _noise(logits, generator, seeds))
+    else:
+        plan = _plan(logits, temperature, top_k, top_p, min_p, generator, seeds)
     if plan.noise is None:
         return argmax_rows(logits)
     rows, vocab = logits.shape
-    block = min(BLOCK, triton.next_power_of_2(vocab))
+    block = min(BLOCK, next_power_of_2(vocab))
     splits = num_splits(rows, vocab, logits.device, block)
-    span = triton.cdiv(triton.cdiv(vocab, splits), block) * block
-    splits = triton.cdiv(vocab, span)
+    span = cdiv(cdiv(vocab, splits), block) * block
+    splits = cdiv(vocab, span)
     out = torch.empty(rows, dtype=torch.int64, device=logits.device)
     values = torch.empty(rows, splits, dtype=torch.float32, device=logits.device) if splits > 1 else out
     indices = torch.empty(rows, splits, dtype=torch.int64, device=logits.device) if splits > 1 else out
     _sample_kernel[(splits, rows)](logits, plan.noise, plan.temperature, plan.threshold, values, indices, vocab,
-                                   logits.stride(0), span, WRITE_VALUE=splits > 1, BLOCK=block,
-                                   num_warps=warps_for(block))
+                                   logits.stride(0), plan.temperature.stride(0), span, WRITE_VALUE=splits > 1,
+                                   BLOCK=block, num_warps=warps_for(block))
     if splits > 1:
-        argmax_combine_kernel[(rows,)](values, indices, out, splits, SPLITS=triton.next_power_of_2(splits))
+        argmax_combine_kernel[(rows,)](values, indices, out, splits, SPLITS=next_power_of_2(splits))
     return out
 
 

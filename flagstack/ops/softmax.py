@@ -1,10 +1,13 @@
 """softmax and log_softmax along one dim, accumulated in fp32, with three kernels by row shape.
 
 - narrow rows (<= 16384 columns): the whole row sits in registers; one read, one write.
-- wide rows, many of them (a vocab of 151,936 at >= one row per SM): one program per row. Pass 1
-  streams the row once keeping a running max and a rescaled running sum (online softmax); pass 2
-  streams it again, in reverse order, and writes. Traffic: 2 reads + 1 write of the row. Walking
-  pass 2 backwards re-reads first what pass 1 read last, so the row's tail comes from L2.
+- wide rows, many of them (a vocab of 151,936 at >= one row per SM): one program per SM walks
+  rows. Pass 1 streams a row once keeping a running max and a rescaled running sum (online
+  softmax); pass 2 streams it again, in reverse order, and writes. Traffic from HBM: 1 read +
+  1 write of the row when pass 2 hits L2, which is why the programs are few: 132 rows of 304 KB
+  (bf16) in flight fit the H100's 50 MB L2, while one program per row (~1000 rows resident) made
+  pass 2 read HBM again (65% of copy speed). Walking pass 2 backwards re-reads first what pass 1
+  read last.
 - wide rows, few of them (fewer rows than SMs, e.g. one decode step's logits): each row is cut into
   chunks over many programs. Stage 1 writes each chunk's (max, sum); stage 2 combines a row's
   partials and writes its chunk. Same 2 reads + 1 write, but the whole GPU works on a single row.
@@ -18,11 +21,14 @@ import triton.language as tl
 
 from flagstack.ops import interpreter_compat  # noqa: F401  (loops over scalar args on CPU)
 from flagstack.ops.checks import FLOAT_DTYPES, check_tensor, rows_view
+from flagstack.ops.host import cdiv, next_power_of_2, sm_count
 from flagstack.ops.registry import BenchCase, register, register_aten
 
 LOG2E = tl.constexpr(1.4426950408889634)
 NARROW_MAX = 16384  # widest row kept whole in registers (fp32: 32 values per thread at 16 warps)
-LOOP_BLOCK, LOOP_WARPS = 4096, 8  # wide rows: elements per iteration, warps per program
+# wide rows: elements per iteration, warps per program (16 KB of bf16 loads in flight per SM),
+# programs per SM (rows in flight: their bytes must fit in L2 for pass 2 to hit it)
+LOOP_BLOCK, LOOP_WARPS, LOOP_PROGRAMS_PER_SM = 8192, 16, 1
 SPLIT_BLOCK = 4096  # few wide rows: columns per program
 
 
@@ -64,22 +70,25 @@ def _online_update(x, m, s):
 
 
 @triton.jit
-def _wide_kernel(x_ptr, y_ptr, n_cols, x_row_stride, y_row_stride, LOG: tl.constexpr, BLOCK: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
-    x_row, y_row = x_ptr + row * x_row_stride, y_ptr + row * y_row_stride
+def _wide_kernel(x_ptr, y_ptr, n_rows, n_cols, x_row_stride, y_row_stride, LOG: tl.constexpr,
+                 BLOCK: tl.constexpr):
     cols = tl.arange(0, BLOCK)
-    m = tl.full((), float("-inf"), tl.float32)
-    s = tl.zeros((), tl.float32)
-    for start in range(0, n_cols, BLOCK):
-        x = tl.load(x_row + start + cols, mask=start + cols < n_cols, other=float("-inf")).to(tl.float32)
-        m, s = _online_update(x, m, s)
-    m = _safe_max(m)
     n_blocks = tl.cdiv(n_cols, BLOCK)
-    for i in range(0, n_blocks):
-        start = (n_blocks - 1 - i) * BLOCK  # last block first: it is still in L2
-        mask = start + cols < n_cols
-        x = tl.load(x_row + start + cols, mask=mask, other=float("-inf")).to(tl.float32)
-        tl.store(y_row + start + cols, _finish(x, m, s, LOG).to(y_ptr.dtype.element_ty), mask=mask)
+    # persistent: rows in flight = grid size; an int64 row keeps row * stride from overflowing
+    for row in range(tl.program_id(0).to(tl.int64), n_rows, tl.num_programs(0)):
+        x_row = x_ptr + row * x_row_stride
+        y_row = y_ptr + row * y_row_stride
+        m = tl.full((), float("-inf"), tl.float32)
+        s = tl.zeros((), tl.float32)
+        for start in range(0, n_cols, BLOCK):
+            x = tl.load(x_row + start + cols, mask=start + cols < n_cols, other=float("-inf")).to(tl.float32)
+            m, s = _online_update(x, m, s)
+        m = _safe_max(m)
+        for i in range(0, n_blocks):
+            start = (n_blocks - 1 - i) * BLOCK  # last block first: it is still in L2
+            mask = start + cols < n_cols
+            x = tl.load(x_row + start + cols, mask=mask, other=float("-inf")).to(tl.float32)
+            tl.store(y_row + start + cols, _finish(x, m, s, LOG).to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -108,39 +117,33 @@ def _split_write_kernel(x_ptr, y_ptr, m_ptr, s_ptr, n_cols, x_row_stride, y_row_
     tl.store(y_ptr + row * y_row_stride + cols, _finish(x, m, s, LOG).to(y_ptr.dtype.element_ty), mask=mask)
 
 
-def _num_sms(device: torch.device) -> int:
-    """SM count of a CUDA device; 4 elsewhere (the interpreter), so small tests reach every path."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 4
-
-
 def _launch_narrow(x: torch.Tensor, y: torch.Tensor, log: bool) -> None:
     n_rows, n_cols = x.shape
-    block_n = triton.next_power_of_2(n_cols)
+    block_n = next_power_of_2(n_cols)
     rows_per_prog = max(1, min(32, 2048 // block_n))  # short rows: several per program
     warps = min(16, max(1, rows_per_prog * block_n // 512))
-    _narrow_kernel[(triton.cdiv(n_rows, rows_per_prog),)](
+    _narrow_kernel[(cdiv(n_rows, rows_per_prog),)](
         x, y, n_rows, n_cols, x.stride(0), y.stride(0), LOG=log, ROWS=rows_per_prog, BLOCK_N=block_n,
         num_warps=warps)
 
 
 def _launch_wide(x: torch.Tensor, y: torch.Tensor, log: bool, block: int = LOOP_BLOCK,
-                 warps: int = LOOP_WARPS) -> None:
-    _wide_kernel[(x.shape[0],)](x, y, x.shape[1], x.stride(0), y.stride(0), LOG=log, BLOCK=block,
-                                num_warps=warps)
+                 warps: int = LOOP_WARPS, programs_per_sm: int = LOOP_PROGRAMS_PER_SM) -> None:
+    programs = min(x.shape[0], programs_per_sm * sm_count(x.device, cpu=4))
+    _wide_kernel[(programs,)](x, y, x.shape[0], x.shape[1], x.stride(0), y.stride(0), LOG=log, BLOCK=block,
+                              num_warps=warps)
 
 
 def _launch_split(x: torch.Tensor, y: torch.Tensor, log: bool, block: int = SPLIT_BLOCK,
                   warps: int | None = None) -> None:
     n_rows, n_cols = x.shape
-    n_chunks = triton.cdiv(n_cols, block)
+    n_chunks = cdiv(n_cols, block)
     stats = torch.empty(2, n_rows, n_chunks, dtype=torch.float32, device=x.device)
     grid = (n_chunks, n_rows)
     warps = warps or min(16, max(1, block // 512))
     _split_stats_kernel[grid](x, stats[0], stats[1], n_cols, x.stride(0), n_chunks, BLOCK=block, num_warps=warps)
     _split_write_kernel[grid](x, y, stats[0], stats[1], n_cols, x.stride(0), y.stride(0), n_chunks, LOG=log,
-                              BLOCK=block, CHUNKS=triton.next_power_of_2(n_chunks), num_warps=warps)
+                              BLOCK=block, CHUNKS=next_power_of_2(n_chunks), num_warps=warps)
 
 
 def _softmax_triton(x: torch.Tensor, dim: int, dtype: torch.dtype | None, log: bool) -> torch.Tensor:
@@ -154,7 +157,7 @@ def _softmax_triton(x: torch.Tensor, dim: int, dtype: torch.dtype | None, log: b
     out = torch.empty(rows.shape, dtype=dtype or x.dtype, device=x.device)
     if rows.shape[1] <= NARROW_MAX:
         _launch_narrow(rows, out, log)
-    elif rows.shape[0] >= _num_sms(x.device):
+    elif rows.shape[0] >= sm_count(x.device, cpu=4):
         _launch_wide(rows, out, log)
     else:
         _launch_split(rows, out, log)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from scipy.stats import chi2
 
-from flagstack.ops import compute_logprobs, sample
+from flagstack.ops import compute_logprobs, sample, sampling
 from flagstack.ops.sampling import _top_values, sample_reference, sample_triton
 from tests.ops.helpers import DEVICE, ON_GPU
 
@@ -66,9 +66,9 @@ def test_frequencies_match_filtered_distribution(impl):
     assert stat < chi2.ppf(0.9999, int(kept.sum()) - 1), stat
 
 
-@pytest.mark.parametrize("rows, vocab", [(3, 700), (6, 300)] + ([(1, 151936), (256, 151936)] if ON_GPU else []))
+@pytest.mark.parametrize("rows, vocab", [(3, 700), (18, 300)] + ([(1, 151936), (256, 151936)] if ON_GPU else []))
 def test_triton_matches_reference_token_for_token(rows, vocab):
-    """3 rows < the 4 SMs assumed on CPU: rows split over programs; 6 rows: one program per row."""
+    """3 rows < 4 x the 4 SMs assumed on CPU: rows split over programs; 18 rows: one program per row."""
     logits = torch.randn(rows, vocab, device=DEVICE, dtype=torch.bfloat16) * 3
     logits[0, 5] = logits[0, 9] = 50  # greedy tie: the first index
     params = dict(temperature=[0.0, 0.7, 1.3] * (rows // 3) + [1.0] * (rows % 3),
@@ -81,6 +81,40 @@ def test_triton_matches_reference_token_for_token(rows, vocab):
     assert torch.equal(a, b)
     if rows >= 3:
         assert a[0].item() == 5
+
+
+FUSED_PARAMS = dict(temperature=[0.0, 0.7, 1.3, 1.0, 0.9], top_k=[0, 8, 5, 0, 1],
+                    top_p=[1.0, 0.95, 0.8, 1.0, 0.5], min_p=[0.0, 0.0, 0.05, 0.1, 0.0])
+
+
+@pytest.mark.parametrize("chunk", [128, 4096])
+def test_fused_thresholds_equal_torch_path(monkeypatch, chunk):
+    """Host-known filters with top-k <= K_MAX take the candidate kernels (no torch.topk, no sync):
+    same thresholds as the torch path (here 128-wide slices: 3 per row; 4096: one), same tokens."""
+    monkeypatch.setattr(sampling, "CHUNK", chunk)
+    logits = torch.randn(5, 300, device=DEVICE) * 3
+    logits[1, 100:130] = logits[1].max()  # ties at the top: k-th value and top-p inside a tie run
+    fused = sampling._fused_params(logits, **FUSED_PARAMS)
+    assert fused is not None and fused[1] == 8
+    got = sampling._fused_thresholds(logits, *fused)
+    rows = [torch.tensor(v, device=DEVICE) for v in FUSED_PARAMS.values()]
+    expected = sampling._thresholds(logits, *rows)
+    sampled = rows[0] > 0
+    torch.testing.assert_close(got[sampled], expected[sampled], rtol=1e-6, atol=0)
+    seed = dict(generator=torch.Generator(DEVICE).manual_seed(3))
+    a = sample_triton(logits, **FUSED_PARAMS, **seed)
+    b = sample_reference(logits, **FUSED_PARAMS, generator=torch.Generator(DEVICE).manual_seed(3))
+    assert torch.equal(a, b)
+
+
+def test_fused_path_only_where_it_applies():
+    logits = torch.randn(2, 300, device=DEVICE)
+    assert sampling._fused_params(logits, 0.7, 20, 0.9, 0.0)[1] == 20
+    assert sampling._fused_params(logits, [0.0, 0.0], 20, 0.9, 0.0) is None  # all greedy: argmax
+    assert sampling._fused_params(logits, 0.7, 0, 0.9, 0.0) is None  # top-p without top-k: full sort
+    assert sampling._fused_params(logits, 0.7, sampling.K_MAX + 1, 1.0, 0.0) is None
+    assert sampling._fused_params(logits, torch.tensor([0.7, 0.7]), 20, 0.9, 0.0) is None  # device values
+    assert sampling._fused_params(logits, 0.7, 300, 1.0, 0.1)[1] == 0  # k >= vocab is no top-k
 
 
 def test_greedy_is_argmax_and_seeds_reproduce():

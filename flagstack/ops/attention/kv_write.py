@@ -11,6 +11,7 @@ import triton.language as tl
 
 from flagstack.ops.attention.common import INDEX_DTYPES, check_cache
 from flagstack.ops.checks import check_same_device, check_tensor
+from flagstack.ops.host import cdiv, next_power_of_2
 from flagstack.ops.registry import BenchCase, register
 
 
@@ -49,7 +50,7 @@ def store_kv_triton(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tenso
         key.stride(0), key.stride(1), value.stride(0), value.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
-        kv_heads, BLOCK_SIZE=block_size, HEAD_DIM=head_dim, BLOCK_H=triton.next_power_of_2(kv_heads),
+        kv_heads, BLOCK_SIZE=block_size, HEAD_DIM=head_dim, BLOCK_H=next_power_of_2(kv_heads),
         num_warps=4 if kv_heads * head_dim >= 1024 else 1)
 
 
@@ -82,7 +83,7 @@ def _validate(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_c
 def _bench_case(rows: int, dtype: torch.dtype, device: str, kv_heads: int = 8, head_dim: int = 128,
                 block_size: int = 16) -> BenchCase:
     """`rows` new tokens (Qwen3-4B kv heads) scattered over a cache with room for twice as many."""
-    num_blocks = 2 * triton.cdiv(rows, block_size) + 1
+    num_blocks = 2 * cdiv(rows, block_size) + 1
     key = torch.randn(rows, kv_heads, head_dim, dtype=dtype, device=device)
     value = torch.randn_like(key)
     k_cache = torch.zeros(num_blocks, block_size, kv_heads, head_dim, dtype=dtype, device=device)

@@ -13,7 +13,6 @@ no host sync and is CUDA-graph safe; each sequence is cut into `num_splits` equa
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +22,7 @@ import triton.language as tl
 from flagstack.ops.attention.common import (check_attention_args, dot_precision, upcast_for_interpreter,
                                             score_scale, softmax_tile_step)
 from flagstack.ops.attention.varlen import attend
+from flagstack.ops.host import cdiv, next_power_of_2, sm_count
 from flagstack.ops.registry import BenchCase, register
 
 MIN_SPLIT_TOKENS = 256  # below this a split's fixed cost (q load, partial write, merge) dominates
@@ -40,20 +40,13 @@ class DecodeConfig:
     split_p: bool = True  # exact P.V in half precision: one more small tl.dot, free when memory-bound
 
 
-@functools.lru_cache(maxsize=None)
-def sm_count(device: torch.device) -> int:
-    """Streaming multiprocessors of a CUDA device; 8 elsewhere (so CPU tests exercise splitting)."""
-    if device.type != "cuda":
-        return 8
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
 
 def decode_config(batch: int, kv_heads: int, max_tokens: int, head_dim: int,
                   device: torch.device) -> DecodeConfig:
     """Split the context until about 4 programs per SM are launched, keeping >= 256 tokens a split."""
     programs = batch * kv_heads
-    target = 4 * sm_count(device)
-    splits = min(triton.cdiv(target, programs), max(1, max_tokens // MIN_SPLIT_TOKENS), MAX_SPLITS)
+    target = 4 * sm_count(device, cpu=8)  # 8 on CPU: the tests exercise splitting
+    splits = min(cdiv(target, programs), max(1, max_tokens // MIN_SPLIT_TOKENS), MAX_SPLITS)
     return DecodeConfig(block_n=64 if head_dim <= 128 else 32, num_splits=max(1, splits))
 
 
@@ -178,7 +171,7 @@ def paged_decode_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0),
         out.stride(0), out.stride(1), q_heads, cfg.num_splits, qk_scale, cap, sliding_window or 0,
-        GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
+        GROUP=group, BLOCK_G=max(16, next_power_of_2(group)), HEAD_DIM=head_dim,
         BLOCK_SIZE=block_size, BLOCK_N=cfg.block_n, SPLIT=split, USE_WINDOW=sliding_window is not None,
         USE_SOFTCAP=softcap is not None, UPCAST=upcast_for_interpreter(q.dtype),
         PRECISION=dot_precision(q.dtype), SPLIT_P=cfg.split_p and q.dtype != torch.float32,
@@ -186,7 +179,7 @@ def paged_decode_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
     if split:
         _merge_splits_kernel[(num_seqs, q_heads)](
             part_out, part_max, part_sum, out, out.stride(0), out.stride(1), q_heads, cfg.num_splits,
-            HEAD_DIM=head_dim, BLOCK_SPLITS=triton.next_power_of_2(cfg.num_splits), num_warps=4)
+            HEAD_DIM=head_dim, BLOCK_SPLITS=next_power_of_2(cfg.num_splits), num_warps=4)
     return out
 
 
@@ -224,7 +217,7 @@ def random_paged_kv(seq_lens: list[int], kv_heads: int, head_dim: int, block_siz
                     dtype: torch.dtype, device: str | torch.device, spare_blocks: int = 1
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Random K/V caches and a block table giving each sequence its own pages in shuffled order."""
-    blocks = [triton.cdiv(n, block_size) for n in seq_lens]
+    blocks = [cdiv(n, block_size) for n in seq_lens]
     total = sum(blocks) + spare_blocks
     shape = (total, block_size, kv_heads, head_dim)
     k_cache = torch.randn(shape, dtype=dtype, device=device)

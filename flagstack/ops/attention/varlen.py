@@ -27,6 +27,7 @@ import triton.language as tl
 from flagstack.ops.attention.common import (check_attention_args, dot_precision, upcast_for_interpreter,
                                             score_scale, softmax_tile_step)
 from flagstack.ops.checks import check_tensor
+from flagstack.ops.host import cdiv, next_power_of_2
 from flagstack.ops.registry import BenchCase, register
 
 
@@ -64,8 +65,8 @@ class VarlenConfig:
 
 def varlen_config(num_tokens: int, num_seqs: int, group: int, head_dim: int) -> VarlenConfig:
     """Big tiles for prefill; tiles just tall enough for the mean query length of decode-heavy batches."""
-    mean_rows = triton.cdiv(num_tokens, max(num_seqs, 1)) * group
-    block_m = max(16, triton.next_power_of_2(group), min(128, triton.next_power_of_2(mean_rows)))
+    mean_rows = cdiv(num_tokens, max(num_seqs, 1)) * group
+    block_m = max(16, next_power_of_2(group), min(128, next_power_of_2(mean_rows)))
     block_n = 64 if head_dim <= 128 else 32
     return VarlenConfig(block_m=block_m, block_n=block_n, num_warps=8 if block_m >= 128 else 4,
                         num_stages=3 if head_dim <= 128 else 2)

@@ -70,6 +70,8 @@ def resize_out(out: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
 
 def is_dense(t: torch.Tensor) -> bool:
     """True if t's elements fill a gap-free block of memory without overlap, in any dim order."""
+    if t.is_contiguous():
+        return True
     expected = 1
     for size, stride in sorted(zip(t.shape, t.stride()), key=lambda p: p[1]):
         if size == 1:
@@ -95,35 +97,50 @@ def launch_elementwise(kernel: Callable, inputs: Sequence[torch.Tensor], result_
     out=None allocates the result in the inputs' layout; a given `out` is resized (not when
     `inplace`, where it must already have the broadcast shape) and the result is cast into it.
     """
-    device = next((t.device for t in inputs if t.dim() > 0), inputs[0].device)
+    first = inputs[0]
+    # Fast path for the common call (no out=, one shape, contiguous, one device): nothing to
+    # broadcast, compare or copy. The general path below costs ~4x more host time per call,
+    # which an H100 timing of a 4096x4096 op (~28 us of GPU time) already shows.
+    if out is None and all(t.shape == first.shape and t.is_contiguous() and t.device == first.device
+                           for t in inputs):
+        out = torch.empty_like(first, dtype=result_dtype)
+        _launch(kernel, inputs, out, scalars, num_warps)
+        return out
+    device = next((t.device for t in inputs if t.dim() > 0), first.device)
     # 0-dim CPU tensors (Python scalars wrapped by ATen) may be mixed with CUDA tensors.
     inputs = [t.to(device) if t.dim() == 0 and t.device != device else t for t in inputs]
-    shape = torch.broadcast_shapes(*(t.shape for t in inputs))
+    shapes = [t.shape for t in inputs]
+    shape = shapes[0] if all(s == shapes[0] for s in shapes) else torch.broadcast_shapes(*shapes)
     if out is not None:
         check_out_dtype(result_dtype, out)
         if inplace and tuple(out.shape) != tuple(shape):
             raise RuntimeError(f"output with shape {list(out.shape)} doesn't match the broadcast "
                                f"shape {list(shape)}")
         resize_out(out, shape)
-    inputs = [t.expand(shape) for t in inputs]
+    inputs = [t if t.shape == shape else t.expand(shape) for t in inputs]
     if out is None:
         layout_source = inputs[0] if same_dense_layout(inputs) else None
         out = (torch.empty_like(layout_source, dtype=result_dtype) if layout_source is not None
                else torch.empty(shape, dtype=result_dtype, device=device))
-    if out.numel() == 0:
-        return out
-    # Fast path: every operand walked flat and the kernel writes `out` directly.
+    # Every operand walked flat and the kernel writes `out` directly, unless layouts differ or
+    # the result is cast into out's dtype: then contiguous copies are walked instead.
     if out.dtype == result_dtype and same_dense_layout([*inputs, out]):
         target = out
-    else:  # mixed layouts or a cast into out's dtype: walk contiguous copies instead
+    else:
         inputs = [t.contiguous() for t in inputs]
         direct = out.dtype == result_dtype and out.is_contiguous()
         target = out if direct else torch.empty(shape, dtype=result_dtype, device=device)
-    n = target.numel()
-    kernel[(triton.cdiv(n, BLOCK),)](*inputs, target, n, *scalars, BLOCK=BLOCK, num_warps=num_warps)
+    _launch(kernel, inputs, target, scalars, num_warps)
     if target is not out:
         out.copy_(target)
     return out
+
+
+def _launch(kernel: Callable, inputs: Sequence[torch.Tensor], target: torch.Tensor, scalars: tuple,
+            num_warps: int) -> None:
+    n = target.numel()
+    if n:  # plain integer ceil-division: triton.cdiv is a slower constexpr_function on the host
+        kernel[((n + BLOCK - 1) // BLOCK,)](*inputs, target, n, *scalars, BLOCK=BLOCK, num_warps=num_warps)
 
 
 @triton.jit
@@ -138,6 +155,4 @@ def to_compute_dtype(x):
     """Math precision as ATen's opmath: fp64 stays fp64, everything else computes in fp32."""
     # One return statement: the GPU compiler visits the code after a static `if ...: return` too
     # and rejects two return types (fp64 vs fp32); the interpreter does not notice.
-    if x.dtype != tl.float64:
-        x = x.to(tl.float32)
-    return x
+    return x.to(tl.float64 if x.dtype == tl.float64 else tl.float32)

@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 
 from flagstack.ops.challenge.pointwise import check_same_dtype, resize_out
+from flagstack.ops.host import cdiv, next_power_of_2
 from flagstack.ops.registry import BenchCase, register, register_aten
 
 MAX_ROW_DIMS = 3  # leading rolled dims handled per pass; more take another pass (rare)
@@ -88,9 +89,9 @@ def _roll_pass(x: torch.Tensor, shape: list[int], rolls: dict[int, int], out: to
         row_params += [shape[dim], math.prod(shape[dim + 1:last]), rolls[dim]]
     row_dims = len(row_params) // 3
     row_params += [1, 1, 0] * (MAX_ROW_DIMS - row_dims)
-    block_c = min(triton.next_power_of_2(n_cols), TILE)
-    block_r = min(TILE // block_c, triton.next_power_of_2(n_rows))
-    grid = (triton.cdiv(n_rows, block_r), triton.cdiv(n_cols, block_c))
+    block_c = min(next_power_of_2(n_cols), TILE)
+    block_r = min(TILE // block_c, next_power_of_2(n_rows))
+    grid = (cdiv(n_rows, block_r), cdiv(n_cols, block_c))
     _roll_kernel[grid](x, out, n_rows, n_cols, rolls[last] * math.prod(shape[last + 1:]), *row_params,
                        ROW_DIMS=row_dims, BLOCK_R=block_r, BLOCK_C=block_c, num_warps=8)
 

@@ -12,6 +12,7 @@ import triton
 import triton.language as tl
 
 from flagstack.ops.challenge.pointwise import check_same_dtype, resize_out
+from flagstack.ops.host import cdiv
 from flagstack.ops.registry import BenchCase, register, register_aten
 
 BLOCK_M, BLOCK_N = 16, 128
@@ -48,7 +49,7 @@ def _launch(x: torch.Tensor, out: torch.Tensor, diagonal: int) -> torch.Tensor:
     except RuntimeError:  # batch dims of out not mergeable: compute into a fresh tensor, copy
         return out.copy_(_launch(x, torch.empty_like(x, memory_format=torch.contiguous_format), diagonal))
     x3 = x.reshape(-1, M, N)
-    tiles_n, tiles_m = triton.cdiv(N, BLOCK_N), triton.cdiv(M, BLOCK_M)
+    tiles_n, tiles_m = cdiv(N, BLOCK_N), cdiv(M, BLOCK_M)
     grid = (x3.shape[0] * tiles_m * tiles_n,)
     _tril_kernel[grid](x3, out3, M, N, diagonal, tiles_n, tiles_m * tiles_n, *x3.stride(), *out3.stride(),
                        IN_PLACE=out3.data_ptr() == x3.data_ptr() and out3.stride() == x3.stride(),
