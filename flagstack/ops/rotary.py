@@ -6,9 +6,10 @@ cos_sin_cache[max_pos, rot_dim] rows are [cos(rot_dim/2) | sin(rot_dim/2)] in fp
 left untouched, and never read.
 
 Grid: (tokens, q head blocks + k head blocks). A program loads its token's cos/sin row once and
-rotates BLOCK_H heads, so q and k share one launch. Memory traffic: read + write the rotary dims of
-q and k, 2*T*(Hq+Hk)*rot_dim*elem_size bytes, plus one cos/sin row per token (rot_dim*4 bytes, reused
-from L2 by the token's other head blocks). Maths in fp32 with fp32 cos/sin, rounded once to q's dtype.
+rotates BLOCK_H heads, so q and k share one launch; 8 elements per thread (8 heads x 64 pairs:
+2 warps), so each half-row load is a 16-byte vector in bf16 (4 warps gave 8-byte loads).
+Memory traffic: read + write the rotary dims of q and k, 2*T*(Hq+Hk)*rot_dim*elem_size bytes, plus
+one cos/sin row per token (rot_dim*4 bytes, reused from L2 by the token's other head blocks). Maths in fp32 with fp32 cos/sin, rounded once to q's dtype.
 """
 from __future__ import annotations
 
@@ -88,7 +89,7 @@ def rotary_embedding_triton(positions: torch.Tensor, q: torch.Tensor, k: torch.T
     grid = (tokens, cdiv(qh.shape[1], block_h) + cdiv(kh.shape[1], block_h))
     _rotary_kernel[grid](positions, qh, kh, cos_sin_cache, qh.shape[1], kh.shape[1], qh.stride(0), qh.stride(1),
                          kh.stride(0), kh.stride(1), cos_sin_cache.stride(0), half, IS_NEOX=is_neox,
-                         BLOCK_H=block_h, BLOCK_D=block_d, num_warps=4)
+                         BLOCK_H=block_h, BLOCK_D=block_d, num_warps=max(1, min(4, block_h * block_d // 256)))
     return q, k
 
 
