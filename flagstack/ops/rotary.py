@@ -9,7 +9,8 @@ Grid: (tokens, q head blocks + k head blocks). A program loads its token's cos/s
 rotates BLOCK_H heads, so q and k share one launch; 8 elements per thread (8 heads x 64 pairs:
 2 warps), so each half-row load is a 16-byte vector in bf16 (4 warps gave 8-byte loads).
 Memory traffic: read + write the rotary dims of q and k, 2*T*(Hq+Hk)*rot_dim*elem_size bytes, plus
-one cos/sin row per token (rot_dim*4 bytes, reused from L2 by the token's other head blocks). Maths in fp32 with fp32 cos/sin, rounded once to q's dtype.
+one cos/sin row per token (rot_dim*4 bytes, reused from L2 by the token's other head blocks).
+Maths in fp32 with fp32 cos/sin, rounded once to q's dtype.
 """
 from __future__ import annotations
 
