@@ -41,6 +41,8 @@ CORE_SHAPES: dict[str, list[tuple[int, int, torch.dtype]]] = {
     # Image ops: rows // 256 images, cols the spatial side (16x256x64x64 at 4096, 64).
     "pixel_shuffle": [(4096, 64, torch.bfloat16), (4096, 64, torch.float32), (1024, 32, torch.bfloat16)],
     "pixel_unshuffle": [(4096, 64, torch.bfloat16), (4096, 64, torch.float32), (1024, 32, torch.bfloat16)],
+    # 3-D pools: rows // 512 volumes of 32 channels x 32 x cols x cols (8x32x32x64x64 at 4096, 64).
+    "max_pool3d": [(4096, 64, torch.bfloat16), (4096, 64, torch.float32), (1024, 32, torch.bfloat16)],
     "upsample_nearest2d": [(4096, 128, torch.bfloat16), (4096, 128, torch.float32), (1024, 64, torch.bfloat16)],
 }
 TARGET_MIN, TARGET_GEOMEAN = 0.9, 1.2  # speedup over torch: every core shape, and their geomean

@@ -11,6 +11,7 @@ from flagstack.ops.challenge import grid_sample_backward  # noqa: F401  (registe
 from flagstack.ops.challenge.leaky_relu import leaky_relu
 from flagstack.ops.challenge.log10 import log10
 from flagstack.ops.challenge.logaddexp import logaddexp
+from flagstack.ops.challenge.max_pool3d import max_pool3d
 from flagstack.ops.challenge.median import median
 from flagstack.ops.challenge.pixel_shuffle import pixel_shuffle, pixel_unshuffle
 from flagstack.ops.challenge.roll import roll
@@ -19,5 +20,5 @@ from flagstack.ops.challenge.smooth_l1_loss import smooth_l1_loss
 from flagstack.ops.challenge.tril import tril
 from flagstack.ops.challenge.upsample_nearest2d import upsample_nearest2d
 
-__all__ = ["asinh", "cosh", "gcd", "leaky_relu", "log10", "logaddexp", "median", "pixel_shuffle", "pixel_unshuffle", "roll",
+__all__ = ["asinh", "cosh", "gcd", "leaky_relu", "log10", "logaddexp", "max_pool3d", "median", "pixel_shuffle", "pixel_unshuffle", "roll",
            "scatter_reduce", "smooth_l1_loss", "tril", "upsample_nearest2d"]

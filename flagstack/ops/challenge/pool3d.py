@@ -1,0 +1,55 @@
+"""Host helpers shared by max_pool3d and avg_pool3d: ATen's parsing of kernel_size / stride / padding /
+dilation, its shape checks (same messages and exception types), and the output size rule."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+
+def triple(value: int | Sequence[int], error: str, omittable: bool = False) -> tuple[int, int, int]:
+    """One int or three ints (stride: also empty, meaning "use the kernel size") -> (T, H, W).
+
+    `error` is ATen's message when the count is wrong (it words it differently per op and argument)."""
+    values = [value] if isinstance(value, int) else list(value)
+    if len(values) not in (1, 3) and not (omittable and not values):
+        raise RuntimeError(error)
+    return tuple(values * 3 if len(values) == 1 else values)  # type: ignore[return-value]
+
+
+def output_size(size: int, kernel: int, stride: int, pad: int, dilation: int, ceil_mode: bool) -> int:
+    """ATen's pooling_output_shape: windows that start inside the input or its left padding."""
+    span = size + 2 * pad - dilation * (kernel - 1) - 1 + (stride - 1 if ceil_mode else 0)
+    out = span // stride + 1
+    if ceil_mode and (out - 1) * stride >= size + pad:
+        out -= 1
+    return out
+
+
+def check_pool3d(x: torch.Tensor, kernel: tuple, stride: tuple, pad: tuple, dilation: tuple, ceil_mode: bool,
+                 op: str) -> tuple[int, int, int]:
+    """ATen's pool3d_shape_check; returns the output (T, H, W)."""
+    if min(kernel) <= 0:
+        raise RuntimeError(f"kernel size should be greater than zero, but got kT: {kernel[0]} kH: {kernel[1]} "
+                           f"kW: {kernel[2]}")
+    if min(stride) <= 0:
+        raise RuntimeError("stride should not be zero")
+    if min(dilation) <= 0:
+        raise RuntimeError(f"dilation should be greater than zero, but got dilationT: {dilation[0]} "
+                           f"dilationH: {dilation[1]} dilationW: {dilation[2]}")
+    if x.dim() not in (4, 5):
+        raise RuntimeError("non-empty 4D or 5D (batch mode) tensor expected for input")
+    if any(s == 0 for s in x.shape[-4:]):
+        raise RuntimeError(f"{op}(): Expected input's non-batch dimensions to have positive length, but input "
+                           f"has a shape of {list(x.shape)} and non-batch dimension {x.shape[-4:].numel()} has "
+                           "length zero!")
+    for k, p, d in zip(kernel, pad, dilation):
+        if p > ((k - 1) * d + 1) // 2:
+            raise RuntimeError(f"pad should be at most half of effective kernel size, but got pad={p}, "
+                               f"kernel_size={k} and dilation={d}")
+    sizes = x.shape[-3:]
+    out = tuple(output_size(*args, ceil_mode) for args in zip(sizes, kernel, stride, pad, dilation))
+    if min(out) < 1:
+        raise RuntimeError(f"Given input size: ({'x'.join(map(str, x.shape[-4:]))}). Calculated output size: "
+                           f"({x.shape[-4]}x{'x'.join(map(str, out))}). Output size is too small")
+    return out  # type: ignore[return-value]
