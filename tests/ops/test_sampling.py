@@ -107,6 +107,17 @@ def test_fused_thresholds_equal_torch_path(monkeypatch):
     assert torch.equal(a, b)
 
 
+@pytest.mark.skipif(not ON_GPU, reason="needs CUDA")
+@pytest.mark.parametrize("rows", [1, 256])
+def test_fused_path_qwen3_defaults_full_vocab(rows):
+    """The benchmark's case (T 0.6, top-k 20, top-p 0.95) on Qwen3's vocab: same tokens as the reference."""
+    logits = torch.randn(rows, 151936, device=DEVICE, dtype=torch.bfloat16) * 4
+    assert sampling._fused_params(logits, 0.6, 20, 0.95, 0.0) is not None
+    a = sample_triton(logits, 0.6, 20, 0.95, 0.0, generator=torch.Generator(DEVICE).manual_seed(5))
+    b = sample_reference(logits, 0.6, 20, 0.95, 0.0, generator=torch.Generator(DEVICE).manual_seed(5))
+    assert torch.equal(a, b)
+
+
 def test_fused_path_only_where_it_applies():
     logits = torch.randn(2, 300, device=DEVICE)
     assert sampling._fused_params(logits, 0.7, 20, 0.9, 0.0)[1] == 20
