@@ -6,7 +6,7 @@ from scipy.stats import chi2
 
 from flagstack.ops import compute_logprobs, sample, sampling
 from flagstack.ops.sampling import _top_values, sample_reference, sample_triton
-from tests.ops.helpers import DEVICE, ON_GPU
+from tests.ops.helpers import DEVICE, ON_GPU, gpu_only
 
 PROBS = torch.tensor([0.5, 0.3, 0.15, 0.05])
 IMPLS = [pytest.param(sample_reference, id="reference"), pytest.param(sample_triton, id="triton")]
@@ -107,7 +107,7 @@ def test_fused_thresholds_equal_torch_path(monkeypatch):
     assert torch.equal(a, b)
 
 
-@pytest.mark.skipif(not ON_GPU, reason="needs CUDA")
+@gpu_only
 @pytest.mark.parametrize("rows", [1, 256])
 def test_fused_path_qwen3_defaults_full_vocab(rows):
     """The benchmark's case (T 0.6, top-k 20, top-p 0.95) on Qwen3's vocab: same tokens as the reference."""
