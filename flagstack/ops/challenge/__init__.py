@@ -17,6 +17,7 @@ from flagstack.ops.challenge.pixel_shuffle import pixel_shuffle, pixel_unshuffle
 from flagstack.ops.challenge.roll import roll
 from flagstack.ops.challenge.scatter_reduce import scatter_reduce
 from flagstack.ops.challenge.smooth_l1_loss import smooth_l1_loss
+from flagstack.ops.challenge.svd import svd
 from flagstack.ops.challenge.tril import tril
 from flagstack.ops.challenge.upsample_nearest2d import upsample_nearest2d
 
