@@ -3,7 +3,10 @@
 Memory traffic: read 2n, write n integers (4096^2 int32: 201 MB, ~67 us at 3.0 TB/s), but the
 Euclid loop's integer divisions make it compute-bound. ATen's algorithm, step for step (so that
 gcd(0, INT_MIN) = INT_MIN as in ATen): a, b = |a|, |b|; while a != 0: a, b = b % a, a; return b.
-A block loops until all its lanes are done; finished lanes just keep a = 0.
+A block loops until all its lanes are done; finished lanes just keep a = 0. On a GPU a block is
+128 pairs on one warp: the loop test is then a warp-local reduction (no barrier) and the slowest of
+128 pairs sets the trip count, not the slowest of 2048 (0.76x torch with 2048 pairs on 4 warps). The
+CPU interpreter pays per program, so there the block stays 2048 wide.
 """
 from __future__ import annotations
 
@@ -11,7 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
-from flagstack.ops.challenge.pointwise import INT_DTYPES, check_kernel_dtype, flat_offsets, launch_elementwise
+from flagstack.ops.challenge.pointwise import (BLOCK, INT_DTYPES, check_kernel_dtype, flat_offsets,
+                                               launch_elementwise)
 from flagstack.ops.registry import BenchCase, register, register_aten
 
 
@@ -31,18 +35,22 @@ def _gcd_kernel(a_ptr, b_ptr, out_ptr, n, BLOCK: tl.constexpr):
     tl.store(out_ptr + offsets, b, mask=mask)
 
 
+def _launch_config(t: torch.Tensor) -> dict:
+    return dict(block=128, num_warps=1) if t.is_cuda else dict(block=BLOCK, num_warps=4)
+
+
 def gcd_triton(a: torch.Tensor, b: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
     """Greatest common divisor (non-negative, gcd(0, 0) = 0) of integer tensors, with broadcasting."""
     result = torch.result_type(a, b)
     check_kernel_dtype("gcd", result, INT_DTYPES, a.device)
-    return launch_elementwise(_gcd_kernel, [a, b], result, out, num_warps=4)
+    return launch_elementwise(_gcd_kernel, [a, b], result, out, **_launch_config(a))
 
 
 def gcd_inplace(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """In-place gcd_ (aten::gcd_): `a` must already have the broadcast shape."""
     result = torch.result_type(a, b)
     check_kernel_dtype("gcd", result, INT_DTYPES, a.device)
-    return launch_elementwise(_gcd_kernel, [a, b], result, a, inplace=True, num_warps=4)
+    return launch_elementwise(_gcd_kernel, [a, b], result, a, inplace=True, **_launch_config(a))
 
 
 def gcd_reference(a: torch.Tensor, b: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:

@@ -91,7 +91,7 @@ def same_dense_layout(tensors: Sequence[torch.Tensor]) -> bool:
 
 def launch_elementwise(kernel: Callable, inputs: Sequence[torch.Tensor], result_dtype: torch.dtype,
                        out: torch.Tensor | None = None, scalars: tuple = (), inplace: bool = False,
-                       num_warps: int = 8) -> torch.Tensor:
+                       num_warps: int = 8, block: int = BLOCK) -> torch.Tensor:
     """Run a flat elementwise kernel over broadcast `inputs`, writing a `result_dtype` result.
 
     out=None allocates the result in the inputs' layout; a given `out` is resized (not when
@@ -104,7 +104,7 @@ def launch_elementwise(kernel: Callable, inputs: Sequence[torch.Tensor], result_
     if out is None and all(t.shape == first.shape and t.is_contiguous() and t.device == first.device
                            for t in inputs):
         out = torch.empty_like(first, dtype=result_dtype)
-        _launch(kernel, inputs, out, scalars, num_warps)
+        _launch(kernel, inputs, out, scalars, num_warps, block)
         return out
     device = next((t.device for t in inputs if t.dim() > 0), first.device)
     # 0-dim CPU tensors (Python scalars wrapped by ATen) may be mixed with CUDA tensors.
@@ -130,17 +130,17 @@ def launch_elementwise(kernel: Callable, inputs: Sequence[torch.Tensor], result_
         inputs = [t.contiguous() for t in inputs]
         direct = out.dtype == result_dtype and out.is_contiguous()
         target = out if direct else torch.empty(shape, dtype=result_dtype, device=device)
-    _launch(kernel, inputs, target, scalars, num_warps)
+    _launch(kernel, inputs, target, scalars, num_warps, block)
     if target is not out:
         out.copy_(target)
     return out
 
 
 def _launch(kernel: Callable, inputs: Sequence[torch.Tensor], target: torch.Tensor, scalars: tuple,
-            num_warps: int) -> None:
+            num_warps: int, block: int) -> None:
     n = target.numel()
     if n:  # plain integer ceil-division: triton.cdiv is a slower constexpr_function on the host
-        kernel[((n + BLOCK - 1) // BLOCK,)](*inputs, target, n, *scalars, BLOCK=BLOCK, num_warps=num_warps)
+        kernel[((n + block - 1) // block,)](*inputs, target, n, *scalars, BLOCK=block, num_warps=num_warps)
 
 
 @triton.jit
