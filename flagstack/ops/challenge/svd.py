@@ -5,7 +5,9 @@ For A [m, n] (m >= n; a wide A is done as A^T with U and V swapped) the columns 
 until they are mutually orthogonal: A V = U S, V the product of the rotations. The pairs of a step are
 disjoint (round-robin order: n - 1 steps make a sweep that meets every pair once), so a whole step is
 vector work: each column reads its partner (tl.gather), the pair's norms and dot product give the
-rotation (c, s) that zeroes the dot product, and both columns of A and of V are rotated at once.
+rotation (c, s) that zeroes the dot product, and both columns of A and of V are rotated at once; the
+norms are updated by the rotation (|a_p|^2 - t a_p.a_q) and recomputed each sweep, so a step costs
+one column reduction.
 Sweeps repeat until no pair is further from orthogonal than the dtype's epsilon, relative to the two
 norms (high relative accuracy, unlike an eigensolver on A^T A). Then S_j = |a_j|, U_j = a_j / S_j,
 sorted by decreasing S; the columns U lacks (zero singular values; the extra m - n of full_matrices)
@@ -45,26 +47,30 @@ def _svd_kernel(a_ptr, u_ptr, s_ptr, v_ptr, M, N, a_sb, a_sm, a_sn, u_sb, u_sm, 
     sweep = 0
     off = tl.full((), float("inf"), tl.float32)
     while (sweep < MAX_SWEEPS) & (off > tol):
-        off = tl.full((), 0.0, tl.float32)
+        norm = tl.sum(A * A, axis=0)  # exact at each sweep's start, updated by the rotations within it
+        worst = tl.zeros([BN], tl.float32)  # per column: the largest |cos| between a pair met this sweep
         for r in range(0, BN - 1):
             # round r of a round-robin over BN columns (padding ones are zero: never rotated):
             # column BN-1 meets r, the others pair as (r + k, r - k) mod BN - 1
             partner = tl.where(col == BN - 1, r, tl.where(col == r, BN - 1, (2 * r - col + BN - 1) % (BN - 1)))
             other = _gather_columns(A, partner)
-            norm, norm_other, dot = tl.sum(A * A, axis=0), tl.sum(other * other, axis=0), tl.sum(A * other, axis=0)
+            dot = tl.sum(A * other, axis=0)
+            norm_other = tl.gather(norm, partner, axis=0)
             first = col < partner  # the pair's p column (the q column is its partner)
             alpha, beta = tl.where(first, norm, norm_other), tl.where(first, norm_other, norm)
             scale = tl.sqrt(alpha * beta)
             rotate = tl.abs(dot) > tol * scale
-            off = tl.maximum(off, tl.max(tl.where(rotate, tl.abs(dot) / scale, 0.0), axis=0).to(tl.float32))
+            worst = tl.maximum(worst, tl.where(rotate, tl.abs(dot) / scale, 0.0).to(tl.float32))
             zeta = (beta - alpha) / (2.0 * tl.where(rotate, dot, 1.0))
             t = tl.where(zeta >= 0, 1.0, -1.0) / (tl.abs(zeta) + tl.sqrt(1.0 + zeta * zeta))
-            c = tl.where(rotate, 1.0 / tl.sqrt(1.0 + t * t), 1.0)
-            s = tl.where(rotate, c * t, 0.0)
-            s = tl.where(first, -s, s)  # a_p' = c a_p - s a_q, a_q' = s a_p + c a_q
+            t = tl.where(rotate, t, 0.0)
+            c = 1.0 / tl.sqrt(1.0 + t * t)
+            s = tl.where(first, -c * t, c * t)  # a_p' = c a_p - s a_q, a_q' = s a_p + c a_q
             A = c[None, :] * A + s[None, :] * other
+            norm = tl.where(first, alpha - t * dot, beta + t * dot)  # |a_p'|^2 and |a_q'|^2
             if COMPUTE_UV:
                 V = c[None, :] * V + s[None, :] * _gather_columns(V, partner)
+        off = tl.max(worst, axis=0)
         sweep += 1
     sigma = tl.sqrt(tl.sum(A * A, axis=0))
     # sort by decreasing sigma (ties by index): rank of each column, then the column each slot takes
