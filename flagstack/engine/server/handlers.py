@@ -253,7 +253,7 @@ class ChatJob:
             c = choices[index]
             split = self._split(self._splitter(), c.text, final=True)
             content = split.content.strip() if split.tool_calls or split.reasoning else split.content
-            message: dict = {"role": "assistant", "content": content or (None if split.tool_calls else content)}
+            message: dict = {"role": "assistant", "content": None if split.tool_calls and not content else content}
             if split.reasoning:
                 message["reasoning_content"] = split.reasoning.strip()
             if split.tool_calls:
