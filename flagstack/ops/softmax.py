@@ -1,13 +1,14 @@
 """softmax and log_softmax along one dim, accumulated in fp32, with three kernels by row shape.
 
 - narrow rows (<= 16384 columns): the whole row sits in registers; one read, one write.
-- wide rows, many of them (a vocab of 151,936 at >= one row per SM): one program per SM walks
+- wide rows, many of them (a vocab of 151,936 at >= one row per SM): a few programs per SM walk
   rows. Pass 1 streams a row once keeping a running max and a rescaled running sum (online
-  softmax); pass 2 streams it again, in reverse order, and writes. Traffic from HBM: 1 read +
-  1 write of the row when pass 2 hits L2, which is why the programs are few: 132 rows of 304 KB
-  (bf16) in flight fit the H100's 50 MB L2, while one program per row (~1000 rows resident) made
-  pass 2 read HBM again (65% of copy speed). Walking pass 2 backwards re-reads first what pass 1
-  read last.
+  softmax); pass 2 streams it again, in reverse order (what pass 1 read last is re-read first),
+  and writes. Traffic from HBM: 1 read + 1 write of the row plus the part of pass 2 that misses
+  L2. One program per row (~1000 rows of 304 KB resident) missed it almost entirely: 65% of copy
+  speed on an H100. 2 programs per SM keep 264 rows (80 MB) in flight, so roughly the last 60% of
+  each row is still in the 50 MB L2; 1 per SM would fit every row but leaves each SM one load in
+  flight at a time (Triton does not pipeline these loads). Both are one argument of _launch_wide.
 - wide rows, few of them (fewer rows than SMs, e.g. one decode step's logits): each row is cut into
   chunks over many programs. Stage 1 writes each chunk's (max, sum); stage 2 combines a row's
   partials and writes its chunk. Same 2 reads + 1 write, but the whole GPU works on a single row.
@@ -26,9 +27,9 @@ from flagstack.ops.registry import BenchCase, register, register_aten
 
 LOG2E = tl.constexpr(1.4426950408889634)
 NARROW_MAX = 16384  # widest row kept whole in registers (fp32: 32 values per thread at 16 warps)
-# wide rows: elements per iteration, warps per program (16 KB of bf16 loads in flight per SM),
-# programs per SM (rows in flight: their bytes must fit in L2 for pass 2 to hit it)
-LOOP_BLOCK, LOOP_WARPS, LOOP_PROGRAMS_PER_SM = 8192, 16, 1
+# wide rows: elements per iteration, warps per program, programs per SM (rows in flight: the more,
+# the more loads in flight, the less of each row still in L2 for pass 2; see the module docstring)
+LOOP_BLOCK, LOOP_WARPS, LOOP_PROGRAMS_PER_SM = 8192, 16, 2
 SPLIT_BLOCK = 4096  # few wide rows: columns per program
 
 
