@@ -42,6 +42,7 @@ CORE_SHAPES: dict[str, list[tuple[int, int, torch.dtype]]] = {
     "pixel_shuffle": [(4096, 64, torch.bfloat16), (4096, 64, torch.float32), (1024, 32, torch.bfloat16)],
     "pixel_unshuffle": [(4096, 64, torch.bfloat16), (4096, 64, torch.float32), (1024, 32, torch.bfloat16)],
     # 3-D pools: rows // 512 volumes of 32 channels x 32 x cols x cols (8x32x32x64x64 at 4096, 64).
+    "avg_pool3d": [(4096, 64, torch.bfloat16), (4096, 64, torch.float32), (1024, 32, torch.bfloat16)],
     "max_pool3d": [(4096, 64, torch.bfloat16), (4096, 64, torch.float32), (1024, 32, torch.bfloat16)],
     "upsample_nearest2d": [(4096, 128, torch.bfloat16), (4096, 128, torch.float32), (1024, 64, torch.bfloat16)],
 }

@@ -2,6 +2,7 @@
 -> registry entry). Importing this package registers them and offers their ATen overrides to
 `flagstack.ops.enable()`."""
 from flagstack.ops.challenge.asinh import asinh
+from flagstack.ops.challenge.avg_pool3d import avg_pool3d
 from flagstack.ops.challenge.chunk_gated_delta_rule import chunk_gated_delta_rule
 from flagstack.ops.challenge.cosh import cosh
 from flagstack.ops.challenge.ctc_loss import ctc_loss
@@ -21,5 +22,6 @@ from flagstack.ops.challenge.svd import svd
 from flagstack.ops.challenge.tril import tril
 from flagstack.ops.challenge.upsample_nearest2d import upsample_nearest2d
 
-__all__ = ["asinh", "cosh", "gcd", "leaky_relu", "log10", "logaddexp", "max_pool3d", "median", "pixel_shuffle", "pixel_unshuffle", "roll",
-           "scatter_reduce", "smooth_l1_loss", "tril", "upsample_nearest2d"]
+__all__ = ["asinh", "avg_pool3d", "cosh", "gcd", "leaky_relu", "log10", "logaddexp", "max_pool3d", "median",
+           "pixel_shuffle", "pixel_unshuffle", "roll", "scatter_reduce", "smooth_l1_loss", "tril",
+           "upsample_nearest2d"]
