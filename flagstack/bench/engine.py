@@ -3,8 +3,9 @@
 Cases (sizes from `default_plan`; requests are seeded, token ids uniform over the vocabulary):
 - offline: every request of the workload through `LLM.generate` at once (continuous batching),
   EOS ignored: output and total tokens per second, wall time. Engine only.
-- batch K: the first K requests, engine vs HF `generate` as one left-padded batch (HF generates the
-  longest output for every row; only the requested tokens count).
+- batch K: the lengths of the first K requests (fresh token ids, so that the offline run cannot hit
+  their blocks in the prefix cache), engine vs HF `generate` as one left-padded batch (HF generates
+  the longest output for every row; only the requested tokens count).
 - prefill L: one prompt of L tokens, one output token: prompt tokens per second.
 - decode bB: B prompts of equal length generating N tokens; decode tokens per second is
   B * (N - 1) / (time(N tokens) - time(1 token)), the same formula for both sides.
@@ -147,25 +148,27 @@ def build_cases(plan: Plan, requests: list[BenchRequest], vocab_size: int, seed:
     hf = (HF_EAGER,) if plan.hf else ()
     lo_in, hi_in = plan.input_range
     lo_out, hi_out = plan.output_range
-    cases = []
-    if plan.offline:
-        cases.append(Case(f"offline {len(requests)} req, in {lo_in}-{hi_in}, out {lo_out}-{hi_out}", "batch",
-                          tuple(requests), ()))
-    if plan.batch_size:
-        out = plan.batch_output
-        subset = tuple(BenchRequest(r.prompt, out or r.output_len) for r in requests[:plan.batch_size])
-        label = f"out {out}" if out else f"out {lo_out}-{hi_out}"
-        cases.append(Case(f"batch {len(subset)} req, in {lo_in}-{hi_in}, {label}", "batch", subset, hf))
+    cases = []  # cheapest first: a run cut short by a time limit keeps the most rows
     extra = iter(range(seed + 1, seed + 1000))
-    for length in plan.prefill_lens:
-        (prompt,) = random_prompts(1, length, vocab_size, next(extra))
-        cases.append(Case(f"prefill {length}", "prefill", (BenchRequest(prompt, 1),), hf))
     for batch in plan.decode_batches:
         prompts = random_prompts(batch, plan.decode_input, vocab_size, next(extra))
         baseline = tuple(map(tuple, random_prompts(batch, plan.decode_input, vocab_size, next(extra))))
         anchors = hf + ((HF_COMPILE,) if plan.hf and plan.hf_compile and batch == 1 else ())
         cases.append(Case(f"decode b{batch} {plan.decode_input}+{plan.decode_output}", "decode",
                           tuple(BenchRequest(p, plan.decode_output) for p in prompts), anchors, baseline))
+    for length in plan.prefill_lens:
+        (prompt,) = random_prompts(1, length, vocab_size, next(extra))
+        cases.append(Case(f"prefill {length}", "prefill", (BenchRequest(prompt, 1),), hf))
+    if plan.batch_size:  # the lengths of the first K requests, fresh ids: the offline run must not hit their blocks
+        out = plan.batch_output
+        gen = torch.Generator().manual_seed(next(extra))
+        subset = tuple(BenchRequest(torch.randint(0, vocab_size, (len(r.prompt),), generator=gen).tolist(),
+                                    out or r.output_len) for r in requests[:plan.batch_size])
+        label = f"out {out}" if out else f"out {lo_out}-{hi_out}"
+        cases.append(Case(f"batch {len(subset)} req, in {lo_in}-{hi_in}, {label}", "batch", subset, hf))
+    if plan.offline:
+        cases.append(Case(f"offline {len(requests)} req, in {lo_in}-{hi_in}, out {lo_out}-{hi_out}", "batch",
+                          tuple(requests), ()))
     return cases
 
 
@@ -258,6 +261,8 @@ def make_row(case: Case, impl: str, weights: str, result: Measurement | None, pe
         if case.kind == "batch":
             row["total tok/s"] = (case.input_tokens + case.output_tokens) / result.seconds
         row["notes"] = "; ".join(n for n in (result.note, note) if n)
+    elif result is not None:  # decode: N tokens took no longer than 1 (timing noise dwarfs the decode steps)
+        row["notes"] = f"no rate: measured {result.seconds:.3g} s"
     return row
 
 
@@ -394,12 +399,7 @@ def run(args: argparse.Namespace, plan: Plan | None = None) -> list[dict]:
     pending = lambda case, impl: args.fresh or not results.has({"case": case.name, "impl": impl})  # noqa: E731
     print(f"bench engine on {results.meta['device']} ({meta['mode']}, {weights}); {len(cases)} cases", flush=True)
 
-    timer = EngineTimer(llm)
-    todo = [c for c in cases if pending(c, ENGINE)]
-    if todo:  # warm-up: kernel compilation and autotuning happen here, not in the first case
-        timer.run([r.prompt for r in requests[:2]], [4] * min(2, len(requests)))
-        timer.run(random_prompts(1, plan.decode_input, config.vocab_size, args.seed + 999), [4])
-    for case in todo:
+    def engine_case(case: Case) -> None:
         print(f"  {ENGINE}: {case.name}", flush=True)
         before = llm.get_stats()
         result, note = _attempt(case.name, lambda: measure_engine(timer, case, cost, ceiling))
@@ -408,23 +408,49 @@ def run(args: argparse.Namespace, plan: Plan | None = None) -> list[dict]:
             cached = after["prompt_tokens_cached"] - before["prompt_tokens_cached"]
             note = f"{after['num_preemptions'] - before['num_preemptions']} preemptions, {cached} prompt tokens cached"
         results.add(make_row(case, ENGINE, weights, result, _peak_gb(device), note))
+
+    def load_hf() -> torch.nn.Module:
+        start = time.perf_counter()
+        hf = load_hf_model(model, config, dtype, device)
+        results.meta["hf load s"] = round(time.perf_counter() - start, 1)
+        hf_generate_s(hf, [[1, 2, 3, 4]], 2)  # warm-up: library initialization
+        return hf
+
+    def hf_case(hf: torch.nn.Module, case: Case, impl: str) -> None:
+        print(f"  {impl}: {case.name}", flush=True)
+        _reset_peak(device)
+        result, note = _attempt(f"{impl} {case.name}", lambda: measure_hf(hf, case, impl, cost, ceiling))
+        results.add(make_row(case, impl, weights, result, _peak_gb(device), note))
+        _free(device)
+
+    timer = EngineTimer(llm)
+    todo = [c for c in cases if pending(c, ENGINE)]
+    hf_todo = [(c, impl) for impl in (HF_EAGER, HF_COMPILE) for c in cases if impl in c.anchors and pending(c, impl)]
+    # CPU: both models fit, so each case runs on the engine and on HF back to back (a shared machine's
+    # changing load then weighs on both alike); CUDA: the engine's KV pool fills the GPU, HF comes after it.
+    together = torch.device(device).type != "cuda"
+    if todo:  # warm-up (kernel compilation, autotuning) on prompts no case shares, so no prefix cache hits
+        warm = [random_prompts(1, len(r.prompt), config.vocab_size, args.seed + 1000 + i)[0]
+                for i, r in enumerate(requests[:2])]
+        warm += random_prompts(1, plan.decode_input, config.vocab_size, args.seed + 999)
+        timer.run(warm, [4] * len(warm))
+    hf_model = load_hf() if together and hf_todo else None
+    for case in cases:
+        if case in todo:
+            engine_case(case)
+        for anchor_case, impl in hf_todo if together else ():
+            if anchor_case == case:
+                hf_case(hf_model, case, impl)
     del llm, timer, runner, loaded
     _free(device)
-
-    hf_todo = [(c, impl) for c in cases for impl in c.anchors if pending(c, impl)]
-    if hf_todo:
-        hf_start = time.perf_counter()
-        hf_model = load_hf_model(model, config, dtype, device)
-        results.meta["hf load s"] = round(time.perf_counter() - hf_start, 1)
-        hf_generate_s(hf_model, [[1, 2, 3, 4]], 2)  # warm-up: library initialization
+    if torch.device(device).type == "cuda":
+        results.meta["GB allocated after freeing the engine"] = round(torch.cuda.memory_allocated() / 1e9, 2)
+    if hf_todo and not together:
+        hf_model = load_hf()
         for case, impl in hf_todo:
-            print(f"  {impl}: {case.name}", flush=True)
-            _reset_peak(device)
-            result, note = _attempt(f"{impl} {case.name}", lambda: measure_hf(hf_model, case, impl, cost, ceiling))
-            results.add(make_row(case, impl, weights, result, _peak_gb(device), note))
-            _free(device)
-        del hf_model
-        _free(device)
+            hf_case(hf_model, case, impl)
+    del hf_model
+    _free(device)
 
     rows = results.rows
     engine_rate = {r["case"]: r["tok/s"] for r in rows if r["impl"] == ENGINE}

@@ -3,6 +3,7 @@ the weight bytes against HF's own parameter count), the targets, and a tiny end-
 (engine vs HF on a tiny random Llama) that writes, resumes and notes a failing anchor."""
 import argparse
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -38,6 +39,26 @@ def test_default_plans():
     assert cpu.prefill_lens == (512, 2048) and cpu.decode_batches == (1, 8) and cpu.batch_size == 4
     with pytest.raises(ValueError, match="num_requests"):
         bench_engine.default_plan("cpu", num_requests=0)
+
+
+def test_cases_cheapest_first_with_distinct_prompts():
+    plan = bench_engine.Plan(num_requests=4, input_range=(5, 9), output_range=(2, 6), offline=True, batch_size=3,
+                             batch_output=None, prefill_lens=(7,), decode_input=4, decode_output=5,
+                             decode_batches=(1, 2), hf_compile=True)
+    requests = bench_engine.sample_requests(4, (5, 9), (2, 6), vocab_size=1000, seed=0)
+    cases = bench_engine.build_cases(plan, requests, vocab_size=1000, seed=0)
+    assert [c.name for c in cases] == ["decode b1 4+5", "decode b2 4+5", "prefill 7", "batch 3 req, in 5-9, out 2-6",
+                                       "offline 4 req, in 5-9, out 2-6"]
+    decode1, decode2, prefill, batch, offline = cases
+    assert decode1.anchors == (bench_engine.HF_EAGER, bench_engine.HF_COMPILE)  # compile on batch 1 only
+    assert decode2.anchors == prefill.anchors == batch.anchors == (bench_engine.HF_EAGER,) and offline.anchors == ()
+    assert [len(r.prompt) for r in batch.requests] == [len(r.prompt) for r in requests[:3]]
+    assert [r.output_len for r in batch.requests] == [r.output_len for r in requests[:3]]
+    prompts = [tuple(r.prompt) for c in cases for r in c.requests if c is not offline] + list(decode2.baseline)
+    assert len(set(prompts)) == len(prompts) and not set(prompts) & {tuple(r.prompt) for r in requests}
+    assert (decode2.rated_tokens, prefill.rated_tokens, batch.rated_tokens) == (2 * 4, 7, batch.output_tokens)
+    no_hf = bench_engine.build_cases(replace(plan, hf=False), requests, vocab_size=1000, seed=0)
+    assert all(c.anchors == () for c in no_hf)
 
 
 def tiny_cost_config() -> LlamaConfig:
@@ -103,7 +124,7 @@ def test_engine_args_and_cli_errors(capsys):
 
 
 TINY_PLAN = bench_engine.Plan(num_requests=3, input_range=(4, 12), output_range=(2, 3), offline=True, batch_size=2,
-                              batch_output=None, prefill_lens=(16,), decode_input=6, decode_output=3,
+                              batch_output=None, prefill_lens=(16,), decode_input=6, decode_output=8,
                               decode_batches=(1,), hf_compile=True)
 CEILING = DeviceCeiling(bytes_per_s=1e9, flops_per_s=float("inf"))  # memory floor only: easy to check by hand
 
@@ -130,7 +151,7 @@ def test_tiny_end_to_end(tmp_path, monkeypatch):
 
     by = {(r["case"], r["impl"]): r for r in rows}
     offline, batch, prefill, decode = ("offline 3 req, in 4-12, out 2-3", "batch 2 req, in 4-12, out 2-3",
-                                       "prefill 16", "decode b1 6+3")
+                                       "prefill 16", "decode b1 6+8")
     eager, compiled = bench_engine.HF_EAGER, bench_engine.HF_COMPILE
     assert set(by) == {(offline, "flagstack"), (batch, "flagstack"), (batch, eager), (prefill, "flagstack"),
                        (prefill, eager), (decode, "flagstack"), (decode, eager), (decode, compiled)}
@@ -153,8 +174,10 @@ def test_tiny_end_to_end(tmp_path, monkeypatch):
     for impl in ("flagstack", eager):
         assert by[(prefill, impl)]["floor ms"] == pytest.approx(floor_ms)
         assert by[(prefill, impl)]["tok/s"] == pytest.approx(16 / by[(prefill, impl)]["seconds"])
-    assert by[(decode, "flagstack")]["tok/s"] == pytest.approx(2 / by[(decode, "flagstack")]["seconds"])
+    assert by[(decode, "flagstack")]["tok/s"] == pytest.approx(7 / by[(decode, "flagstack")]["seconds"])
     assert by[(batch, eager)]["total tok/s"] > 0
+    for case in (offline, batch):  # warm-up, batch and offline prompts are distinct: no prefix cache hits
+        assert "0 preemptions, 0 prompt tokens cached" in by[(case, "flagstack")]["notes"]
 
     (json_path,) = (tmp_path / "out").glob("engine-cpu-*.json")
     body = json.loads(json_path.read_text())
