@@ -156,7 +156,8 @@ def chunk_gated_delta_rule_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Ten
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     scale = dim_k ** -0.5 if scale is None else float(scale)
     out = torch.empty(batch, seq, heads, dim_v, dtype=q.dtype, device=q.device)
-    final = torch.empty(batch, heads, dim_k, dim_v, dtype=torch.float32, device=q.device) if output_final_state else None
+    final = (torch.empty(batch, heads, dim_k, dim_v, dtype=torch.float32, device=q.device) if output_final_state
+             else None)
     s0 = None if initial_state is None else initial_state.to(torch.float32).contiguous()
     if seq == 0 or batch * heads == 0:
         if final is not None:

@@ -216,7 +216,7 @@ def ctc_loss_forward_triton(log_probs: torch.Tensor, targets: torch.Tensor, inpu
     alpha = torch.full((batch, steps, width), float("-inf"), dtype=log_probs.dtype, device=log_probs.device)
     _alpha_kernel[(batch,)](log_probs, targets, starts, in_lens, tg_lens, nll, alpha, blank, width,
                             *log_probs.stride(), target_stride, alpha.stride(0), alpha.stride(1),
-                            BLOCK_L=triton.next_power_of_2(width), num_warps=4)
+                            BLOCK_L=triton.next_power_of_2(width), num_warps=1 if width <= 256 else 4)
     results = []
     for result, out in ((nll, out0), (alpha, out1)):
         if out is not None:

@@ -160,7 +160,8 @@ def test_errors():
            (log_probs, targets, [7, 4], [3, 2]), (log_probs, targets, [6], [3, 2]), (log_probs, targets, [6, 4], [3]),
            (log_probs, targets, [6, 4], [4, 2]), (log_probs, targets, [-1, 4], [3, 2]),
            (log_probs, targets, [6, 4], [-1, 2]), (log_probs, targets.flatten(), *lengths),
-           (log_probs, targets, torch.tensor([6.0, 4.0]), torch.tensor([3, 2])), (log_probs[:, :0], targets[:0], [], []),
+           (log_probs, targets, torch.tensor([6.0, 4.0]), torch.tensor([3, 2])),
+           (log_probs[:, :0], targets[:0], [], []),
            (log_probs.to(torch.int64), targets, *lengths)]
     for args in bad:
         same_error(lambda: ctc_loss_forward_triton(*args), lambda: aten._ctc_loss(*args))

@@ -20,6 +20,8 @@ THEIRS = {2: (aten.grid_sampler_2d, aten.grid_sampler_2d_backward),
           3: (aten.grid_sampler_3d, aten.grid_sampler_3d_backward)}
 MODES_2D = [(mode, padding, align) for mode in range(3) for padding in range(3) for align in (False, True)]
 MODES_3D = [(mode, padding, align) for mode in range(2) for padding in range(3) for align in (False, True)]
+LARGE = [(2, (8, 32, 128, 128), (128, 128), 0), (2, (8, 32, 128, 128), (128, 128), 2),  # dims, input, points, mode
+         (2, (4, 100, 37, 300), (64, 257), 1), (3, (2, 16, 32, 48, 40), (20, 33, 31), 0)]
 
 
 def make_grid(batch, points, dims, dtype=torch.float32):
@@ -97,9 +99,7 @@ def test_regular(mode):
 
 @covers("large")
 @large_only_on_gpu
-@pytest.mark.parametrize("dims,shape,points,mode", [(2, (8, 32, 128, 128), (128, 128), 0), (2, (8, 32, 128, 128),
-                         (128, 128), 2), (2, (4, 100, 37, 300), (64, 257), 1), (3, (2, 16, 32, 48, 40), (20, 33, 31), 0)]
-                         if ON_GPU else [])
+@pytest.mark.parametrize("dims,shape,points,mode", LARGE if ON_GPU else [])
 def test_large(dims, shape, points, mode):
     x, grid = make(shape, torch.float32), make_grid(shape[0], points, dims)
     check(OURS[dims][0](x, grid, mode, 0, False), THEIRS[dims][0](x, grid, mode, 0, False))
@@ -130,7 +130,11 @@ def test_nonfinite_input(mode):
     ours = grid_sampler_2d_backward_triton(grad, x, grid, mode, 1, False, [True, True])
     theirs = aten.grid_sampler_2d_backward(grad, x, grid, mode, 1, False, [True, True])
     check(ours[0], theirs[0])
-    check(ours[1], theirs[1])
+    # Grid gradients sum inf * 0 terms (an infinite input under a zero grad_output): ATen's CPU kernel
+    # groups them otherwise than ours and ATen's CUDA one (-inf vs NaN), so only finiteness must agree there.
+    finite = theirs[1].isfinite()
+    check(ours[1][finite], theirs[1][finite])
+    assert not ours[1][~finite].isfinite().any()
 
 
 @covers("nonfinite")
@@ -219,7 +223,8 @@ def test_autograd_through_aten_overrides():
     (y, grad_x, grad_grid), (y_ref, grad_x_ref, grad_grid_ref) = results
     check(y, y_ref.float())
     check(grad_x, grad_x_ref.float())
-    torch.testing.assert_close(grad_grid.double(), grad_grid_ref, rtol=1e-4, atol=1e-5 * grad_grid_ref.abs().max().item())
+    torch.testing.assert_close(grad_grid.double(), grad_grid_ref, rtol=1e-4,
+                               atol=1e-5 * grad_grid_ref.abs().max().item())
     with use_backend("triton"):
         check(grid_sample(x, grid, 0, 0, True), aten.grid_sampler_2d(x, grid, 0, 0, True))
 
@@ -243,7 +248,8 @@ def test_errors():
                lambda: aten.grid_sampler_2d_backward.out(grad, x, grid, 0, 0, False, [True, True], out0=half.clone(),
                                                          out1=torch.empty(0, device=DEVICE)))
     # ATen does not check these (undefined behaviour on CPU; reads past grad_output): we raise
-    for call in (lambda: grid_sampler_2d_triton(x, grid, 3, 0, False), lambda: grid_sampler_2d_triton(x, grid, 0, -1, True),
+    for call in (lambda: grid_sampler_2d_triton(x, grid, 3, 0, False),
+                 lambda: grid_sampler_2d_triton(x, grid, 0, -1, True),
                  lambda: grid_sampler_2d_backward_triton(grad[..., :3], x, grid, 0, 0, False, [True, True]),
                  lambda: grid_sampler_2d_backward_triton(grad.double(), x, grid, 0, 0, False, [True, True])):
         with pytest.raises(RuntimeError):
