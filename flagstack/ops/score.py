@@ -45,6 +45,14 @@ CORE_SHAPES: dict[str, list[tuple[int, int, torch.dtype]]] = {
     "avg_pool3d": [(4096, 64, torch.bfloat16), (4096, 64, torch.float32), (1024, 32, torch.bfloat16)],
     "max_pool3d": [(4096, 64, torch.bfloat16), (4096, 64, torch.float32), (1024, 32, torch.bfloat16)],
     "upsample_nearest2d": [(4096, 128, torch.bfloat16), (4096, 128, torch.float32), (1024, 64, torch.bfloat16)],
+    # grid_sample: rows // 512 images of 32 x cols x cols, bilinear at as many points (8x32x128x128 at 4096, 128).
+    "grid_sample": [(4096, 128, torch.float32), (4096, 128, torch.bfloat16), (1024, 64, torch.float32)],
+    # ctc_loss: rows // 128 sequences of 200 steps, cols classes, targets of 50 (T200 N32 C64 S50 at 4096, 64).
+    "ctc_loss": [(4096, 64, torch.float32), (4096, 512, torch.float32), (1024, 64, torch.float32)],
+    # svd: rows // 8 matrices of cols x cols (512x32x32 at 4096, 32).
+    "svd": [(4096, 32, torch.float32), (4096, 16, torch.float32), (1024, 64, torch.float32)],
+    # chunk_gated_delta_rule: 2 sequences of rows tokens, 16 heads of cols dims; torch is the recurrence.
+    "chunk_gated_delta_rule": [(4096, 128, torch.bfloat16), (1024, 128, torch.bfloat16), (4096, 64, torch.float32)],
 }
 TARGET_MIN, TARGET_GEOMEAN = 0.9, 1.2  # speedup over torch: every core shape, and their geomean
 
