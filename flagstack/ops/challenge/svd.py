@@ -11,7 +11,7 @@ one column reduction.
 Sweeps repeat until no pair is further from orthogonal than the dtype's epsilon, relative to the two
 norms (high relative accuracy, unlike an eigensolver on A^T A). Then S_j = |a_j|, U_j = a_j / S_j,
 sorted by decreasing S; the columns U lacks (zero singular values; the extra m - n of full_matrices)
-are completed by Gram-Schmidt against the others, so U is orthonormal whatever the rank.
+are completed by Gram-Schmidt against the others (no pass at full rank), so U is orthonormal whatever the rank.
 Work per matrix: ~8 sweeps x (n - 1) steps of O(mn) each; 512 x 32x32 runs 512 independent programs.
 """
 from __future__ import annotations
@@ -87,7 +87,8 @@ def _svd_kernel(a_ptr, u_ptr, s_ptr, v_ptr, M, N, a_sb, a_sm, a_sn, u_sb, u_sm, 
         # values, and the extra ones of full_matrices) by Gram-Schmidt, twice, of e_0, e_1, ... against U
         found = (sigma > tl.max(sigma, axis=0) * rank_tol) & (col < N)
         U = _gather_columns(A, source) * tl.where(found, 1.0 / tl.where(found, sigma, 1.0), 0.0)[None, :]
-        for i in range(0, M):
+        i = 0
+        while (i < M) & (tl.sum((found & (col < U_COLS)).to(tl.int32), axis=0) < U_COLS):  # full rank: no pass
             e = tl.where(tl.arange(0, BM) == i, 1.0, 0.0).to(A.dtype)
             for _ in tl.static_range(2):
                 e = e - tl.sum(U * tl.sum(U * e[:, None], axis=0)[None, :], axis=1)
@@ -97,6 +98,7 @@ def _svd_kernel(a_ptr, u_ptr, s_ptr, v_ptr, M, N, a_sb, a_sm, a_sn, u_sb, u_sm, 
             slot = tl.where(length > 0.5, slot, BN)
             U = tl.where(cols == slot, (e / length)[:, None], U)
             found = found | (col == slot)
+            i += 1
         tl.store(u_ptr + b * u_sb + rows * u_sm + cols * u_sn, U, mask=(rows < M) & (cols < U_COLS))
 
 
@@ -124,6 +126,11 @@ def _fill(result: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
     return resize_out(out, result.shape).copy_(result)
 
 
+def _warps(tile: int) -> int:
+    """Small tiles on one warp: the column gathers and reductions of every step stay warp-local."""
+    return 1 if tile <= 1024 else 2 if tile <= 4096 else 4
+
+
 def svd_triton(A: torch.Tensor, full_matrices: bool = True, compute_uv: bool = True, *, driver: str | None = None,
                U: torch.Tensor | None = None, S: torch.Tensor | None = None,
                Vh: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -146,7 +153,7 @@ def svd_triton(A: torch.Tensor, full_matrices: bool = True, compute_uv: bool = T
         eps = torch.finfo(A.dtype).eps
         _svd_kernel[(count,)](flat, u_out, s_out, v_out, M, N, *flat.stride(), *u_out.stride(), s_out.stride(0),
                               *v_out.stride(), 4 * eps, M * eps, COMPUTE_UV=compute_uv, U_COLS=u_cols, BM=bm, BN=bn,
-                              num_warps=4)
+                              num_warps=_warps(bm * bn))
     elif compute_uv and M:  # no columns: U is any orthonormal basis (ATen: the identity)
         u_out.copy_(torch.eye(M, u_cols, dtype=A.dtype, device=A.device).expand_as(u_out))
     s_out = s_out.view(*batch, N)
