@@ -22,6 +22,6 @@ from flagstack.ops.challenge.svd import svd
 from flagstack.ops.challenge.tril import tril
 from flagstack.ops.challenge.upsample_nearest2d import upsample_nearest2d
 
-__all__ = ["asinh", "avg_pool3d", "cosh", "gcd", "leaky_relu", "log10", "logaddexp", "max_pool3d", "median",
-           "pixel_shuffle", "pixel_unshuffle", "roll", "scatter_reduce", "smooth_l1_loss", "tril",
-           "upsample_nearest2d"]
+__all__ = ["asinh", "avg_pool3d", "chunk_gated_delta_rule", "cosh", "ctc_loss", "gcd", "grid_sample", "leaky_relu",
+           "log10", "logaddexp", "max_pool3d", "median", "pixel_shuffle", "pixel_unshuffle", "roll", "scatter_reduce",
+           "smooth_l1_loss", "svd", "tril", "upsample_nearest2d"]
