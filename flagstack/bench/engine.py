@@ -222,8 +222,9 @@ def measure_engine(timer: EngineTimer, case: Case, cost: ModelCost, ceiling: Dev
     outputs = [r.output_len for r in case.requests]
     if case.kind == "decode":
         # Warm-up first: the first run of a shape compiles Triton kernels, which must not sit in the
-        # baseline that is subtracted (it made a 255-step decode look like 42 ms on the H100).
-        timer.run([list(p) for p in case.baseline], [1] * len(prompts))
+        # baseline that is subtracted (it made a 255-step decode look like 42 ms on the H100). The
+        # warm-up prompts are rotated so the timed baseline gets no prefix-cache hit from them.
+        timer.run([list(p[1:]) + [p[0]] for p in case.baseline], [1] * len(prompts))
         base_s, _ = timer.run([list(p) for p in case.baseline], [1] * len(prompts))
         full_s, steps = timer.run(prompts, outputs)
         decode = [s for s in steps if all(seq.new == 1 for seq in s)]
