@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# One GPU call, several stages: `bash scripts/gpu-run.sh STAGE[:SECONDS] ...`. Each stage runs under its
+# own time limit; logs and result files are packed into $OUT/results.tgz (the device tool returns at most
+# 8 files), with a short summary printed last.
+# Stages: ops-tests engine-tests attention annotate serve engine ops-llm ops-challenge score
+source scripts/gpu-env.sh
+OUT=${OUT:-/tmp/out}; RES=/tmp/res; rm -rf "$RES"; mkdir -p "$OUT" "$RES"  # a warm machine keeps /tmp
+summary=()
+run_stage() {  # name seconds command...
+  local name=$1 secs=$2; shift 2
+  local start=$SECONDS
+  timeout "$secs" "$@" > "$RES/$name.log" 2>&1; local rc=$?
+  summary+=("$name rc=$rc $((SECONDS - start))s: $(grep -E 'passed|failed' "$RES/$name.log" | tail -1)")
+}
+for spec in "$@"; do
+  name=${spec%%:*}; secs=${spec#*:}; [ "$secs" = "$spec" ] && secs=300
+  case $name in
+    ops-tests) run_stage $name $secs python3 -m pytest -q -p no:cacheprovider tests/ops ;;
+    engine-tests) run_stage $name $secs python3 -m pytest -q -p no:cacheprovider tests/engine tests/annotate ;;
+    attention) run_stage $name $secs python3 -m flagstack.cli bench ops --suite attention --out-dir "$RES" ;;
+    annotate) run_stage $name $secs python3 -m flagstack.bench.annotate --out-dir "$RES" long ;;
+    serve) run_stage $name $secs python3 -m flagstack.cli bench serve qwen3-4b --load-format dummy \
+      --max-model-len 4096 --num-requests 100 --rates 8,inf --out-dir "$RES" ;;
+    engine) run_stage $name $secs python3 -m flagstack.cli bench engine --out-dir "$RES" ;;
+    ops-llm) run_stage $name $secs python3 -m flagstack.cli bench ops --suite llm --out-dir "$RES" ;;
+    ops-challenge) run_stage $name $secs python3 -m flagstack.cli bench ops --suite challenge --out-dir "$RES" ;;
+    score) run_stage $name $secs python3 -m flagstack.cli ops score --out-dir "$RES" ;;
+    *) summary+=("$name: unknown stage") ;;
+  esac
+  tar czf "$OUT/results.tgz" -C "$RES" .
+done
+for f in "$RES"/*.log; do echo "== $(basename "$f")"; grep -E "^FAILED|^ERROR|Error|target" "$f" | head -15; done
+printf '%s\n' "${summary[@]}"
