@@ -46,3 +46,13 @@ def check_score_args(prompts: list[list[int]], candidates: list[list[int]]) -> N
         raise ValueError("candidates must be a non-empty list of non-empty token id lists")
     if any(not p for p in prompts):
         raise ValueError("prompts must be non-empty token id lists")
+
+
+def common_prefix_len(a: list[int], b: list[int]) -> int:
+    """How many leading tokens two prompts share."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n

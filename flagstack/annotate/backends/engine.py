@@ -13,25 +13,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from flagstack.annotate.backends.base import TokenStats, check_score_args
+from flagstack.annotate.backends.base import TokenStats, check_score_args, common_prefix_len
 
 GROUP_MIN_SHARED = 32  # prompts sharing at least this many leading tokens form one prefix group
-
-
-def _shared(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def prefix_leaders(prompts: list[list[int]]) -> list[bool]:
     """True for the prompts that open a new shared-prefix group (compared with the last leader)."""
     leaders, leader = [], None
     for p in prompts:
-        new = leader is None or _shared(leader, p) < GROUP_MIN_SHARED
+        new = leader is None or common_prefix_len(leader, p) < GROUP_MIN_SHARED
         leaders.append(new)
         leader = p if new else leader
     return leaders

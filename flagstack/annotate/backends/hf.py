@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flagstack.annotate.backends.base import TokenStats, check_score_args
+from flagstack.annotate.backends.base import TokenStats, check_score_args, common_prefix_len
 from flagstack.engine.loader import embedded_gguf_path
 
 
@@ -32,15 +32,6 @@ def _crop(cache, length: int) -> None:
     extra = cache.get_seq_length() - length
     if extra > 0:
         cache.crop(-extra)
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 class HFBackend:
@@ -64,7 +55,7 @@ class HFBackend:
         """Run the prompt (only past the cached common prefix) and return the last position's logits."""
         from transformers import DynamicCache
 
-        reuse = min(_common_prefix(self._cached, prompt), len(prompt) - 1) if self.prefix_cache else 0
+        reuse = min(common_prefix_len(self._cached, prompt), len(prompt) - 1) if self.prefix_cache else 0
         if reuse and self._cache is not None:
             _crop(self._cache, reuse)
         else:
