@@ -35,7 +35,7 @@ def gather_kv(cache: torch.Tensor, block_table: torch.Tensor, length: int) -> to
     """The first `length` tokens of one sequence's pages, as a contiguous [length, Hkv, D] tensor."""
     block_size = cache.shape[1]
     n_blocks = (length + block_size - 1) // block_size
-    return cache[block_table[:n_blocks].long()].reshape(-1, *cache.shape[2:])[:length]
+    return cache.index_select(0, block_table[:n_blocks].long()).reshape(-1, *cache.shape[2:])[:length]
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float,
