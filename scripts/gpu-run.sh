@@ -2,7 +2,8 @@
 # One GPU call, several stages: `bash scripts/gpu-run.sh STAGE[:SECONDS] ...`. Each stage runs under its
 # own time limit; logs and result files are packed into $OUT/results.tgz (the device tool returns at most
 # 8 files), with a short summary printed last.
-# Stages: ops-tests engine-tests attention annotate serve engine ops-llm ops-challenge score
+# Stages: ops-tests challenge-tests engine-tests attention attn-sweep annotate serve engine ops-llm
+# ops-challenge score
 source scripts/gpu-env.sh
 OUT=${OUT:-/tmp/out}; RES=/tmp/res; rm -rf "$RES"; mkdir -p "$OUT" "$RES"  # a warm machine keeps /tmp
 summary=()
@@ -15,9 +16,11 @@ run_stage() {  # name seconds command...
 for spec in "$@"; do
   name=${spec%%:*}; secs=${spec#*:}; [ "$secs" = "$spec" ] && secs=300
   case $name in
-    ops-tests) run_stage $name $secs python3 -m pytest -q -p no:cacheprovider tests/ops ;;
+    ops-tests) run_stage $name $secs python3 -m pytest -q -p no:cacheprovider tests/ops --ignore=tests/ops/challenge ;;
+    challenge-tests) run_stage $name $secs python3 -m pytest -q -p no:cacheprovider tests/ops/challenge ;;
     engine-tests) run_stage $name $secs python3 -m pytest -q -p no:cacheprovider tests/engine tests/annotate ;;
     attention) run_stage $name $secs python3 -m flagstack.cli bench ops --suite attention --out-dir "$RES" ;;
+    attn-sweep) run_stage $name $secs python3 -m flagstack.bench.attention --sweep --quick ;;
     annotate) run_stage $name $secs python3 -m flagstack.bench.annotate --out-dir "$RES" long ;;
     serve) run_stage $name $secs python3 -m flagstack.cli bench serve qwen3-4b --load-format dummy \
       --max-model-len 4096 --num-requests 100 --rates 8,inf --out-dir "$RES" ;;

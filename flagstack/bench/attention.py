@@ -2,7 +2,8 @@
 
 Decode: batch x context with Qwen3-4B heads (32 q / 8 kv, head_dim 128), our paged kernel vs SDPA
 (enable_gqa) and FlexAttention over contiguous K/V; GB/s of K/V read and % of a device copy of the
-same bytes. Prefill: one causal sequence of 1k/4k/16k tokens, and 16 sequences of 1024 new tokens
+same bytes, all timed as GPU time inside CUDA graphs with L2 flushed before each call (the engine
+replays decode from CUDA graphs, so Python launch overhead is not part of a decode step). Prefill: one causal sequence of 1k/4k/16k tokens, and 16 sequences of 1024 new tokens
 over 4096 cached; TFLOP/s against SDPA's flash backend (causal cases) and FlexAttention (all).
 `python -m flagstack.bench.attention --sweep` times launch configs instead, to tune the defaults.
 """
@@ -73,6 +74,7 @@ def decode_inputs(batch: int, context: int, block_size: int = BLOCK_SIZE) -> tup
 
 def bench_decode(batch: int, context: int, timing: dict) -> dict:
     """One decode point: our kernel over shuffled pages vs SDPA / Flex over contiguous K/V."""
+    timing = {**timing, "cold_graph": True}
     args = decode_inputs(batch, context)
     q = args[0]
     ours = time_us(lambda: paged_decode_triton(*args), **timing)
@@ -178,7 +180,8 @@ def run(args: argparse.Namespace) -> list[dict]:
     quick = bool(getattr(args, "quick", False))
     timing = {"warmup_ms": 5, "rep_ms": 20} if quick else {}
     meta = {"heads": f"{Q_HEADS} q / {KV_HEADS} kv, head_dim {HEAD_DIM}, bf16", "block_size": BLOCK_SIZE,
-            "quick": quick, **torch_versions()}
+            "quick": quick, "decode timing": "GPU time in CUDA graphs, L2 flushed before each call",
+            "prefill timing": "triton do_bench (L2 flushed, events)", **torch_versions()}
     results = ResultsFile("attention-quick" if quick else "attention", meta,
                           key=("case", "batch", "new", "ctx", "block_size"),
                           out_dir=getattr(args, "out_dir", "bench/results"), columns=COLUMNS)
@@ -225,14 +228,15 @@ def sweep(timing: dict) -> list[dict]:
                 cfg = DecodeConfig(block_n, splits, warps, stages) if splits else None
                 label = {"case": "decode", "batch": batch, "ctx": context, "block_size": BLOCK_SIZE,
                          "config": str(cfg) if cfg else "default"}
-                rows.append(_sweep_one(label, lambda: paged_decode_triton(*args, config=cfg), timing, nbytes))
+                rows.append(_sweep_one(label, lambda: paged_decode_triton(*args, config=cfg),
+                                       {**timing, "cold_graph": True}, nbytes))
         del args
         torch.cuda.empty_cache()
     for block_size in (16, 64, 256):
         args = decode_inputs(64, 2048, block_size)
         rows.append(_sweep_one({"case": "decode", "batch": 64, "ctx": 2048, "block_size": block_size,
-                                "config": "default"}, lambda: paged_decode_triton(*args), timing,
-                               decode_bytes(64, 2048)))
+                                "config": "default"}, lambda: paged_decode_triton(*args),
+                               {**timing, "cold_graph": True}, decode_bytes(64, 2048)))
         args = prefill_inputs(1, 4096, 0, block_size)
         rows.append(_sweep_one({"case": "prefill", "batch": 1, "ctx": 4096, "block_size": block_size,
                                 "config": "default"}, lambda: varlen_attention_triton(*args), timing,
