@@ -46,7 +46,7 @@ def _activate(x, ACT: tl.constexpr):
     return y
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_rows"])  # token count: one compile for all
 def _gated_kernel(x_ptr, y_ptr, n_rows, n_cols, x_row_stride, y_row_stride, ACT: tl.constexpr,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -59,7 +59,7 @@ def _gated_kernel(x_ptr, y_ptr, n_rows, n_cols, x_row_stride, y_row_stride, ACT:
     tl.store(y_ptr + rows[:, None] * y_row_stride + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n"])
 def _pointwise_kernel(x_ptr, y_ptr, n, ACT: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n

@@ -61,7 +61,7 @@ def _argmax_kernel(x_ptr, val_ptr, idx_ptr, n_cols, x_row_stride, span, WRITE_VA
     tl.store(idx_ptr + row * n_splits + split, index.to(tl.int64))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_splits"])  # varies with rows
 def argmax_combine_kernel(val_ptr, idx_ptr, out_ptr, n_splits, SPLITS: tl.constexpr):
     """out[row] = idx[row, s] for the split s holding the row's first NaN, else its first max."""
     row = tl.program_id(0).to(tl.int64)

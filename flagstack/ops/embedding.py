@@ -22,7 +22,7 @@ from flagstack.ops.registry import BenchCase, register, register_aten
 ID_DTYPES = (torch.int32, torch.int64)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_ids"])  # token count: one compile for all
 def _embedding_kernel(ids_ptr, w_ptr, out_ptr, n_ids, n_rows, n_cols, w_row_stride,
                       BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
     toks = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)

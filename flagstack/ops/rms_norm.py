@@ -28,7 +28,7 @@ from flagstack.ops.registry import BenchCase, register, register_aten
 MAX_COLS = 65536  # a whole row lives in registers; wider rows would spill
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_rows"])  # token count: one compile for all
 def _rms_norm_kernel(x_ptr, r_ptr, w_ptr, y_ptr, n_rows, n_cols, x_row_stride, r_row_stride,
                      y_row_stride, eps, HAS_RESIDUAL: tl.constexpr, HAS_WEIGHT: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):

@@ -47,7 +47,7 @@ CHUNK = 4096  # fused path: columns per candidate program (37 programs per 151,9
 ParamLike = torch.Tensor | float | int | Sequence[float] | None
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["temp_stride"])  # 0 or 1 per call: one compile
 def _sample_kernel(logits_ptr, noise_ptr, temp_ptr, thr_ptr, val_ptr, idx_ptr, n_cols, logits_row_stride,
                    temp_stride, span, WRITE_VALUE: tl.constexpr, BLOCK: tl.constexpr):
     split, row = tl.program_id(0), tl.program_id(1).to(tl.int64)
@@ -100,7 +100,7 @@ def _chunk_top_kernel(logits_ptr, cand_ptr, n_cols, logits_row_stride, CHUNK: tl
     tl.store(cand_ptr + (row * tl.num_programs(0) + chunk) * K + tl.arange(0, K), top)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["param_stride", "row_stride"])  # vary with rows
 def _threshold_kernel(cand_ptr, params_ptr, thr_ptr, n_cand, param_stride, row_stride,
                       K: tl.constexpr, N_CAND: tl.constexpr):
     """thr[row] from the row's top K logits: k-th largest, top-p over the top-k, min-p (the torch

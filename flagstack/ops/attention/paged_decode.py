@@ -73,7 +73,7 @@ def _decode_tile(acc, m_i, l_i, q, start, hi, first, table, k_head, v_head, kc_s
                              True, USE_SOFTCAP, UPCAST, PRECISION, SPLIT_P)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["bt_stride_s", "num_splits"])  # per-step values: one compile
 def _paged_decode_kernel(q_ptr, k_cache_ptr, v_cache_ptr, seq_lens_ptr, block_tables_ptr, out_ptr,
                          part_out_ptr, part_max_ptr, part_sum_ptr,
                          q_stride_s, q_stride_h, kc_stride_b, kc_stride_t, kc_stride_h,
@@ -123,7 +123,7 @@ def _paged_decode_kernel(q_ptr, k_cache_ptr, v_cache_ptr, seq_lens_ptr, block_ta
                  out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_splits"])
 def _merge_splits_kernel(part_out_ptr, part_max_ptr, part_sum_ptr, out_ptr, out_stride_s, out_stride_h,
                          num_q_heads, num_splits, HEAD_DIM: tl.constexpr, BLOCK_SPLITS: tl.constexpr):
     # Reads splits * (D + 2) fp32 per (seq, head): small next to the K/V pages the splits read.

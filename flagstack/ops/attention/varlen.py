@@ -118,7 +118,7 @@ def _varlen_tile(acc, m_i, l_i, q, q_pos, start, hi, table, k_head, v_head, kc_s
                              DIAGONAL or USE_WINDOW, USE_SOFTCAP, UPCAST, PRECISION, SPLIT_P)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["bt_stride_s", "num_seqs"])  # per-step values: one compile
 def _varlen_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, cu_seqlens_q_ptr, seq_lens_ptr,
                    block_tables_ptr, q_stride_t, q_stride_h, kc_stride_b, kc_stride_t, kc_stride_h,
                    vc_stride_b, vc_stride_t, vc_stride_h, bt_stride_s, out_stride_t, out_stride_h,
