@@ -11,6 +11,7 @@ from flagstack.engine.kv_cache import BlockManager
 from flagstack.engine.runner import ModelRunner
 from flagstack.engine.scheduler import Scheduler
 from flagstack.engine.sequence import Logprobs, Request, Sequence, Status
+from flagstack.engine.warmup import warm_up
 
 
 class EngineCore:
@@ -28,6 +29,8 @@ class EngineCore:
         self.requests: dict[str, Request] = {}
         self.pending_children: dict[str, list[Sequence]] = {}  # n > 1: siblings waiting on the prompt
         self.incremental_text = False  # streaming: keep seq.text current after every token
+        if device.type == "cuda":  # compile every kernel variant now, not inside the first requests
+            warm_up(self)
 
     # -- requests --------------------------------------------------------------------------------
     def encode(self, prompt: str | list[int]) -> tuple[str | None, list[int]]:
