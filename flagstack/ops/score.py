@@ -45,6 +45,8 @@ CORE_SHAPES: dict[str, list[tuple[int, int, torch.dtype]]] = {
     "avg_pool3d": [(4096, 64, torch.bfloat16), (4096, 64, torch.float32), (1024, 32, torch.bfloat16)],
     "max_pool3d": [(4096, 64, torch.bfloat16), (4096, 64, torch.float32), (1024, 32, torch.bfloat16)],
     "upsample_nearest2d": [(4096, 128, torch.bfloat16), (4096, 128, torch.float32), (1024, 64, torch.bfloat16)],
+    # conv_transpose2d: rows // 256 images of 64 x cols x cols, weight 64x32x3x3, stride 2 (16x64x64x64 at 4096, 64).
+    "conv_transpose2d": [(4096, 64, torch.bfloat16), (4096, 64, torch.float16), (1024, 32, torch.bfloat16)],
     # grid_sample: rows // 512 images of 32 x cols x cols, bilinear at as many points (8x32x128x128 at 4096, 128).
     "grid_sample": [(4096, 128, torch.float32), (4096, 128, torch.bfloat16), (1024, 64, torch.float32)],
     # ctc_loss: rows // 128 sequences of 200 steps, cols classes, targets of 50 (T200 N32 C64 S50 at 4096, 64).

@@ -4,6 +4,7 @@
 from flagstack.ops.challenge.asinh import asinh
 from flagstack.ops.challenge.avg_pool3d import avg_pool3d
 from flagstack.ops.challenge.chunk_gated_delta_rule import chunk_gated_delta_rule
+from flagstack.ops.challenge.conv_transpose2d import conv_transpose2d
 from flagstack.ops.challenge.cosh import cosh
 from flagstack.ops.challenge.ctc_loss import ctc_loss
 from flagstack.ops.challenge.gcd import gcd
@@ -22,6 +23,6 @@ from flagstack.ops.challenge.svd import svd
 from flagstack.ops.challenge.tril import tril
 from flagstack.ops.challenge.upsample_nearest2d import upsample_nearest2d
 
-__all__ = ["asinh", "avg_pool3d", "chunk_gated_delta_rule", "cosh", "ctc_loss", "gcd", "grid_sample", "leaky_relu",
-           "log10", "logaddexp", "max_pool3d", "median", "pixel_shuffle", "pixel_unshuffle", "roll", "scatter_reduce",
-           "smooth_l1_loss", "svd", "tril", "upsample_nearest2d"]
+__all__ = ["asinh", "avg_pool3d", "chunk_gated_delta_rule", "conv_transpose2d", "cosh", "ctc_loss", "gcd", "grid_sample",
+           "leaky_relu", "log10", "logaddexp", "max_pool3d", "median", "pixel_shuffle", "pixel_unshuffle", "roll",
+           "scatter_reduce", "smooth_l1_loss", "svd", "tril", "upsample_nearest2d"]

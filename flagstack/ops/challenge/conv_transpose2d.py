@@ -1,0 +1,214 @@
+"""conv_transpose2d (F.conv_transpose2d): stride, padding, output_padding, dilation, groups, bias; a 4-D
+[N, C_in, H, W] or batch-less 3-D input; fp16 / bf16 / fp32 (ATen also takes fp64 and, on CPU, int64:
+those fall back to ATen through the adapter).
+
+out[n, g*Cog + co, oh, ow] = bias + sum over (ci, kh, kw) of x[n, g*Cig + ci, ih, iw] * w[g*Cig + ci, co, kh, kw]
+where oh = ih * SH - PH + kh * DH (and alike along w). The kernel computes it as an implicit GEMM: an
+output tile of BLOCK_M pixels x BLOCK_N channels gathers, per kernel tap, the [BLOCK_M, BLOCK_K] input
+rows that reach it and does tl.dot with the tap's [BLOCK_K, BLOCK_N] weights, in fp32. Each program holds
+pixels of one stride phase (oh % SH, ow % SW): a tap reaches either all of them or none, so the
+(SH*SW - 1) / (SH*SW) of taps that miss a phase are skipped whole instead of being masked per pixel.
+Memory traffic: read x ~once per tap that hits the phase (from L2) and w per tile, write out once;
+16x64x64x64 * 64x32x3x3 stride 2 bf16 reads 8.4 MB and writes 17 MB (~9 us at 3.0 TB/s).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from flagstack.ops import interpreter_compat  # noqa: F401  (loops over scalar args on CPU)
+from flagstack.ops.challenge.images import bench_images, output_memory_format
+from flagstack.ops.challenge.pointwise import aten_dtype_name, check_kernel_dtype, check_same_dtype, resize_out
+from flagstack.ops.registry import BenchCase, register, register_aten
+
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@triton.jit
+def _conv_transpose2d_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, N, H, W, OH, OW, QH, QW, C_IN_G, C_OUT_G,
+                             sxn, sxc, sxh, sxw, swi, swo, swh, sww, son, soc, soh, sow,
+                             SH, SW, PH, PW, DH, DW, KH: tl.constexpr, KW: tl.constexpr, HAS_BIAS: tl.constexpr,
+                             PRECISION: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                             BLOCK_K: tl.constexpr):
+    # Grid: (pixel tiles of a phase, groups x channel tiles, phases). Pixel m of phase (rh, rw) is
+    # output (n, qh * SH + rh, qw * SW + rw).
+    n_tiles = tl.cdiv(C_OUT_G, BLOCK_N)
+    group = tl.program_id(1) // n_tiles
+    co = (tl.program_id(1) % n_tiles) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rh, rw = tl.program_id(2) // SW, tl.program_id(2) % SW
+    m = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    qw, qh, n = m % QW, (m // QW) % QH, m // (QW * QH)
+    oh, ow = qh * SH + rh, qw * SW + rw
+    pixel_ok = (n < N) & (oh < OH) & (ow < OW)
+    co_ok = co < C_OUT_G
+    x_group = x_ptr + n * sxn + group * C_IN_G * sxc  # [BLOCK_M] pointers, channel 0 of the group
+    w_group = w_ptr + group * C_IN_G * swi + co * swo  # [BLOCK_N] pointers, tap (0, 0)
+    acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    for kh in tl.static_range(KH):
+        # oh + PH - kh * DH = qh * SH + th: the tap reaches this phase iff SH divides th, from ih = qh + th / SH.
+        th = rh + PH - kh * DH
+        if (th % SH + SH) % SH == 0:  # sign-safe under C and Python modulo alike
+            ih = qh + th // SH  # exact division, so truncation and floor agree
+            for kw in tl.static_range(KW):
+                tw = rw + PW - kw * DW
+                if (tw % SW + SW) % SW == 0:
+                    iw = qw + tw // SW
+                    row_ok = pixel_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+                    x_rows = x_group + ih * sxh + iw * sxw
+                    w_tap = w_group + kh * swh + kw * sww
+                    for k0 in range(0, C_IN_G, BLOCK_K):
+                        ci = k0 + tl.arange(0, BLOCK_K)
+                        ci_ok = ci < C_IN_G
+                        a = tl.load(x_rows[:, None] + ci[None, :] * sxc, mask=row_ok[:, None] & ci_ok[None, :],
+                                    other=0.0)
+                        b = tl.load(w_tap[None, :] + ci[:, None] * swi, mask=ci_ok[:, None] & co_ok[None, :],
+                                    other=0.0)
+                        if UPCAST:  # the interpreter's bf16 dot is wrong (DESIGN.md); fp32 is exact there
+                            a, b = a.to(tl.float32), b.to(tl.float32)
+                        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + group * C_OUT_G + co, mask=co_ok, other=0.0).to(tl.float32)[None, :]
+    out_at = (n * son + oh * soh + ow * sow)[:, None] + ((group * C_OUT_G + co) * soc)[None, :]
+    tl.store(out_ptr + out_at, acc.to(out_ptr.dtype.element_ty), mask=pixel_ok[:, None] & co_ok[None, :])
+
+
+def _pair(value, name: str) -> tuple[int, int]:
+    """ATen's expand_param_if_needed: one int, or a list of 1 or 2."""
+    values = [value] if isinstance(value, int) else list(value)
+    if len(values) not in (1, 2):
+        raise RuntimeError(f"expected {name} to be a single integer value or a list of 2 values to match the "
+                           f"convolution dimensions, but got {name}={values}")
+    return (int(values[0]), int(values[-1]))
+
+
+def _check(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride, padding, output_padding,
+           groups: int, dilation) -> tuple[int, int]:
+    """ATen's argument checks (same exception types); returns the output (OH, OW)."""
+    if weight.dim() != 4:
+        raise RuntimeError(f"conv_transpose2d expects a 4-dimensional weight, but got weight of size "
+                           f"{list(weight.shape)}")
+    if groups <= 0:
+        raise RuntimeError("non-positive groups is not supported")
+    if min(padding) < 0:
+        raise RuntimeError("negative padding is not supported")
+    if min(output_padding) < 0:
+        raise RuntimeError("negative output_padding is not supported")
+    if min(stride) <= 0:
+        raise RuntimeError("non-positive stride is not supported")
+    if min(dilation) <= 0:
+        raise RuntimeError("dilation should be greater than zero")
+    c_in, c_out_g = weight.shape[:2]
+    if c_in == 0 or c_in % groups:
+        raise RuntimeError(f"Given groups={groups}, expected weight to be divisible by {groups} (and at least 1) at "
+                           f"dimension 0, but got weight of size {list(weight.shape)} instead")
+    if x.shape[1] != c_in:
+        raise RuntimeError(f"Given transposed=1, weight of size {list(weight.shape)}, expected input{list(x.shape)} "
+                           f"to have {c_in} channels, but got {x.shape[1]} channels instead")
+    if bias is not None and (bias.dim() != 1 or bias.numel() != c_out_g * groups):
+        raise RuntimeError(f"Given transposed=1, weight of size {list(weight.shape)}, expected bias to be "
+                           f"1-dimensional with {c_out_g * groups} elements, but got bias of size "
+                           f"{list(bias.shape)} instead")
+    for op, s, d in zip(output_padding, stride, dilation):
+        if op >= s and op >= d:
+            raise RuntimeError(f"output padding must be smaller than either stride or dilation, but got "
+                               f"output_padding={list(output_padding)} stride={list(stride)} "
+                               f"dilation={list(dilation)}")
+    if x.shape[0] and not all(x.shape[2:]):
+        raise RuntimeError(f"Only zero batch or zero channel inputs are supported, but got input shape: "
+                           f"{list(x.shape)}")
+    out_hw = tuple((size - 1) * s - 2 * p + d * (k - 1) + op + 1 for size, s, p, d, k, op in
+                   zip(x.shape[2:], stride, padding, dilation, weight.shape[2:], output_padding))
+    if min(out_hw) < 1:
+        raise RuntimeError(f"Given input size per channel: ({x.shape[2]} x {x.shape[3]}). Calculated output size "
+                           f"per channel: ({out_hw[0]} x {out_hw[1]}). Output size is too small")
+    for other, name in ((weight, "weight"), (bias, "bias")):
+        if other is not None and other.dtype != x.dtype:
+            raise RuntimeError(f"Input type ({aten_dtype_name(x.dtype)}) and {name} type "
+                               f"({aten_dtype_name(other.dtype)}) should be the same")
+    check_kernel_dtype("conv_transpose2d", x.dtype, DTYPES, x.device)
+    return out_hw  # type: ignore[return-value]
+
+
+def _blocks(pixels: int, c_in_g: int, c_out_g: int, device: torch.device) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_N, BLOCK_K): tl.dot needs 16 or more per side; the interpreter pays per program
+    and per element, so it gets small pixel tiles."""
+    block_m = min(128 if device.type == "cuda" else 32, max(16, triton.next_power_of_2(pixels)))
+    block_n = min(64, max(16, triton.next_power_of_2(c_out_g)))
+    block_k = min(64, max(16, triton.next_power_of_2(c_in_g)))
+    return block_m, block_n, block_k
+
+
+def conv_transpose2d_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride=1,
+                            padding=0, output_padding=0, groups: int = 1, dilation=1, *,
+                            out: torch.Tensor | None = None) -> torch.Tensor:
+    """Transposed 2-D convolution of [N, C_in, H, W] (or [C_in, H, W]) with weight [C_in, C_out / groups, KH, KW]."""
+    if x.dim() not in (3, 4):
+        raise RuntimeError(f"Expected 3D (unbatched) or 4D (batched) input to conv_transpose2d, but got input of "
+                           f"size: {list(x.shape)}")
+    stride, padding, output_padding, dilation = (_pair(v, name) for v, name in (
+        (stride, "stride"), (padding, "padding"), (output_padding, "output_padding"), (dilation, "dilation")))
+    batched = x if x.dim() == 4 else x.unsqueeze(0)
+    groups = int(groups)
+    out_hw = _check(batched, weight, bias, stride, padding, output_padding, groups, dilation)
+    c_out_g = weight.shape[1]
+    shape = (batched.shape[0], c_out_g * groups, *out_hw)
+    final_shape = shape if x.dim() == 4 else shape[1:]
+    if out is not None:
+        check_same_dtype(x.dtype, out)
+        resize_out(out, final_shape)
+        target = out if x.dim() == 4 else out.unsqueeze(0)
+    else:
+        target = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=output_memory_format(batched))
+    if target.numel() == 0:
+        return out if out is not None else target.reshape(final_shape)
+    n, c_in, height, width = batched.shape
+    qh, qw = triton.cdiv(out_hw[0], stride[0]), triton.cdiv(out_hw[1], stride[1])
+    block_m, block_n, block_k = _blocks(n * qh * qw, c_in // groups, c_out_g, x.device)
+    grid = (triton.cdiv(n * qh * qw, block_m), groups * triton.cdiv(c_out_g, block_n), stride[0] * stride[1])
+    _conv_transpose2d_kernel[grid](
+        batched, weight, bias if bias is not None else weight, target, n, height, width, *out_hw, qh, qw,
+        c_in // groups, c_out_g, *batched.stride(), *weight.stride(), *target.stride(), *stride, *padding,
+        *dilation, KH=weight.shape[2], KW=weight.shape[3], HAS_BIAS=bias is not None,
+        # fp32: three TF32 passes give ~fp32 accuracy on tensor cores (torch's cuDNN default is one pass);
+        # fp16 / bf16 ignore it
+        PRECISION="tf32x3" if x.dtype == torch.float32 else "tf32", UPCAST=INTERPRETED and x.dtype == torch.bfloat16,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4)
+    return out if out is not None else target if x.dim() == 4 else target.squeeze(0)
+
+
+def conv_transpose2d_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride=1,
+                               padding=0, output_padding=0, groups: int = 1, dilation=1) -> torch.Tensor:
+    """Transposed 2-D convolution (torch's F.conv_transpose2d)."""
+    return torch.nn.functional.conv_transpose2d(x, weight, bias, stride, padding, output_padding, groups, dilation)
+
+
+def convolution_adapter(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride, padding, dilation,
+                        transposed: bool, output_padding, groups: int, *, out: torch.Tensor | None = None):
+    """aten::convolution[.out] -> our kernel for 2-D transposed convolutions of our dtypes, else ATen's own.
+
+    Why aten::convolution and not aten::conv_transpose2d.input: the latter is CompositeImplicitAutograd,
+    so enable() could only override it at AutogradCUDA, which drops autograd. F.conv_transpose2d calls
+    aten::convolution (after adding the batch dim of a 3-D input); it has its own autograd formula
+    (convolution_backward), so our CUDA kernel serves the forward and gradients still flow."""
+    if not transposed or x.dim() != 4 or weight.dim() != 4 or x.dtype not in DTYPES:
+        return NotImplemented
+    return conv_transpose2d_triton(x, weight, bias, stride, padding, output_padding, groups, dilation, out=out)
+
+
+def _bench_case(rows: int, dtype: torch.dtype, device: str, cols: int | None = None) -> BenchCase:
+    """Core shape at rows=4096, cols=64: 16x64x64x64 * 64x32x3x3, stride 2 (output 16x32x129x129)."""
+    x = bench_images(rows, 64, cols, dtype, device)
+    weight = torch.randn(64, 32, 3, 3, device=device).to(dtype)
+    side = 2 * x.shape[-1] + 1
+    out_bytes = x.shape[0] * 32 * side * side * x.element_size()
+    return BenchCase((x, weight, None, 2), bytes_moved=(x.numel() + weight.numel()) * x.element_size() + out_bytes)
+
+
+register_aten("aten::convolution", convolution_adapter)
+register_aten("aten::convolution.out", convolution_adapter)
+conv_transpose2d = register("conv_transpose2d", reference=conv_transpose2d_reference, triton=conv_transpose2d_triton,
+                            bench_case=_bench_case)
