@@ -25,7 +25,7 @@ from flagstack.ops.attention.varlen import attend
 from flagstack.ops.host import cdiv, next_power_of_2, sm_count
 from flagstack.ops.registry import BenchCase, register
 
-MIN_SPLIT_TOKENS = 256  # below this a split's fixed cost (q load, partial write, merge) dominates
+MIN_SPLIT_TOKENS = 128  # below this a split's fixed cost (q load, partial write, merge) dominates
 MAX_SPLITS = 64
 
 
@@ -40,14 +40,20 @@ class DecodeConfig:
     split_p: bool = True  # exact P.V in half precision: one more small tl.dot, free when memory-bound
 
 
-
 def decode_config(batch: int, kv_heads: int, max_tokens: int, head_dim: int,
                   device: torch.device) -> DecodeConfig:
-    """Split the context until about 4 programs per SM are launched, keeping >= 256 tokens a split."""
+    """Unsplit when batch x kv heads fills the SMs; else split toward 4 programs per SM, >= 128 tokens each.
+
+    From the H100 sweep (bench/results/attention-sweep-*): batch 1 x 8192 is fastest with 64 splits
+    of 32-token tiles; batches of 64+ run fastest unsplit with 128-token tiles.
+    """
     programs = batch * kv_heads
-    target = 4 * sm_count(device, cpu=8)  # 8 on CPU: the tests exercise splitting
-    splits = min(cdiv(target, programs), max(1, max_tokens // MIN_SPLIT_TOKENS), MAX_SPLITS)
-    return DecodeConfig(block_n=64 if head_dim <= 128 else 32, num_splits=max(1, splits))
+    sms = sm_count(device, cpu=8)  # 8 on CPU: the tests exercise splitting
+    splits = 1 if programs >= sms else min(cdiv(4 * sms, programs), max_tokens // MIN_SPLIT_TOKENS, MAX_SPLITS)
+    splits = max(1, splits)
+    if splits > 1:
+        return DecodeConfig(block_n=32, num_splits=splits, num_stages=3)
+    return DecodeConfig(block_n=128 if head_dim <= 128 else 64, num_splits=1)
 
 
 @triton.jit

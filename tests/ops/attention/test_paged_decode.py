@@ -49,8 +49,9 @@ def test_sliding_window_and_softcap(window, softcap):
 
 
 def test_default_config_splits_small_batches_only():
-    cpu = torch.device("cpu")  # sm_count is 8 there: target 32 programs
-    assert decode_config(1, 8, 8192, 128, cpu).num_splits == 4
+    cpu = torch.device("cpu")  # sm_count is 8 there: unsplit from 8 programs, else target 32
+    assert decode_config(1, 8, 8192, 128, cpu).num_splits == 1
+    assert decode_config(1, 2, 8192, 128, cpu).num_splits == 16
     assert decode_config(1, 1, 100, 128, cpu).num_splits == 1  # too short to split
     assert decode_config(64, 8, 8192, 128, cpu).num_splits == 1
     assert decode_config(1, 1, 1 << 20, 128, cpu).num_splits == 32
