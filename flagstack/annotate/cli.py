@@ -120,8 +120,8 @@ def _leaderboard(args) -> int:
     if not records:
         raise ValueError(f"runs_dir {args.runs_dir}: no *.eval.json records (run `annotate sweep` or `eval`)")
     paths = write_leaderboard(records, args.out or args.runs_dir)
-    _print_table(records, ["run", "model", "shots", "selection", "calibration", "n", "accuracy", "macro_f1", "ece",
-                           "docs_per_s", "prompt_tokens", "cache_hit_rate"])
+    _print_table(records, ["run", "model", "shots", "selection", "calibration", "n", "accuracy", "accuracy_ci95",
+                           "macro_f1", "ece", "docs_per_s", "prompt_tokens", "cache_hit_rate"])
     print(f"leaderboard -> {paths[0]} and {paths[1]}")
     return 0
 
@@ -140,11 +140,20 @@ def _sweep(args) -> int:
     from flagstack.annotate.sweep import standard_specs, standard_sweep
 
     task, pool, dev, test = _bbc_items(args)
-    specs = standard_specs(args.shots, args.many_shot_tokens, args.query_tokens)
+    specs = standard_specs(args.shots, args.many_shot_tokens, args.query_tokens, args.demo_tokens,
+                           args.many_shot_demo_tokens, args.max_chunks, args.per_label)
     if args.only:
-        specs = [s for s in specs if s.name in args.only.split(",")]
-    standard_sweep(task, _backend(args), pool, dev, test, args.out, specs)
-    args.runs_dir = args.out
+        names = args.only.split(",")
+        unknown = sorted(set(names) - {s.name for s in specs})
+        if unknown:
+            raise ValueError(f"--only: unknown run name(s) {unknown}; known: {[s.name for s in specs]}")
+        specs = [s for s in specs if s.name in names]
+    if args.calibration and args.calibration != "contextual":  # the specs' default; a new name keeps rows apart
+        specs = [dataclasses.replace(s, name=f"{s.name}-{args.calibration}", calibration=args.calibration)
+                 for s in specs]
+    standard_sweep(task, _backend(args), pool, dev, test, args.out, specs, dev_only=args.dev_only)
+    args.runs_dir = str(Path(args.out) / "dev") if args.dev_only else args.out
+    args.out = None
     return _leaderboard(args)
 
 
@@ -232,8 +241,16 @@ def add_annotate_commands(sub: argparse._SubParsersAction) -> None:
     sw = cmds.add_parser("sweep", help="standard sweep on BBC News: no-LLM rows, zero/k-shot, many-shot")
     _bbc_args(sw, 50, 40, "annotate_runs")
     sw.add_argument("--shots", type=int, default=5)
-    sw.add_argument("--many-shot-tokens", type=int, default=4096)
-    sw.add_argument("--query-tokens", type=int, default=400)
+    sw.add_argument("--many-shot-tokens", type=int, default=4096, help="prompt budget of the many-shot rows")
+    sw.add_argument("--query-tokens", type=int, default=400, help="item tokens per chunk")
+    sw.add_argument("--max-chunks", type=int, default=8, help="chunks per long item; 1: cut head+tail instead")
+    sw.add_argument("--demo-tokens", type=int, default=200, help="per-demo budget (head+tail) of the k-shot rows")
+    sw.add_argument("--many-shot-demo-tokens", type=int, default=160, help="per-demo budget of the many-shot rows")
+    sw.add_argument("--per-label", type=int, default=3, help="demos per label in the label-balanced kNN row")
+    sw.add_argument("--calibration", choices=CALIBRATIONS, help="override every row's calibration (default "
+                    "contextual); the run name gets it as a suffix")
+    sw.add_argument("--dev-only", action="store_true", help="score the rows on the dev set only (records in "
+                    "<out>/dev/): choose a configuration there, then run it on test")
     sw.add_argument("--only", help="comma-separated run names to keep")
     _backend_args(sw)
     sw.set_defaults(func=_sweep)

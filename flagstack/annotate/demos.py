@@ -117,11 +117,16 @@ class FixedSelector:
 
 class KNNSelector:
     """The k pool demos most similar to the item (cosine of embeddings), nearest first; the item
-    itself is never its own demo."""
+    itself is never its own demo. With `per_label`, at most that many demos of each label are kept
+    (the nearest of each), so one dominant label cannot fill the prompt and every label gets a
+    close contrasting example."""
 
-    def __init__(self, pool: list[dict], k: int, embedder: Embedder):
+    def __init__(self, pool: list[dict], k: int, embedder: Embedder, per_label: int | None = None):
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
+        if per_label is not None and per_label < 1:
+            raise ValueError(f"per_label must be >= 1 or None, got {per_label}")
+        self.per_label = per_label
         self.pool, self.k, self.embedder = pool, k, embedder.fit([d["text"] for d in pool])
         self.vectors = self.embedder.embed([d["text"] for d in pool])
         self._item_vectors: dict[str, np.ndarray] = {}
@@ -141,8 +146,15 @@ class KNNSelector:
 
     def select(self, item: dict) -> list[dict]:
         sims = self.similarities(item)
-        order = np.argsort(-sims, kind="stable")[:self.k]
-        return [self.pool[i] for i in order]
+        chosen, taken = [], {}
+        for i in np.argsort(-sims, kind="stable"):
+            if len(chosen) == self.k or not np.isfinite(sims[i]):
+                break
+            label = str(self.pool[i]["gold"])
+            if self.per_label is None or taken.get(label, 0) < self.per_label:
+                chosen.append(self.pool[i])
+                taken[label] = taken.get(label, 0) + 1
+        return chosen
 
 
 class MMRSelector(KNNSelector):

@@ -1,5 +1,6 @@
 """Quality metrics of a labeled set against gold labels: accuracy, macro-F1, per-class P/R/F1,
-confusion matrix, expected calibration error with its reliability bins, and accuracy at coverage.
+confusion matrix, expected calibration error with its reliability bins, accuracy at coverage, and
+a 95% (Wilson) confidence interval for the accuracy, since test samples are often small.
 """
 from __future__ import annotations
 
@@ -36,6 +37,31 @@ def classification_metrics(gold: list[str], pred: list[str], labels: list[str]) 
         "confusion": confusion.tolist(),
         "labels": list(labels),
     }
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (z = 1.96: 95%); it stays inside [0, 1] and
+    is not degenerate at 0 or n successes, unlike the normal approximation."""
+    if n < 1 or not 0 <= successes <= n:
+        raise ValueError(f"need n >= 1 and 0 <= successes <= n, got successes={successes}, n={n}")
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
+def mcnemar(correct_a: list[bool], correct_b: list[bool]) -> dict:
+    """Paired comparison of two labelers on the same items: accuracy difference (a - b), the items
+    only a got right and only b got right, and the exact two-sided McNemar p-value (binomial test of
+    the discordant items against 1/2)."""
+    from scipy.stats import binom
+
+    a, b = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
+    if len(a) == 0 or len(a) != len(b):
+        raise ValueError(f"correct_a and correct_b must be non-empty and equally long, got {len(a)} and {len(b)}")
+    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+    p = min(1.0, 2 * float(binom.cdf(min(only_a, only_b), only_a + only_b, 0.5))) if only_a + only_b else 1.0
+    return {"n": len(a), "diff": (only_a - only_b) / len(a), "only_a": only_a, "only_b": only_b, "p_value": p}
 
 
 def calibration_bins(confidence: list[float], correct: list[bool], bins: int = 10) -> tuple[float, list[dict]]:
@@ -78,6 +104,7 @@ def evaluate_results(rows: list[dict], labels: list[str]) -> dict:
     conf = [float(r.get("confidence", 1.0)) for r in rows]
     correct = [g == p for g, p in zip(gold, pred)]
     metrics = classification_metrics(gold, pred, labels)
+    metrics["accuracy_ci95"] = list(wilson_interval(sum(correct), len(correct)))
     metrics["ece"], metrics["reliability"] = calibration_bins(conf, correct)
     metrics["coverage"] = accuracy_at_coverage(conf, correct)
     return metrics

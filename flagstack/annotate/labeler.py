@@ -5,16 +5,21 @@ An item's probabilities: per chunk, the label distribution (length-normalized, m
 content-free distribution of the same demos when contextual calibration is on); the mean over its
 chunks; the mean over demo sets (self-consistency, when several selectors are given); then the
 dev-fitted bias and temperature.
+
+Every item is scored once; both the raw and (when contextual calibration is on) the content-free
+corrected distributions are kept, so `fit` reports the dev accuracy of every calibration from the
+same forward passes, and a dev cache file lets later runs of the same prompts skip the dev set.
 """
 from __future__ import annotations
 
 import dataclasses
 import time
+from pathlib import Path
 
 import numpy as np
 
 from flagstack.annotate.calibrate import Calibration, dev_prior, fit_temperature, label_logprobs
-from flagstack.annotate.output import ResultWriter
+from flagstack.annotate.output import ResultWriter, read_results
 from flagstack.annotate.prompt import PromptBuilder, prompt_hash
 from flagstack.annotate.task import TaskSpec
 
@@ -42,6 +47,7 @@ class Scored:
     demo_ids: list[str]
     prompt_hash: str
     chunks: int
+    variants: dict = dataclasses.field(default_factory=dict)  # "none"/"contextual" -> [L] log-distribution
 
 
 class Labeler:
@@ -58,6 +64,8 @@ class Labeler:
         self.candidates = builder.candidates()
         self.lengths = [len(c) for c in self.candidates]
         self.calibration = Calibration()
+        self.dev_accuracy: dict[str, float] = {}   # calibration -> dev accuracy (argmax), filled by fit
+        self.dev_scored: list[Scored] = []
         self._content_free: dict[tuple, np.ndarray] = {}
         self.seconds = 0.0
 
@@ -86,50 +94,90 @@ class Labeler:
         rows = iter(logp)
         out = []
         for item, plan in zip(items, plans):
-            per_set = []
+            per_set: dict[str, list] = {"none": [], "contextual": []}
             for demos, chunk_prompts in plan:
                 chunk_logp = np.stack([next(rows) for _ in chunk_prompts])
+                per_set["none"].append(np.exp(chunk_logp).mean(0))
                 key = tuple(d["id"] for d in demos)
                 if self.contextual:
                     if key not in self._content_free:
                         self._content_free[key] = next(rows)
-                    chunk_logp = chunk_logp - self._content_free[key]
-                    chunk_logp -= np.log(np.exp(chunk_logp).sum(-1, keepdims=True))
-                per_set.append(np.exp(chunk_logp).mean(0))
+                    corrected = chunk_logp - self._content_free[key]
+                    corrected -= np.log(np.exp(corrected).sum(-1, keepdims=True))
+                    per_set["contextual"].append(np.exp(corrected).mean(0))
+            variants = {name: np.log(np.mean(sets, 0)) for name, sets in per_set.items() if sets}
             demo_ids = list(dict.fromkeys(d["id"] for demos, _ in plan for d in demos))
-            out.append(Scored(item, np.log(np.mean(per_set, 0)), demo_ids, prompt_hash(plan[0][1][0]),
-                              len(plan[0][1])))
+            out.append(Scored(item, variants["contextual" if self.contextual else "none"], demo_ids,
+                              prompt_hash(plan[0][1][0]), len(plan[0][1]), variants))
         self.seconds += time.perf_counter() - start
         return out
 
-    def fit(self, dev_items: list[dict]) -> Calibration:
-        """Fit the dev prior (if chosen) and the temperature (on dev gold labels) from dev items."""
+    def fit(self, dev_items: list[dict], cache: str | Path | None = None) -> Calibration:
+        """Fit the dev prior (if chosen) and the temperature (on dev gold labels) from dev items, and
+        record the dev accuracy of every calibration the scores allow. `cache`: a JSONL file of dev
+        scores for these prompts (read, and extended with the items it lacks)."""
         if not dev_items:
             return self.calibration
-        logp = np.stack([s.logp for s in self._batched(dev_items)])
+        self.dev_scored = self._dev_scores(dev_items, cache)
+        logp = np.stack([s.logp for s in self.dev_scored])
         bias = dev_prior(logp) if self.config.calibration.endswith("dev_prior") else None
         temperature = 1.0
-        gold = [self.task.label_names.index(it["gold"]) for it in dev_items if it.get("gold") in self.task.label_names]
-        if self.config.fit_temperature and gold and self.task.type == "single_label":
-            keep = [i for i, it in enumerate(dev_items) if it.get("gold") in self.task.label_names]
-            temperature = fit_temperature(logp[keep] - (0 if bias is None else bias), np.array(gold))
+        keep = [i for i, it in enumerate(dev_items) if it.get("gold") in self.task.label_names]
+        gold = np.array([self.task.label_names.index(dev_items[i]["gold"]) for i in keep], dtype=int)
+        if self.config.fit_temperature and keep and self.task.type == "single_label":
+            temperature = fit_temperature(logp[keep] - (0 if bias is None else bias), gold)
         self.calibration = Calibration(bias, temperature)
+        if keep and self.task.type == "single_label":
+            self.dev_accuracy = {}
+            for name in CALIBRATIONS:
+                base = "contextual" if name.startswith("contextual") else "none"
+                if base in self.dev_scored[0].variants:
+                    v = np.stack([s.variants[base] for s in self.dev_scored])
+                    if name.endswith("dev_prior"):
+                        v = v - dev_prior(v)
+                    self.dev_accuracy[name] = float((v[keep].argmax(1) == gold).mean())
         return self.calibration
+
+    def _dev_scores(self, dev_items: list[dict], cache: str | Path | None) -> list[Scored]:
+        """Dev items' scores, from `cache` where it has them; new ones are appended to it."""
+        if cache is None:
+            return self._batched(dev_items)
+        known = {r["id"]: r for r in read_results(cache)}
+        need = "contextual" if self.contextual else "none"
+        todo = [it for it in dev_items if need not in known.get(it["id"], {})]
+        def save(batch: list[Scored]) -> None:  # as each batch comes, so an interrupted dev pass resumes
+            for s in batch:
+                row = {"id": s.item["id"], "demos": s.demo_ids, "prompt_hash": s.prompt_hash, "chunks": s.chunks,
+                       **{k: v.tolist() for k, v in s.variants.items()}}
+                writer.write(row)
+                known[row["id"]] = row
+
+        with ResultWriter(cache) as writer:
+            self._batched(todo, on_batch=save)
+        out = []
+        for it in dev_items:
+            row = known[it["id"]]
+            variants = {k: np.array(row[k]) for k in ("none", "contextual") if k in row}
+            out.append(Scored(it, variants[need], row["demos"], row["prompt_hash"], row["chunks"], variants))
+        return out
 
     def _precompute(self, items: list[dict]) -> None:
         for sel in self.selectors:  # kNN/MMR: embed all items in one batch
             if hasattr(sel, "precompute"):
                 sel.precompute(items)
 
-    def _batched(self, items: list[dict], desc: str = "dev (calibration)") -> list[Scored]:
+    def _batched(self, items: list[dict], desc: str = "dev (calibration)", on_batch=None) -> list[Scored]:
         from tqdm import tqdm
 
         self._precompute(items)
         size, out = self.config.batch_items, []
         with tqdm(total=len(items), desc=desc, unit="doc") as bar:
             for i in range(0, len(items), size):
-                out += self.score(items[i:i + size])
-                bar.update(len(items[i:i + size]))
+                batch = self.score(items[i:i + size])
+                if on_batch is not None:
+                    on_batch(batch)
+                out += batch
+                bar.update(len(batch))
         return out
 
     def result_row(self, scored: Scored) -> dict:

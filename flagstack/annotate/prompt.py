@@ -23,7 +23,8 @@ class PromptConfig:
     demo_tokens: int = 200         # each demo's text, cut head+tail
     query_tokens: int = 400        # each item chunk
     overlap: int = 64              # tokens shared by consecutive chunks of a long item
-    max_chunks: int = 8            # a longer item keeps its first max_chunks-1 chunks and its last one
+    max_chunks: int = 8            # a longer item keeps its first max_chunks-1 chunks and its last one;
+                                   # 1: the item is cut head+tail to query_tokens instead (one prompt)
     order: str = "interleave"      # demo order: labels round-robin, nearest demo last, or as selected
 
     def __post_init__(self):
@@ -177,8 +178,10 @@ class PromptBuilder:
     def item_prompts(self, text: str, demos: list[dict]) -> list[list[int]]:
         """One prompt per chunk of the item: the shared prefix followed by that chunk."""
         prefix = self.prefix(demos)
-        chunks = split_chunks(self.doc_ids(text), self.config.query_tokens, self.config.overlap,
-                              self.config.max_chunks)
+        ids, cfg = self.doc_ids(text), self.config
+        # One chunk allowed: keep the head (a news item's title and lead) and the tail, like a demo.
+        chunks = ([head_tail(ids, cfg.query_tokens, self.marker)] if cfg.max_chunks == 1
+                  else split_chunks(ids, cfg.query_tokens, cfg.overlap, cfg.max_chunks))
         return [prefix + self._query_ids(demos, self.tokenizer.decode(c)) for c in chunks]
 
     def candidates(self) -> list[list[int]]:

@@ -11,7 +11,8 @@ import html
 import json
 from pathlib import Path
 
-COLUMNS = ("run", "method", "model", "shots", "selection", "calibration", "n", "accuracy", "macro_f1", "ece",
+COLUMNS = ("run", "method", "model", "shots", "selection", "calibration", "n", "accuracy", "accuracy_ci95", "macro_f1",
+           "ece",
            "docs_per_s", "tokens_per_s", "prompt_tokens", "cache_hit_rate")
 
 
@@ -32,6 +33,8 @@ def load_records(runs_dir: str | Path) -> list[dict]:
 
 
 def _fmt(value) -> str:
+    if isinstance(value, (list, tuple)):  # an interval
+        return "-".join(_fmt(v) for v in value)
     if isinstance(value, float):
         return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
     return "-" if value is None else str(value)

@@ -1,9 +1,15 @@
 """Evaluated runs: one LLM configuration or one no-LLM baseline on a test set -> results JSONL,
 review file and an evaluation record (a leaderboard row). `standard_sweep` runs the usual rows.
+
+Choosing a configuration without looking at the test set: `standard_sweep(..., dev_only=True)` scores
+every spec on the dev set only and writes dev records (accuracy for each calibration from the same
+scores) under <out>/dev/; the chosen spec then runs on test, reusing the cached dev scores
+(<out>/dev-cache/, keyed by everything in the spec but its name and calibration).
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -33,6 +39,7 @@ class RunSpec:
     demo_sets: int = 1             # > 1: self-consistency over several random demo sets
     fixed_ids: tuple[str, ...] = ()
     seed: int = 0
+    per_label: int | None = None   # knn: at most this many demos of each label (label-balanced kNN)
 
     def __post_init__(self):
         if self.selection not in SELECTIONS:
@@ -53,7 +60,7 @@ def make_selectors(spec: RunSpec, pool: list[dict]) -> list:
         return [FixedSelector(pool, list(spec.fixed_ids))]
     embedder = make_embedder(spec.embedding)
     if spec.selection == "knn":
-        return [KNNSelector(pool, spec.shots, embedder)]
+        return [KNNSelector(pool, spec.shots, embedder, spec.per_label)]
     return [MMRSelector(pool, spec.shots, embedder)]
 
 
@@ -65,14 +72,42 @@ def _write_review(rows: list[dict], path: Path, threshold: float) -> int:
     return len(low)
 
 
+def dev_cache_path(spec: RunSpec, task: TaskSpec, model_name: str, pool: list[dict], out_dir: str | Path) -> Path:
+    """Where the dev scores of a spec live: shared by specs that differ only in name or calibration
+    (their prompts, hence their scores, are the same); another task, model or demo pool gets its own."""
+    fields = {k: v for k, v in dataclasses.asdict(spec).items() if k not in ("name", "calibration")}
+    ident = [fields, dataclasses.asdict(task), model_name, sorted(d["id"] for d in pool)]
+    key = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return Path(out_dir) / "dev-cache" / f"{key}.jsonl"
+
+
+def _dev_record(spec: RunSpec, labeler: Labeler, task: TaskSpec, model_name: str, out_dir: Path) -> dict:
+    """The dev-set record of a spec (for choosing configurations without the test set)."""
+    rows = [labeler.result_row(s) for s in labeler.dev_scored]
+    metrics = evaluate_results(rows, task.label_names)
+    record = {"run": spec.name, "method": "llm", "llm": True, "model": model_name, "split": "dev",
+              "shots": round(sum(len(r["demos"]) for r in rows) / len(rows), 1), "selection": spec.selection,
+              "calibration": spec.calibration, "n": metrics["n"], "accuracy": metrics["accuracy"],
+              "accuracy_ci95": metrics["accuracy_ci95"], "macro_f1": metrics["macro_f1"], "ece": metrics["ece"],
+              "dev_accuracy": labeler.dev_accuracy, "spec": dataclasses.asdict(spec), "metrics": metrics}
+    save_record(record, out_dir / "dev")
+    return record
+
+
 def llm_run(spec: RunSpec, task: TaskSpec, backend, pool: list[dict], dev: list[dict], test: list[dict],
-            out_dir: str | Path, review_threshold: float = 0.5, progress: bool = True) -> dict:
-    """Fit calibration on dev, label test (resuming), write results/review files; return the record."""
+            out_dir: str | Path, review_threshold: float = 0.5, progress: bool = True, dev_only: bool = False
+            ) -> dict:
+    """Fit calibration on dev, label test (resuming), write results/review files; return the record.
+    dev_only: score the dev set only and return its record (saved under out_dir/dev/)."""
     out_dir = Path(out_dir)
     task = with_prompt_format(task, spec.prompt_format)
     builder = PromptBuilder(task, backend.tokenizer, spec.prompt)
     labeler = Labeler(task, backend, builder, make_selectors(spec, pool), LabelerConfig(calibration=spec.calibration))
-    calibration = labeler.fit(dev)
+    calibration = labeler.fit(dev, dev_cache_path(spec, task, backend.model_name, pool, out_dir))
+    if dev_only:
+        if not dev:
+            raise ValueError("dev_only needs a non-empty dev set")
+        return _dev_record(spec, labeler, task, backend.model_name, out_dir)
     stats_before = backend.stats()
     with ResultWriter(out_dir / f"{spec.name}.jsonl") as writer:
         start = time.perf_counter()
@@ -88,7 +123,8 @@ def llm_run(spec: RunSpec, task: TaskSpec, backend, pool: list[dict], dev: list[
         "run": spec.name, "method": "llm", "llm": True, "model": backend.model_name,
         "shots": round(sum(len(r["demos"]) for r in rows) / len(rows), 1), "selection": spec.selection,
         "calibration": spec.calibration, "prompt_format": spec.prompt_format, "n": metrics["n"],
-        "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"], "ece": metrics["ece"],
+        "accuracy": metrics["accuracy"], "accuracy_ci95": metrics["accuracy_ci95"], "macro_f1": metrics["macro_f1"],
+        "ece": metrics["ece"], "dev_accuracy": labeler.dev_accuracy,
         "docs_per_s": len(new) / seconds if new and seconds > 0 else None,
         "tokens_per_s": sent / seconds if new and seconds > 0 else None,
         "prompt_tokens": round(sent / len(new)) if new else None,
@@ -102,35 +138,53 @@ def llm_run(spec: RunSpec, task: TaskSpec, backend, pool: list[dict], dev: list[
 
 
 def baseline_record(name: str, task: TaskSpec, pool: list[dict], test: list[dict], out_dir: str | Path) -> dict:
-    """Run one no-LLM baseline on test, save its record."""
+    """Run one no-LLM baseline on test, save its result rows (<name>.jsonl, for paired comparisons)
+    and its record."""
     rows, seconds = run_baseline(name, pool, test, task.label_names)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    with ResultWriter(Path(out_dir) / f"{name}.jsonl", resume=False) as writer:
+        for row in rows:
+            writer.write(row)
     metrics = evaluate_results(rows, task.label_names)
     record = {"run": name, "method": name, "llm": False, "model": "none", "shots": len(pool), "selection": "pool",
-              "calibration": "-", "n": metrics["n"], "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
+              "calibration": "-", "n": metrics["n"], "accuracy": metrics["accuracy"],
+              "accuracy_ci95": metrics["accuracy_ci95"], "macro_f1": metrics["macro_f1"],
               "ece": metrics["ece"], "docs_per_s": len(test) / seconds if seconds > 0 else None,
               "metrics": metrics}
     save_record(record, out_dir)
     return record
 
 
-def standard_specs(shots: int = 5, many_shot_tokens: int = 4096, query_tokens: int = 400) -> list[RunSpec]:
-    """The standard sweep: zero-shot, k-shot random, k-shot nearest neighbours, many-shot to the budget."""
-    base = PromptConfig(max_prompt_tokens=max(2048, query_tokens + 1024), query_tokens=query_tokens)
-    many = PromptConfig(max_prompt_tokens=many_shot_tokens, demo_tokens=160, query_tokens=query_tokens)
-    knn = dataclasses.replace(base, order="nearest_last")
+def standard_specs(shots: int = 5, many_shot_tokens: int = 4096, query_tokens: int = 400, demo_tokens: int = 200,
+                   many_shot_demo_tokens: int = 160, max_chunks: int = 8, per_label: int = 3) -> list[RunSpec]:
+    """The standard sweep: zero-shot, k-shot random, k-shot nearest neighbours (TF-IDF and MiniLM
+    embeddings, MMR), many-shot to the token budget (random; kNN; label-balanced kNN with at most
+    `per_label` demos of each label). Every spec uses contextual calibration; the dev records show
+    the other calibrations on the same scores."""
+    base = PromptConfig(max_prompt_tokens=max(2048, query_tokens + 1024), demo_tokens=demo_tokens,
+                        query_tokens=query_tokens, overlap=min(64, query_tokens // 4), max_chunks=max_chunks)
+    many = dataclasses.replace(base, max_prompt_tokens=many_shot_tokens, demo_tokens=many_shot_demo_tokens)
+    knn, many_knn = (dataclasses.replace(c, order="nearest_last") for c in (base, many))
     return [
         RunSpec("zero-shot", "none", 0, prompt=base),
         RunSpec(f"{shots}-shot-random", "random", shots, prompt=base),
         RunSpec(f"{shots}-shot-knn", "knn", shots, prompt=knn),
+        RunSpec(f"{shots}-shot-knn-minilm", "knn", shots, prompt=knn, embedding="minilm"),
+        RunSpec(f"{shots}-shot-mmr-minilm", "mmr", shots, prompt=knn, embedding="minilm"),
         RunSpec("many-shot-random", "random", 200, prompt=many),
-        RunSpec("many-shot-knn", "knn", 200, prompt=dataclasses.replace(many, order="nearest_last")),
+        RunSpec("many-shot-knn", "knn", 200, prompt=many_knn),
+        RunSpec("many-shot-knn-minilm", "knn", 200, prompt=many_knn, embedding="minilm"),
+        RunSpec("many-shot-knn-balanced-minilm", "knn", 200, prompt=many_knn, embedding="minilm",
+                per_label=per_label),
     ]
 
 
 def standard_sweep(task: TaskSpec, backend, pool: list[dict], dev: list[dict], test: list[dict], out_dir: str | Path,
-                   specs: list[RunSpec] | None = None, progress: bool = True) -> list[dict]:
-    """Every no-LLM baseline and every LLM spec on the same test set; returns their records."""
-    records = [baseline_record(name, task, pool, test, out_dir) for name in BASELINES]
+                   specs: list[RunSpec] | None = None, progress: bool = True, dev_only: bool = False) -> list[dict]:
+    """Every no-LLM baseline and every LLM spec on the same test set; returns their records.
+    dev_only: the same rows on the dev set instead (records under out_dir/dev/), the test set unread."""
+    records = [baseline_record(name, task, pool, dev if dev_only else test, Path(out_dir) / "dev" if dev_only
+                               else out_dir) for name in BASELINES]
     for spec in specs or standard_specs():
-        records.append(llm_run(spec, task, backend, pool, dev, test, out_dir, progress=progress))
+        records.append(llm_run(spec, task, backend, pool, dev, test, out_dir, progress=progress, dev_only=dev_only))
     return records

@@ -4,7 +4,10 @@ plain loop of HF transformers calls with the full prompt per item, on the same i
   python -m flagstack.bench.annotate bbc --docs 20            # CPU: embedded SmolLM2, BBC, 5 demos
   python -m flagstack.bench.annotate long --model qwen3-4b    # GPU: 8k-token prompts, random weights,
                                                               # prefix cache on vs off
-Rows go to bench/results/annotate-<device>-<date>.{json,md}.
+  python -m flagstack.bench.annotate accuracy --runs-dir annotate_runs/x   # a finished `annotate sweep`
+Speed rows go to bench/results/annotate-<device>-<date>.{json,md}; accuracy rows (every test and dev
+record of a sweep, with 95% intervals, and the dev-chosen LLM row paired against every no-LLM row)
+to bench/results/annotate-accuracy-<device>-<date>.{json,md}.
 """
 from __future__ import annotations
 
@@ -91,6 +94,49 @@ def bench_long(model: str, prompt_tokens: int, query_tokens: int, docs: int, bat
     return rows
 
 
+ACCURACY_COLUMNS = ("split", "run", "llm", "shots", "selection", "calibration", "n", "accuracy", "ci95_lo", "ci95_hi",
+                    "macro_f1", "ece", "dev_accuracy", "docs_per_s", "prompt_tokens", "prompt_tokens_computed",
+                    "cache_hit_rate")
+
+
+def _accuracy_row(record: dict, split: str) -> dict:
+    dev = record.get("dev_accuracy") or {}
+    lo, hi = record["metrics"]["accuracy_ci95"]
+    return {"split": split, **{c: record.get(c) for c in ACCURACY_COLUMNS if c not in ("split", "ci95_lo", "ci95_hi")},
+            "ci95_lo": lo, "ci95_hi": hi, "dev_accuracy": dev.get(record.get("calibration"))}
+
+
+def accuracy_summary(runs_dir: str) -> tuple[list[dict], dict]:
+    """Rows for every test record in runs_dir and dev record in runs_dir/dev, and the comparison of the
+    LLM test row chosen on dev (highest dev accuracy) with every no-LLM row on the same test items."""
+    from pathlib import Path
+
+    from flagstack.annotate.evaluate import mcnemar
+    from flagstack.annotate.output import read_results
+    from flagstack.annotate.report import load_records
+
+    test, dev = load_records(runs_dir), load_records(Path(runs_dir) / "dev")
+    if not test:
+        raise ValueError(f"runs_dir {runs_dir}: no *.eval.json test records")
+    rows = [_accuracy_row(r, "test") for r in test] + [_accuracy_row(r, "dev") for r in dev]
+    llm = [r for r in rows if r["split"] == "test" and r["llm"] and r["dev_accuracy"] is not None]
+    summary: dict = {"chosen_on_dev": None, "paired": []}
+    if llm:
+        chosen = max(llm, key=lambda r: r["dev_accuracy"])
+        summary["chosen_on_dev"] = chosen["run"]
+
+        def correct(run: str) -> dict:
+            return {r["id"]: r["label"] == r["gold"] for r in read_results(Path(runs_dir) / f"{run}.jsonl")}
+        mine = correct(chosen["run"])
+        for other in (r for r in rows if r["split"] == "test" and not r["llm"]):
+            theirs = correct(other["run"])
+            ids = sorted(set(mine) & set(theirs))
+            if ids:
+                summary["paired"].append({"a": chosen["run"], "b": other["run"],
+                                          **mcnemar([mine[i] for i in ids], [theirs[i] for i in ids])})
+    return rows, summary
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="mode", required=True)
@@ -104,8 +150,27 @@ def main(argv: list[str] | None = None) -> int:
     long.add_argument("--query-tokens", type=int, default=512)
     long.add_argument("--docs", type=int, default=33)
     long.add_argument("--batch", type=int, default=32)
+    acc = sub.add_parser("accuracy")
+    acc.add_argument("--runs-dir", required=True, help="the --out of a finished `flagstack annotate sweep`")
+    acc.add_argument("--command", default="", help="the sweep command(s) that made it, recorded in the meta")
     parser.add_argument("--out-dir", default="bench/results")
     args = parser.parse_args(argv)
+    if args.mode == "accuracy":
+        rows, summary = accuracy_summary(args.runs_dir)
+        paired = [f"{p['a']} vs {p['b']}: diff {p['diff']:+.3f} on {p['n']} docs ({p['only_a']} right only by "
+                  f"{p['a']}, {p['only_b']} only by {p['b']}), exact McNemar p = {p['p_value']:.3g}"
+                  for p in summary["paired"]]
+        meta = {"runs_dir": args.runs_dir, "command": args.command, "chosen_on_dev": summary["chosen_on_dev"],
+                "paired": "; ".join(paired), **torch_versions()}
+        results = ResultsFile("annotate-accuracy", meta,
+                              key=("split", "run"), out_dir=args.out_dir, columns=ACCURACY_COLUMNS)
+        results.rows = []  # a sweep's summary replaces the day's older one
+        for row in rows:
+            results.add(row)
+        print(markdown_table(rows, ACCURACY_COLUMNS))
+        print("\n".join([f"chosen on dev: {summary['chosen_on_dev']}", *paired]))
+        print(f"-> {results.paths[0]}")
+        return 0
     if args.mode == "bbc":
         rows = bench_bbc(args.docs, args.shots, args.batch)
     else:

@@ -55,3 +55,22 @@ def test_mmr_prefers_diverse_demos():
     assert [d["id"] for d in MMRSelector(pool, 2, VecEmbedder(table), lam=0.5).select(item)] == ["a", "b"]
     with pytest.raises(ValueError, match="lam"):
         MMRSelector(pool, 2, VecEmbedder(table), lam=2)
+
+
+def test_knn_per_label_keeps_the_nearest_of_each_label():
+    # q is nearest to the three 'a' demos; with per_label=1 the nearest 'a' and then the nearest 'b'.
+    table = {"a1": [1.0, 0.0], "a2": [0.99, 0.14], "a3": [0.98, 0.2], "b1": [0.6, 0.8], "b2": [0.0, 1.0],
+             "q": [1.0, 0.05]}
+    pool = [{"id": k, "text": k, "gold": k[0]} for k in ("a1", "a2", "a3", "b1", "b2")]
+    item = {"id": "q", "text": "q"}
+    assert [d["id"] for d in KNNSelector(pool, 3, VecEmbedder(table)).select(item)] == ["a1", "a2", "a3"]
+    assert [d["id"] for d in KNNSelector(pool, 3, VecEmbedder(table), per_label=1).select(item)] == ["a1", "b1"]
+    assert [d["id"] for d in KNNSelector(pool, 3, VecEmbedder(table), per_label=2).select(item)] == ["a1", "a2", "b1"]
+    with pytest.raises(ValueError, match="per_label"):
+        KNNSelector(pool, 3, VecEmbedder(table), per_label=0)
+
+
+def test_knn_larger_than_pool_never_returns_the_item():
+    pool = _pool()
+    got = KNNSelector(pool, 100, TfidfEmbedder()).select(pool[0])
+    assert len(got) == len(pool) - 1 and pool[0]["id"] not in [d["id"] for d in got]

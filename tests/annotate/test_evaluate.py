@@ -44,3 +44,32 @@ def test_ece_and_coverage_by_hand():
                    {"coverage": 0.5, "threshold": 0.8, "accuracy": 1.0}]
     ece1, _ = calibration_bins([1.0], [True])  # confidence 1.0 lands in the top bin
     assert ece1 == 0.0
+
+
+def test_wilson_interval_matches_scipy():
+    from scipy.stats import binomtest
+
+    from flagstack.annotate.evaluate import wilson_interval
+
+    for k, n in ((95, 100), (100, 100), (0, 10), (7, 20), (1, 1)):
+        ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+        assert wilson_interval(k, n) == pytest.approx((ci.low, ci.high), abs=1e-9)
+    for k, n in ((1, 0), (-1, 5), (6, 5)):
+        with pytest.raises(ValueError, match="successes"):
+            wilson_interval(k, n)
+    rows = [{"gold": "a", "label": "a", "confidence": 0.9}] * 7 + [{"gold": "a", "label": "b", "confidence": 0.6}] * 13
+    ci = binomtest(7, 20).proportion_ci(method="wilson")
+    assert evaluate_results(rows, LABELS)["accuracy_ci95"] == pytest.approx([ci.low, ci.high], abs=1e-9)
+
+
+def test_mcnemar_exact_by_hand():
+    from flagstack.annotate.evaluate import mcnemar
+
+    # a alone right on 3 items, b alone on none: p = 2 * P(X <= 0 | n=3, 1/2) = 2 / 8.
+    got = mcnemar([True] * 5 + [False], [True, True, False, False, False, False])
+    assert got == {"n": 6, "diff": pytest.approx(0.5), "only_a": 3, "only_b": 0, "p_value": pytest.approx(0.25)}
+    # 1 vs 4 discordant: p = 2 * (1 + 5) / 32.
+    assert mcnemar([1, 0, 0, 0, 0, 1], [0, 1, 1, 1, 1, 1])["p_value"] == pytest.approx(12 / 32)
+    assert mcnemar([True, False], [True, False])["p_value"] == 1.0
+    with pytest.raises(ValueError, match="equally long"):
+        mcnemar([True], [])

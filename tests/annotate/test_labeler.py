@@ -106,3 +106,69 @@ def test_standard_sweep_rows(tmp_path):
     assert set(runs) == {"majority", "tfidf_knn", "tfidf_linear", "zero", "knn", "mmr-sc", "rand-sc"}
     assert runs["knn"]["shots"] == 2.0 and runs["rand-sc"]["shots"] == 6.0  # two demo sets of 3
     assert runs["zero"]["accuracy"] == 1.0 and not runs["majority"]["llm"]
+
+
+def test_dev_accuracy_of_every_calibration_from_one_pass():
+    # ' cherry' has a bias of 2 per token: uncorrected, every item is 'cherry' (1/3 right); the
+    # content-free item and the dev prior both remove the bias.
+    lab = _labeler(KeywordBackend(bias={"cherry": 14.0}), "contextual")
+    lab.fit(toy_items(6, "dev"))
+    assert lab.dev_accuracy == {"none": pytest.approx(1 / 3), "contextual": 1.0, "dev_prior": 1.0,
+                                "contextual+dev_prior": 1.0}
+    plain = _labeler(KeywordBackend(bias={"cherry": 14.0}), "none")
+    plain.fit(toy_items(6, "dev"))
+    assert set(plain.dev_accuracy) == {"none", "dev_prior"}  # no content-free scores were computed
+
+
+def test_dev_cache_is_reused_and_extended(tmp_path):
+    cache = tmp_path / "dev.jsonl"
+    first = _labeler(KeywordBackend(bias={"cherry": 14.0}), "contextual")
+    cal = first.fit(toy_items(4, "dev"), cache)
+    backend = KeywordBackend(bias={"cherry": 14.0})
+    again = _labeler(backend, "contextual+dev_prior")
+    again.fit(toy_items(4, "dev"), cache)
+    assert backend.prompts_seen == 0 and again.dev_accuracy == first.dev_accuracy
+    assert again.calibration.bias is not None and cal.bias is None
+    again.fit(toy_items(6, "dev"), cache)  # two new items: 2 prompts + the content-free one
+    assert backend.prompts_seen == 3 and len(read_results(cache)) == 6
+
+
+def test_sweep_dev_only_never_reads_the_test_set(tmp_path):
+    from flagstack.annotate.report import load_records
+    from flagstack.annotate.sweep import standard_sweep
+
+    class Recording(KeywordBackend):
+        def score(self, prompts, candidates):
+            self.texts = getattr(self, "texts", []) + [self.tokenizer.decode(p) for p in prompts]
+            return super().score(prompts, candidates)
+
+    backend = Recording()
+    test = [dict(it, text=it["text"] + " SECRET") for it in toy_items(4)]
+    specs = [RunSpec("knn", "knn", 2, prompt=CFG)]
+    standard_sweep(toy_task(), backend, toy_items(9, "p"), toy_items(3, "dev"), test, tmp_path, specs,
+                   progress=False, dev_only=True)
+    assert not any("SECRET" in t for t in backend.texts)
+    runs = {r["run"]: r for r in load_records(tmp_path / "dev")}
+    assert set(runs) == {"majority", "tfidf_knn", "tfidf_linear", "knn"} and runs["knn"]["n"] == 3
+    assert runs["knn"]["split"] == "dev" and runs["knn"]["dev_accuracy"]["contextual"] == runs["knn"]["accuracy"]
+    # The test run reuses the dev scores: only test prompts (and content-free ones) are scored.
+    backend.texts = []
+    record = llm_run(specs[0], toy_task(), backend, toy_items(9, "p"), toy_items(3, "dev"), test, tmp_path,
+                     progress=False)
+    assert all("SECRET" in t or "N/A" in t for t in backend.texts) and record["accuracy"] == 1.0
+    lo, hi = record["accuracy_ci95"]
+    assert lo < 1.0 == hi
+
+
+def test_dev_cache_path_ignores_name_and_calibration_only():
+    import dataclasses
+
+    from flagstack.annotate.sweep import dev_cache_path
+
+    spec, pool, task = RunSpec("a", "knn", 2, prompt=CFG), toy_items(9, "p"), toy_task()
+    path = dev_cache_path(spec, task, "m", pool, "out")
+    assert path == dev_cache_path(dataclasses.replace(spec, name="b", calibration="dev_prior"), task, "m", pool, "out")
+    assert len({path, dev_cache_path(dataclasses.replace(spec, shots=3), task, "m", pool, "out"),
+                dev_cache_path(spec, task, "other-model", pool, "out"),
+                dev_cache_path(spec, task, "m", pool[:8], "out"),
+                dev_cache_path(spec, toy_task(instruction="Other."), "m", pool, "out")}) == 5

@@ -62,3 +62,16 @@ def test_config_errors():
         PromptConfig(order="random")
     with pytest.raises(ValueError, match="max_prompt_tokens"):
         PromptBuilder(toy_task(), ByteTokenizer(), PromptConfig(max_prompt_tokens=70, query_tokens=60, overlap=0))
+
+
+def test_single_chunk_cuts_the_item_head_and_tail():
+    cfg = PromptConfig(max_prompt_tokens=400, query_tokens=40, overlap=0, max_chunks=1)
+    builder = PromptBuilder(toy_task(prompt={"input_prefix": "Text:", "answer_prefix": "Label:"}), ByteTokenizer(), cfg)
+    text = "TITLE " + "m" * 200 + " END"
+    prompts = builder.item_prompts(text, [])
+    assert len(prompts) == 1
+    # 40 bytes: 7 for the marker, 17 head, 16 tail (the head gets the larger half).
+    want = "Text: TITLE " + "m" * 11 + " [...] " + "m" * 12 + " END\nLabel:"
+    assert ByteTokenizer().decode(prompts[0]).endswith(want)
+    assert len(PromptBuilder(toy_task(), ByteTokenizer(), PromptConfig(
+        max_prompt_tokens=400, query_tokens=40, overlap=0, max_chunks=2)).item_prompts(text, [])) == 2
