@@ -2,7 +2,9 @@
 sum, broadcasting, out= and grad_input= (F.smooth_l1_loss, aten::smooth_l1_loss[_backward][.out]).
 
 loss(d) = 0.5 d^2 / beta where |d| < beta, else |d| - 0.5 beta, with d = input - target (beta = 0
-is the L1 loss). The reduced forms never write the elementwise loss: each of a few programs per SM
+is the L1 loss). Math in fp32 (fp64 for fp64), except where ATen's CUDA kernels differ from its CPU ones
+and the tensors are on CUDA: an out= of another dtype is computed as ATen's CUDA kernel does (inputs and
+d in out's dtype), and the backward at d = 0, beta = 0 is 0 / 0 = nan there (-grad on CPU). The reduced forms never write the elementwise loss: each of a few programs per SM
 sums its grid-strided blocks in fp32 and a second one-program launch adds the partial sums, so
 4096^2 fp32 reads 134 MB and writes 4 bytes (~45 us at 3.0 TB/s). The backward of a reduced loss
 reads its 0-dim grad once per program instead of broadcasting it to n elements.
@@ -23,17 +25,26 @@ BLOCK = 2048  # elements per program and loop step: 8 per thread at 8 warps
 
 
 @triton.jit
-def _loss(x, y, beta):
-    d = to_compute_dtype(x) - to_compute_dtype(y)
+def _loss(d, beta):
     ad = tl.abs(d)
     return tl.where(ad < beta, 0.5 * d * d / beta, ad - 0.5 * beta)  # nan fails `<`: ad - 0.5 beta = nan
 
 
 @triton.jit
-def _loss_kernel(x_ptr, y_ptr, out_ptr, n, beta, BLOCK: tl.constexpr):
+def _diff(x, y):
+    return to_compute_dtype(x) - to_compute_dtype(y)
+
+
+@triton.jit
+def _loss_kernel(x_ptr, y_ptr, out_ptr, n, beta, DIFF_IN_OUT_DTYPE: tl.constexpr, BLOCK: tl.constexpr):
     offsets, mask = flat_offsets(n, BLOCK)
-    loss = _loss(tl.load(x_ptr + offsets, mask=mask), tl.load(y_ptr + offsets, mask=mask), beta)
-    tl.store(out_ptr + offsets, loss.to(out_ptr.dtype.element_ty), mask=mask)
+    x, y = tl.load(x_ptr + offsets, mask=mask), tl.load(y_ptr + offsets, mask=mask)
+    if DIFF_IN_OUT_DTYPE:  # ATen's CUDA kernel: x, y and x - y rounded to out's dtype, the rest in fp32
+        out_dtype = out_ptr.dtype.element_ty
+        d = to_compute_dtype(_diff(x.to(out_dtype), y.to(out_dtype)).to(out_dtype))
+    else:
+        d = _diff(x, y)
+    tl.store(out_ptr + offsets, _loss(d, beta).to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -45,7 +56,7 @@ def _partial_sum_kernel(x_ptr, y_ptr, partial_ptr, n, beta, BLOCK: tl.constexpr)
     for start in range(pid * BLOCK, n, step):
         offsets = start + tl.arange(0, BLOCK)
         mask = offsets < n
-        loss = _loss(tl.load(x_ptr + offsets, mask=mask), tl.load(y_ptr + offsets, mask=mask), beta)
+        loss = _loss(_diff(tl.load(x_ptr + offsets, mask=mask), tl.load(y_ptr + offsets, mask=mask)), beta)
         acc += tl.where(mask, loss, 0.0)
     tl.store(partial_ptr + pid, tl.sum(acc, axis=0))
 
@@ -58,27 +69,38 @@ def _finish_kernel(partial_ptr, out_ptr, n_partials, scale, BLOCK_P: tl.constexp
 
 
 @triton.jit
-def _grad(grad, x, y, beta, norm):
-    # ATen's rule: sign(d) (with -1 for d = 0) once |d| >= beta, else d / beta; nan stays nan.
-    d = to_compute_dtype(x) - to_compute_dtype(y)
-    deriv = tl.where(tl.abs(d) >= beta, tl.where(d > 0, 1.0, -1.0), d / beta)
+def _grad(grad, x, y, beta, norm, CUDA_RULE: tl.constexpr):
+    # ATen's rule: -1 below -beta, 1 above beta, d / beta between; nan stays nan. Its CPU kernel counts
+    # d = +-beta as outside (the same values, but -1 for d = 0 at beta = 0), its CUDA kernel as inside
+    # (0 / 0 = nan there).
+    d = _diff(x, y)
+    if CUDA_RULE:
+        deriv = tl.where(d < -beta, -1.0, tl.where(d > beta, 1.0, d / beta))
+    else:
+        deriv = tl.where(d <= -beta, -1.0, tl.where(d >= beta, 1.0, d / beta))
     return deriv * norm * to_compute_dtype(grad)
 
 
 @triton.jit
-def _backward_kernel(grad_ptr, x_ptr, y_ptr, out_ptr, n, beta, norm, BLOCK: tl.constexpr):
+def _backward_kernel(grad_ptr, x_ptr, y_ptr, out_ptr, n, beta, norm, CUDA_RULE: tl.constexpr, BLOCK: tl.constexpr):
     offsets, mask = flat_offsets(n, BLOCK)
     grad = _grad(tl.load(grad_ptr + offsets, mask=mask), tl.load(x_ptr + offsets, mask=mask),
-                 tl.load(y_ptr + offsets, mask=mask), beta, norm)
+                 tl.load(y_ptr + offsets, mask=mask), beta, norm, CUDA_RULE)
     tl.store(out_ptr + offsets, grad.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _backward_scalar_grad_kernel(x_ptr, y_ptr, out_ptr, n, grad_ptr, beta, norm, BLOCK: tl.constexpr):
+def _backward_scalar_grad_kernel(x_ptr, y_ptr, out_ptr, n, grad_ptr, beta, norm, CUDA_RULE: tl.constexpr,
+                                 BLOCK: tl.constexpr):
     offsets, mask = flat_offsets(n, BLOCK)
     grad = _grad(tl.load(grad_ptr), tl.load(x_ptr + offsets, mask=mask), tl.load(y_ptr + offsets, mask=mask),
-                 beta, norm)
+                 beta, norm, CUDA_RULE)
     tl.store(out_ptr + offsets, grad.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def follows_aten_cuda(t: torch.Tensor) -> bool:
+    """Whether results follow ATen's CUDA kernels where they differ from its CPU ones (tests patch it)."""
+    return t.is_cuda
 
 
 def _reduction(reduction: int | str) -> int:
@@ -126,7 +148,12 @@ def smooth_l1_loss_triton(x: torch.Tensor, target: torch.Tensor, reduction: int 
     result = torch.result_type(x, target)
     check_kernel_dtype("smooth_l1", result, FLOAT_DTYPES, x.device)
     if reduction == REDUCTIONS["none"]:
-        return launch_elementwise(_loss_kernel, [x, target], result, out, scalars=(beta,))
+        in_out_dtype = (out is not None and follows_aten_cuda(x) and out.dtype.is_floating_point
+                        and out.dtype != result)
+        if in_out_dtype:
+            check_out_dtype(result, out)
+        return launch_elementwise(_loss_kernel, [x, target], out.dtype if in_out_dtype else result, out,
+                                  scalars=(beta, in_out_dtype))
     if out is None:
         out = torch.empty((), dtype=result, device=x.device)
     else:
@@ -148,11 +175,12 @@ def smooth_l1_loss_backward_triton(grad_output: torch.Tensor, x: torch.Tensor, t
     check_kernel_dtype("smooth_l1_backward", result, FLOAT_DTYPES, x.device)
     mean = REDUCTIONS.get(reduction) == 1 if isinstance(reduction, str) else int(reduction) == 1
     norm = 1.0 / x.numel() if mean and x.numel() else 1.0
-    beta = float(beta)
+    beta, cuda_rule = float(beta), follows_aten_cuda(x)
     if grad_output.dim() == 0:  # a reduced loss: every element gets the same upstream gradient
         return launch_elementwise(_backward_scalar_grad_kernel, [x, target], result, grad_input,
-                                  scalars=(grad_output.to(x.device), beta, norm))
-    return launch_elementwise(_backward_kernel, [grad_output, x, target], result, grad_input, scalars=(beta, norm))
+                                  scalars=(grad_output.to(x.device), beta, norm, cuda_rule))
+    return launch_elementwise(_backward_kernel, [grad_output, x, target], result, grad_input,
+                              scalars=(beta, norm, cuda_rule))
 
 
 def smooth_l1_loss_reference(x: torch.Tensor, target: torch.Tensor, reduction: int | str = 1, beta: float = 1.0,

@@ -1,5 +1,7 @@
 """smooth_l1_loss and its backward: Triton kernels against aten::smooth_l1_loss[_backward] and autograd
 (reductions, beta, broadcasting, dtypes, out=, grad_input=, error parity)."""
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,7 +11,7 @@ from flagstack.ops.challenge.smooth_l1_loss import (smooth_l1_loss_backward_trit
 from flagstack.ops.registry import aten_overrides
 from tests.ops.challenge.common import (FLOAT_DTYPES, INT_DTYPES, LARGE_SHAPES, REGULAR_SHAPES, SMALL_SHAPES, check,
                                         covers, large_only_on_gpu, make, nonfinite, same_error)
-from tests.ops.helpers import DEVICE
+from tests.ops.helpers import DEVICE, ON_GPU
 
 REDUCTIONS = [0, 1, 2]
 aten_backward = torch.ops.aten.smooth_l1_loss_backward
@@ -130,6 +132,54 @@ def test_out(reduction):
           smooth_l1_loss_reference(x, y, reduction, out=torch.empty_like(half)))
     with pytest.warns(UserWarning, match="resized"):
         check(smooth_l1_loss_triton(x, y, reduction, out=torch.empty(2, 2, device=DEVICE)), expected)
+
+
+@covers("out")
+@pytest.mark.parametrize("dtype", [torch.float16] + ([torch.bfloat16] if ON_GPU else []))
+def test_out_of_another_dtype_follows_aten_cuda(monkeypatch, dtype):
+    """ATen's CUDA kernel computes an out= of another dtype in that dtype: x, y and d = x - y are rounded
+    to it, the loss then comes from d (its CPU kernel computes in fp32 and casts). On CPU the kernel is
+    switched to that rule, against torch computing the same steps (fp16 only: the interpreter casts fp32
+    to bf16 by truncation, a GPU rounds to nearest)."""
+    monkeypatch.setattr(sys.modules[smooth_l1_loss_triton.__module__], "follows_aten_cuda", lambda t: True)
+    x, y = make((6, 7), torch.float32, 0.9, 1.1), torch.ones(6, 7, device=DEVICE)  # small d: rounding shows
+    out = torch.empty(6, 7, dtype=dtype, device=DEVICE)
+    d = (x.to(dtype) - y.to(dtype)).float()
+    expected = smooth_l1_loss_reference(d, torch.zeros_like(d), 0, 1.0).to(dtype)
+    check(smooth_l1_loss_triton(x, y, 0, 1.0, out=out), expected)
+    assert not torch.equal(expected, smooth_l1_loss_reference(x, y, 0, 1.0).to(dtype))  # the CPU rule differs
+    if ON_GPU:
+        check(out, smooth_l1_loss_reference(x, y, 0, 1.0, out=torch.empty_like(out)))
+
+
+@covers("params", "nonfinite")
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_backward_at_zero_beta(monkeypatch, dtype):
+    """beta = 0 and d = 0: ATen's CPU backward gives -grad, its CUDA one 0 / 0 = nan; each device's rule."""
+    x = torch.tensor([0.0, 0.5, -0.5, 2.0, float("nan"), -0.0], dtype=dtype, device=DEVICE)
+    y = torch.tensor([0.0, 0.0, 0.0, 2.0, 0.0, 0.0], dtype=dtype, device=DEVICE)
+    grad = torch.full_like(x, 3.0)
+    check(smooth_l1_loss_backward_triton(grad, x, y, 0, 0.0), aten_backward(grad, x, y, 0, 0.0))
+    nan = float("nan")
+    monkeypatch.setattr(sys.modules[smooth_l1_loss_triton.__module__], "follows_aten_cuda", lambda t: True)
+    cuda_rule = torch.tensor([nan, 3.0, -3.0, nan, nan, nan], dtype=dtype, device=DEVICE)
+    check(smooth_l1_loss_backward_triton(grad, x, y, 0, 0.0), cuda_rule)
+    check(smooth_l1_loss_backward_triton(grad[0], x, y, 2, 0.0), cuda_rule)  # the 0-dim grad kernel
+
+
+@covers("errors", "ranks")
+def test_backward_shapes():
+    """grad_input has the broadcast shape of grad, input and target (ATen resizes input's zeros to it);
+    shapes that do not broadcast raise ATen's error."""
+    x, y = make((3, 4), torch.float32), make((3, 4), torch.float32)
+    for grad in (make((2, 3, 4), torch.float32), make((3, 1), torch.float32)):
+        check(smooth_l1_loss_backward_triton(grad, x, y, 0, 1.0), aten_backward(grad, x, y, 0, 1.0))
+    wide_target = make((2, 1, 4), torch.float32)
+    grad = make((2, 3, 4), torch.float32)
+    check(smooth_l1_loss_backward_triton(grad, x, wide_target, 0, 1.0), aten_backward(grad, x, wide_target, 0, 1.0))
+    for bad_grad in (make((2, 4), torch.float32), make((3, 5), torch.float32)):
+        same_error(lambda: smooth_l1_loss_backward_triton(bad_grad, x, y, 0, 1.0),
+                   lambda: aten_backward(bad_grad, x, y, 0, 1.0))
 
 
 @covers("errors")
