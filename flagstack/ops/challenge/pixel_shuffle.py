@@ -1,5 +1,6 @@
 """pixel_shuffle and pixel_unshuffle (F.pixel_shuffle / F.pixel_unshuffle and their out= forms); any
-dtype, any batch dims, any strides.
+dtype, any batch dims, any strides. The output's memory format is ATen's: contiguous on CUDA (ATen runs
+its reshape-permute-clone composite there), the input's channels-last kept on CPU (its CPU kernel).
 
 Both are one permutation between a "spatial" tensor [B, C, H*r, W*r] and a "channel" tensor
 [B, C*r*r, H, W]: spatial[b, c, h*r+i, w*r+j] = channel[b, c*r*r + i*r + j, h, w]. One kernel walks
@@ -66,7 +67,8 @@ def _run(x: torch.Tensor, shape: list[int], r: int, shuffle: bool, out: torch.Te
     """Allocate or check `out`, then permute x into it (through a contiguous buffer if out's batch
     dims cannot be merged)."""
     if out is None:
-        out = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=output_memory_format(x))
+        layout = output_memory_format(x) if x.device.type == "cpu" else torch.contiguous_format
+        out = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=layout)
     else:
         check_same_dtype(x.dtype, out)
         resize_out(out, shape)

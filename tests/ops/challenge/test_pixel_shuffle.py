@@ -82,6 +82,24 @@ class TestPixelShuffle:
         channels_last = x[0].to(memory_format=torch.channels_last)
         assert self.ours(channels_last, 2).stride() == self.theirs(channels_last, 2).stride()
 
+    @covers("noncontiguous", "out")
+    def test_channels_last(self):
+        """Channels-last inputs (4-D, and 5-D with channels innermost), read through their strides; the
+        output takes ATen's format on this device; a channels-last out= keeps its strides."""
+        x = make(self.shape((2,), 3, 4, 6, 2), torch.float32)
+        batched = make(self.shape((2, 3), 3, 4, 6, 2), torch.float32)
+        for view in (x.to(memory_format=torch.channels_last), batched.permute(0, 1, 3, 4, 2).contiguous()
+                     .permute(0, 1, 4, 2, 3)):
+            out, ref = self.ours(view, 2), self.theirs(view, 2)
+            check(out, ref, exact=True)
+            assert out.stride() == ref.stride()
+        expected = self.theirs(x, 2)
+        out = torch.empty_like(expected).to(memory_format=torch.channels_last)
+        strides = out.stride()
+        assert self.ours(x.to(memory_format=torch.channels_last), 2, out=out) is out
+        check(out, expected, exact=True)
+        assert out.stride() == strides
+
     @covers("out")
     def test_out(self):
         x = make(self.shape((2, 3), 2, 4, 6, 2), torch.float16)
