@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from flagstack.ops.challenge.pointwise import check_kernel_dtype, check_same_dtype, flat_offsets, resize_out
-from flagstack.ops.challenge.pool3d import check_pool3d, triple
+from flagstack.ops.challenge.pool3d import check_pool3d, split_volume, triple
 from flagstack.ops.registry import BenchCase, register, register_aten
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -43,10 +43,7 @@ def _avg_pool_kernel(x_ptr, out_ptr, n, T, H, W, OT, OH, OW, ST, SH, SW, PT, PH,
                      KT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, COUNT_PAD: tl.constexpr,
                      BLOCK: tl.constexpr):
     offsets, mask = flat_offsets(n, BLOCK)
-    ow = offsets % OW
-    oh = (offsets // OW) % OH
-    ot = (offsets // (OW * OH)) % OT
-    base = offsets // (OW * OH * OT) * T * H * W
+    base, ot, oh, ow = split_volume(offsets, OT, OH, OW, T * H * W)
     t0, h0, w0 = ot * ST - PT, oh * SH - PH, ow * SW - PW
     acc = tl.zeros([BLOCK], tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32)
     for kt in tl.static_range(KT):
@@ -69,10 +66,7 @@ def _avg_pool_backward_kernel(grad_ptr, grad_input_ptr, n, T, H, W, OT, OH, OW, 
                               divisor_override, KT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
                               COUNT_PAD: tl.constexpr, BLOCK: tl.constexpr):
     offsets, mask = flat_offsets(n, BLOCK)
-    w = offsets % W
-    h = (offsets // W) % H
-    t = (offsets // (W * H)) % T
-    base = offsets // (W * H * T) * OT * OH * OW
+    base, t, h, w = split_volume(offsets, T, H, W, OT * OH * OW)
     acc = tl.zeros([BLOCK], tl.float64 if grad_input_ptr.dtype.element_ty == tl.float64 else tl.float32)
     # Output o's window holds input i when o * S - P + k = i for some 0 <= k < K; the per-dim parts
     # of the validity and of the divisor are computed at their loop level.

@@ -86,9 +86,8 @@ def round_half_even(x):
 
 
 @triton.jit
-def cubic_weight(t, K: tl.constexpr):
-    """Weight of tap K (at -1, 0, 1, 2 from floor) for fraction t: Keys' cubic kernel with A = -0.75."""
-    A: tl.constexpr = -0.75
+def cubic_distance(t, K: tl.constexpr):
+    """Distance |d| from bicubic tap K (at -1, 0, 1, 2 from floor) to the point at fraction t."""
     if K == 0:
         d = t + 1.0
     elif K == 1:
@@ -97,6 +96,14 @@ def cubic_weight(t, K: tl.constexpr):
         d = 1.0 - t
     else:
         d = 2.0 - t
+    return d
+
+
+@triton.jit
+def cubic_weight(t, K: tl.constexpr):
+    """Weight of tap K (at -1, 0, 1, 2 from floor) for fraction t: Keys' cubic kernel with A = -0.75."""
+    A: tl.constexpr = -0.75
+    d = cubic_distance(t, K)
     if K == 1 or K == 2:  # |d| <= 1
         return ((A + 2.0) * d - (A + 3.0)) * d * d + 1.0
     else:  # 1 < |d| < 2

@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from flagstack.ops.challenge.grid_sample import (as_5d, axis_start, axis_tap, blocks, check_inputs,
+from flagstack.ops.challenge.grid_sample import (as_5d, axis_start, axis_tap, blocks, check_inputs, cubic_distance,
                                                  reflect, split_points, unnormalize)
 from flagstack.ops.challenge.pointwise import aten_dtype_name, check_same_dtype, resize_out, to_compute_dtype
 from flagstack.ops.registry import register_aten
@@ -45,14 +45,7 @@ def coord_slope(g, size, MODE: tl.constexpr, PADDING: tl.constexpr, ALIGN: tl.co
 def cubic_slope(t, K: tl.constexpr):
     """d(weight of cubic tap K) / dt (see cubic_weight)."""
     A: tl.constexpr = -0.75
-    if K == 0:
-        d = t + 1.0
-    elif K == 1:
-        d = t
-    elif K == 2:
-        d = 1.0 - t
-    else:
-        d = 2.0 - t
+    d = cubic_distance(t, K)
     if K == 1 or K == 2:
         slope = (3.0 * (A + 2.0) * d - 2.0 * (A + 3.0)) * d
     else:

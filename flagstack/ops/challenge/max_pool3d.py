@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from flagstack.ops.challenge.pointwise import check_kernel_dtype, check_same_dtype, flat_offsets, resize_out
-from flagstack.ops.challenge.pool3d import check_pool3d, triple
+from flagstack.ops.challenge.pool3d import check_pool3d, split_volume, triple
 from flagstack.ops.registry import BenchCase, register, register_aten
 
 DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
@@ -40,10 +40,7 @@ def _first_valid(start, dilation):
 def _max_pool_kernel(x_ptr, out_ptr, index_ptr, n, T, H, W, OT, OH, OW, ST, SH, SW, PT, PH, PW, DT, DH, DW, lowest,
                      KT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, BLOCK: tl.constexpr):
     offsets, mask = flat_offsets(n, BLOCK)
-    ow = offsets % OW
-    oh = (offsets // OW) % OH
-    ot = (offsets // (OW * OH)) % OT
-    base = offsets // (OW * OH * OT) * T * H * W
+    base, ot, oh, ow = split_volume(offsets, OT, OH, OW, T * H * W)
     t0, h0, w0 = ot * ST - PT, oh * SH - PH, ow * SW - PW
     best_index = (_first_valid(t0, DT) * H + _first_valid(h0, DH)) * W + _first_valid(w0, DW)
     if x_ptr.dtype.element_ty.is_fp16() or x_ptr.dtype.element_ty.is_bf16():  # compared in fp32: exact

@@ -1,10 +1,23 @@
-"""Host helpers shared by max_pool3d and avg_pool3d: ATen's parsing of kernel_size / stride / padding /
-dilation, its shape checks (same messages and exception types), and the output size rule."""
+"""Helpers shared by max_pool3d and avg_pool3d: ATen's parsing of kernel_size / stride / padding /
+dilation, its shape checks (same messages and exception types), the output size rule, and the kernels'
+split of flat offsets into (plane, t, h, w)."""
 from __future__ import annotations
 
 from typing import Sequence
 
 import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def split_volume(offsets, T, H, W, other_volume):
+    """Flat offsets into [planes, T, H, W] -> (plane * other_volume, t, h, w): where the plane starts in
+    the other tensor of the pair (an input of other_volume per plane for an output, or the reverse)."""
+    w = offsets % W
+    h = (offsets // W) % H
+    t = (offsets // (W * H)) % T
+    return offsets // (W * H * T) * other_volume, t, h, w
 
 
 def triple(value: int | Sequence[int], error: str, omittable: bool = False) -> tuple[int, int, int]:
