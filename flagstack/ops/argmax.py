@@ -41,21 +41,39 @@ def argmax_result(best, best_idx, nan_idx):
 
 
 @triton.jit
+def _lane_update(x, cols, valid, best, best_idx, nan_idx):
+    """Per-lane running state (no cross-lane work): each lane keeps its first max and first NaN.
+
+    A lane sees increasing columns, so a strict > keeps its earliest index; its first valid value is
+    always taken (an all -inf lane still answers an index)."""
+    is_nan = x != x
+    nan_idx = tl.minimum(nan_idx, tl.where(is_nan & valid, cols, NO_INDEX))
+    take = valid & (x == x) & ((x > best) | (best_idx == NO_INDEX))
+    return tl.where(take, x, best), tl.where(take, cols, best_idx), nan_idx
+
+
+@triton.jit
 def _argmax_kernel(x_ptr, val_ptr, idx_ptr, n_cols, x_row_stride, span, WRITE_VALUE: tl.constexpr,
                    BLOCK: tl.constexpr):
+    # The loop only streams: lanes fold their own elements, and the three cross-lane reductions
+    # (max, first index of it, first NaN) run once per span instead of once per block.
     split, row = tl.program_id(0), tl.program_id(1).to(tl.int64)
     n_splits = tl.num_programs(0)
     lo = split * span
     hi = tl.minimum(lo + span, n_cols)
     x_row = x_ptr + row * x_row_stride
-    best = tl.full((), float("-inf"), tl.float32)
-    best_idx = lo  # an all -inf span answers its first index
-    nan_idx = tl.full((), NO_INDEX, tl.int32)
+    lane_best = tl.full((BLOCK,), float("-inf"), tl.float32)
+    lane_idx = tl.full((BLOCK,), NO_INDEX, tl.int32)
+    lane_nan = tl.full((BLOCK,), NO_INDEX, tl.int32)
     for start in range(lo, hi, BLOCK):
         cols = start + tl.arange(0, BLOCK)
-        x = tl.load(x_row + cols, mask=cols < hi, other=float("-inf")).to(tl.float32)
-        best, best_idx, nan_idx = argmax_update(x, cols, best, best_idx, nan_idx)
-    value, index = argmax_result(best, best_idx, nan_idx)
+        valid = cols < hi
+        x = tl.load(x_row + cols, mask=valid, other=float("-inf")).to(tl.float32)
+        lane_best, lane_idx, lane_nan = _lane_update(x, cols, valid, lane_best, lane_idx, lane_nan)
+    best = tl.max(lane_best, axis=0)
+    best_idx = tl.min(tl.where((lane_best == best) & (lane_idx != NO_INDEX), lane_idx, NO_INDEX), axis=0)
+    best_idx = tl.where(best_idx == NO_INDEX, lo, best_idx)  # only NaNs: the NaN index wins below
+    value, index = argmax_result(best, best_idx, tl.min(lane_nan, axis=0))
     if WRITE_VALUE:
         tl.store(val_ptr + row * n_splits + split, value)
     tl.store(idx_ptr + row * n_splits + split, index.to(tl.int64))
