@@ -23,6 +23,6 @@ from flagstack.ops.challenge.svd import svd
 from flagstack.ops.challenge.tril import tril
 from flagstack.ops.challenge.upsample_nearest2d import upsample_nearest2d
 
-__all__ = ["asinh", "avg_pool3d", "chunk_gated_delta_rule", "conv_transpose2d", "cosh", "ctc_loss", "gcd", "grid_sample",
-           "leaky_relu", "log10", "logaddexp", "max_pool3d", "median", "pixel_shuffle", "pixel_unshuffle", "roll",
-           "scatter_reduce", "smooth_l1_loss", "svd", "tril", "upsample_nearest2d"]
+__all__ = ["asinh", "avg_pool3d", "chunk_gated_delta_rule", "conv_transpose2d", "cosh", "ctc_loss", "gcd",
+           "grid_sample", "leaky_relu", "log10", "logaddexp", "max_pool3d", "median", "pixel_shuffle",
+           "pixel_unshuffle", "roll", "scatter_reduce", "smooth_l1_loss", "svd", "tril", "upsample_nearest2d"]

@@ -32,8 +32,8 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 def _conv_transpose2d_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, N, H, W, OH, OW, QH, QW, C_IN_G, C_OUT_G,
                              sxn, sxc, sxh, sxw, swi, swo, swh, sww, son, soc, soh, sow,
                              SH, SW, PH, PW, DH, DW, KH: tl.constexpr, KW: tl.constexpr, HAS_BIAS: tl.constexpr,
-                             PRECISION: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                             BLOCK_K: tl.constexpr):
+                             PRECISION: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr,
+                             BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     # Grid: (pixel tiles of a phase, groups x channel tiles, phases). Pixel m of phase (rh, rw) is
     # output (n, qh * SH + rh, qw * SW + rw).
     n_tiles = tl.cdiv(C_OUT_G, BLOCK_N)

@@ -4,10 +4,12 @@ sum, broadcasting, out= and grad_input= (F.smooth_l1_loss, aten::smooth_l1_loss[
 loss(d) = 0.5 d^2 / beta where |d| < beta, else |d| - 0.5 beta, with d = input - target (beta = 0
 is the L1 loss). Math in fp32 (fp64 for fp64), except where ATen's CUDA kernels differ from its CPU ones
 and the tensors are on CUDA: an out= of another dtype is computed as ATen's CUDA kernel does (inputs and
-d in out's dtype), and the backward at d = 0, beta = 0 is 0 / 0 = nan there (-grad on CPU). The reduced forms never write the elementwise loss: each of a few programs per SM
-sums its grid-strided blocks in fp32 and a second one-program launch adds the partial sums, so
-4096^2 fp32 reads 134 MB and writes 4 bytes (~45 us at 3.0 TB/s). The backward of a reduced loss
-reads its 0-dim grad once per program instead of broadcasting it to n elements.
+d in out's dtype), and the backward at d = 0, beta = 0 is 0 / 0 = nan there (-grad on CPU).
+
+The reduced forms never write the elementwise loss: each of a few programs per SM sums its grid-strided
+blocks in fp32 and a second one-program launch adds the partial sums, so 4096^2 fp32 reads 134 MB and
+writes 4 bytes (~45 us at 3.0 TB/s). The backward of a reduced loss reads its 0-dim grad once per program
+instead of broadcasting it to n elements.
 """
 from __future__ import annotations
 

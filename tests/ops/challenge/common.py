@@ -1,12 +1,15 @@
-"""Shared test machinery for the challenge ops: inputs, comparison against torch, error parity,
-and a reusable suite for unary elementwise ops (subclass UnaryOpSuite in an op's test file)."""
+"""Shared test machinery for the challenge ops: inputs, comparison against torch, error parity, runs
+through the ATen overrides, and a reusable suite for unary elementwise ops (subclass UnaryOpSuite in an
+op's test file)."""
 from __future__ import annotations
 
+import contextlib
 from typing import Callable
 
 import pytest
 import torch
 
+from flagstack.ops.aten import use_aten
 from flagstack.ops.registry import aten_overrides
 from tests.ops.helpers import DEVICE, ON_GPU, assert_close
 
@@ -45,6 +48,30 @@ def same_error(ours: Callable, theirs: Callable) -> None:
         theirs()
     with pytest.raises(expected.type):
         ours()
+
+
+def check_binary_errors(ours: Callable, theirs: Callable, a: torch.Tensor, rejected: torch.Tensor,
+                        bad_out_dtype: torch.dtype) -> None:
+    """Error parity every binary elementwise op needs, against torch's op: operands of a dtype it rejects,
+    shapes that do not broadcast (a with a[:-1]), an out= of a dtype the result cannot be cast to."""
+    bad_out = torch.empty(a.shape, dtype=bad_out_dtype, device=a.device)
+    for args, kwargs in (((rejected, rejected), {}), ((a, a[:-1]), {}), ((a, a), {"out": bad_out})):
+        same_error(lambda: ours(*args, **kwargs), lambda: theirs(*args, **kwargs))
+
+
+def through_overrides(fn: Callable, x: torch.Tensor, only: list[str]) -> list[tuple]:
+    """[(fn(x), its gradient wrt x) with ATen's own kernels, the same with ours installed for the ATen ops
+    in `only` (flagstack.ops.use_aten)]; one random upstream gradient (of fn's first result) for both."""
+    x = x.detach().requires_grad_()
+    upstream, runs = None, []
+    for names in (None, only):
+        with use_aten(DEVICE.upper(), only=names) if names else contextlib.nullcontext():
+            result = fn(x)
+            first = result[0] if isinstance(result, tuple) else result
+            upstream = torch.randn_like(first) if upstream is None else upstream
+            grad, = torch.autograd.grad(first, x, upstream)
+        runs.append((tuple(r.detach() for r in result) if isinstance(result, tuple) else result.detach(), grad))
+    return runs
 
 
 def nonfinite(dtype: torch.dtype) -> torch.Tensor:

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from flagstack.ops.challenge.avg_pool3d import avg_pool3d_backward_triton, avg_pool3d_triton
 from flagstack.ops.registry import aten_overrides
-from tests.ops.challenge.common import FLOAT_DTYPES, INT_DTYPES, check, covers, large_only_on_gpu, make, same_error
+from tests.ops.challenge.common import (FLOAT_DTYPES, INT_DTYPES, check, covers, large_only_on_gpu, make, same_error,
+                                        through_overrides)
 from tests.ops.helpers import DEVICE, ON_GPU
 
 pool_module = sys.modules["flagstack.ops.challenge.avg_pool3d"]
@@ -157,20 +158,13 @@ def test_errors():
 @covers("params")
 def test_through_the_dispatcher(monkeypatch):
     """F.avg_pool3d and its autograd reach our kernels once flagstack.ops.enable() installs them."""
-    from flagstack import ops
-
     calls = []
     argument_check = pool_module._check  # both the forward and the backward call it
     monkeypatch.setattr(pool_module, "_check", lambda *a: calls.append(a[-1]) or argument_check(*a))
-    x = make((2, 2, 5, 6, 7), torch.float32).requires_grad_()
-    expected = F.avg_pool3d(x, 3, 2, 1, ceil_mode=True, count_include_pad=False)
-    expected_grad, = torch.autograd.grad(expected.sum(), x)
-    ops.enable(DEVICE.upper(), only=["aten::avg_pool3d", "aten::avg_pool3d_backward"])
-    try:
-        result = F.avg_pool3d(x, 3, 2, 1, ceil_mode=True, count_include_pad=False)
-        x_grad, = torch.autograd.grad(result.sum(), x)
-    finally:
-        ops.disable()
-    check(result.detach(), expected.detach())
+    x = make((2, 2, 5, 6, 7), torch.float32)
+    (expected, expected_grad), (result, x_grad) = through_overrides(
+        lambda x: F.avg_pool3d(x, 3, 2, 1, ceil_mode=True, count_include_pad=False), x,
+        ["aten::avg_pool3d", "aten::avg_pool3d_backward"])
+    check(result, expected)
     check(x_grad, expected_grad)
     assert calls == ["avg_pool3d", "avg_pool3d_backward"]

@@ -7,9 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from flagstack.ops.aten import use_aten
 from flagstack.ops.challenge.conv_transpose2d import conv_transpose2d_reference, conv_transpose2d_triton
 from flagstack.ops.registry import aten_overrides
-from tests.ops.challenge.common import FLOAT_DTYPES, INT_DTYPES, check, covers, large_only_on_gpu, make, same_error
+from tests.ops.challenge.common import (FLOAT_DTYPES, INT_DTYPES, check, covers, large_only_on_gpu, make, same_error,
+                                        through_overrides)
 from tests.ops.helpers import DEVICE, ON_GPU
 
 conv_module = sys.modules["flagstack.ops.challenge.conv_transpose2d"]
@@ -140,7 +142,8 @@ def test_errors():
            ((x, weight), {"output_padding": 1}), ((x, weight), {"stride": 2, "output_padding": 2}),
            ((x, weight), {"padding": 5}), ((x.half(), weight), {}), ((x, weight, bias.double()), {})]
     for args, kwargs in bad:
-        same_error(lambda: conv_transpose2d_triton(*args, **kwargs), lambda: conv_transpose2d_reference(*args, **kwargs))
+        same_error(lambda: conv_transpose2d_triton(*args, **kwargs),
+                   lambda: conv_transpose2d_reference(*args, **kwargs))
     with pytest.raises(RuntimeError):  # ATen's CPU kernel (oneDNN) raises its own error for dilation 0
         conv_transpose2d_triton(x, weight, dilation=0)
     wrong_out = torch.empty(0, dtype=torch.float64, device=DEVICE)
@@ -152,26 +155,17 @@ def test_errors():
 def test_through_the_dispatcher(monkeypatch):
     """F.conv_transpose2d (3-D and 4-D) reaches our kernel under flagstack.ops.enable(), autograd still works
     (ATen's convolution_backward), and a plain F.conv2d falls back to ATen."""
-    from flagstack import ops
-
     calls = []
     kernel = conv_module.conv_transpose2d_triton
     monkeypatch.setattr(conv_module, "conv_transpose2d_triton", lambda *a, **k: calls.append(1) or kernel(*a, **k))
     x, weight, bias = inputs((2, 4, 5, 6), (4, 3, 3, 3), 2, True, torch.float32)
-    x.requires_grad_()
-    want = F.conv_transpose2d(x, weight, bias, 2, 1, 1, 2)
-    want_grad, = torch.autograd.grad(want.sum(), x)
-    plain = F.conv2d(x.detach(), weight.transpose(0, 1).reshape(6, 2, 3, 3), groups=2)
-    ops.enable(DEVICE.upper(), only=["aten::convolution"])
-    try:
-        got = F.conv_transpose2d(x, weight, bias, 2, 1, 1, 2)
-        got_grad, = torch.autograd.grad(got.sum(), x)
-        unbatched = F.conv_transpose2d(x[0].detach(), weight, bias, 2, 1, 1, 2)
-        got_plain = F.conv2d(x.detach(), weight.transpose(0, 1).reshape(6, 2, 3, 3), groups=2)
-    finally:
-        ops.disable()
-    check(got.detach(), want.detach())
+    (want, want_grad), (got, got_grad) = through_overrides(
+        lambda x: F.conv_transpose2d(x, weight, bias, 2, 1, 1, 2), x, ["aten::convolution"])
+    check(got, want)
     check(got_grad, want_grad)
-    check(unbatched, want[0].detach())
-    check(got_plain, plain)
+    plain_weight = weight.transpose(0, 1).reshape(6, 2, 3, 3)
+    plain = F.conv2d(x, plain_weight, groups=2)
+    with use_aten(DEVICE.upper(), only=["aten::convolution"]):
+        check(F.conv_transpose2d(x[0], weight, bias, 2, 1, 1, 2), want[0])
+        check(F.conv2d(x, plain_weight, groups=2), plain)
     assert len(calls) == 2  # the two transposed calls, not the plain convolution

@@ -4,7 +4,7 @@ import torch
 
 from flagstack.ops.challenge.gcd import gcd_inplace, gcd_triton
 from tests.ops.challenge.common import (FLOAT_DTYPES, INT_DTYPES, LARGE_SHAPES, REGULAR_SHAPES, SMALL_SHAPES,
-                                        check, covers, large_only_on_gpu, make, same_error)
+                                        check, check_binary_errors, covers, large_only_on_gpu, make, same_error)
 from tests.ops.helpers import DEVICE
 
 
@@ -78,15 +78,12 @@ def test_out_and_inplace():
 
 @covers("errors", "float_dtypes")
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES + [torch.bool])
-def test_dtype_errors(dtype):
-    x = make((4,), dtype, 1, 5)
-    same_error(lambda: gcd_triton(x, x), lambda: torch.gcd(x, x))
+def test_errors(dtype):
+    check_binary_errors(gcd_triton, torch.gcd, ints((3,), torch.int32), make((4,), dtype, 1, 5), torch.bool)
 
 
-@covers("errors")
-def test_shape_and_out_errors():
-    a, b = ints((3,), torch.int32), ints((2,), torch.int32)
-    same_error(lambda: gcd_triton(a, b), lambda: torch.gcd(a, b))
+@covers("errors", "inplace", "out")
+def test_inplace_and_out_errors():
     small, wide = ints((3,), torch.int64, 9), ints((2, 3), torch.int64, 9)
     same_error(lambda: gcd_inplace(small.clone(), wide), lambda: small.clone().gcd_(wide))
     bad = torch.empty(3, dtype=torch.bool, device=DEVICE)

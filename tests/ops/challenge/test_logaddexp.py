@@ -4,7 +4,7 @@ import torch
 
 from flagstack.ops.challenge.logaddexp import logaddexp_triton
 from tests.ops.challenge.common import (FLOAT_DTYPES, INT_DTYPES, LARGE_SHAPES, REGULAR_SHAPES, SMALL_SHAPES,
-                                        check, covers, large_only_on_gpu, make, nonfinite, same_error)
+                                        check, check_binary_errors, covers, large_only_on_gpu, make, nonfinite)
 from tests.ops.helpers import DEVICE
 
 
@@ -90,13 +90,5 @@ def test_out():
 @covers("errors", "int_dtypes")
 @pytest.mark.parametrize("dtype", INT_DTYPES + [torch.bool])
 def test_errors(dtype):
-    ints = make((4,), dtype, 0, 5)
-    same_error(lambda: logaddexp_triton(ints, ints), lambda: torch.logaddexp(ints, ints))
-
-
-@covers("errors")
-def test_shape_and_out_errors():
-    a, b = make((3,), torch.float32), make((2,), torch.float32)
-    same_error(lambda: logaddexp_triton(a, b), lambda: torch.logaddexp(a, b))
-    bad = torch.empty(3, dtype=torch.int32, device=DEVICE)
-    same_error(lambda: logaddexp_triton(a, a, out=bad), lambda: torch.logaddexp(a, a, out=bad))
+    check_binary_errors(logaddexp_triton, torch.logaddexp, make((3,), torch.float32), make((4,), dtype, 0, 5),
+                        torch.int32)

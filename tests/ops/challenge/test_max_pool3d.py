@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from flagstack.ops.challenge.max_pool3d import max_pool3d_with_indices_backward_triton, max_pool3d_with_indices_triton
 from flagstack.ops.registry import aten_overrides
-from tests.ops.challenge.common import FLOAT_DTYPES, INT_DTYPES, check, covers, large_only_on_gpu, make, same_error
+from tests.ops.challenge.common import (FLOAT_DTYPES, INT_DTYPES, check, covers, large_only_on_gpu, make, same_error,
+                                        through_overrides)
 from tests.ops.helpers import DEVICE
 
 pool_module = sys.modules["flagstack.ops.challenge.max_pool3d"]
@@ -147,21 +148,13 @@ def test_errors():
 @covers("params")
 def test_through_the_dispatcher(monkeypatch):
     """F.max_pool3d and its autograd reach our kernels once flagstack.ops.enable() installs them."""
-    from flagstack import ops
-
     calls = []
     shape_check = pool_module.check_pool3d  # both the forward and the backward call it
     monkeypatch.setattr(pool_module, "check_pool3d", lambda *a: calls.append(a[-1]) or shape_check(*a))
-    x = make((2, 2, 5, 6, 7), torch.float32).requires_grad_()
-    expected, expected_indices = F.max_pool3d(x, 3, 2, 1, ceil_mode=True, return_indices=True)
-    expected_grad, = torch.autograd.grad(expected.sum(), x)
-    ops.enable(DEVICE.upper(), only=["aten::max_pool3d_with_indices", "aten::max_pool3d_with_indices_backward"])
-    try:
-        values, indices = F.max_pool3d(x, 3, 2, 1, ceil_mode=True, return_indices=True)
-        x_grad, = torch.autograd.grad(values.sum(), x)
-    finally:
-        ops.disable()
-    check(values.detach(), expected.detach(), exact=True)
+    ((expected, expected_indices), expected_grad), ((values, indices), x_grad) = through_overrides(
+        lambda x: F.max_pool3d(x, 3, 2, 1, ceil_mode=True, return_indices=True), make((2, 2, 5, 6, 7), torch.float32),
+        ["aten::max_pool3d_with_indices", "aten::max_pool3d_with_indices_backward"])
+    check(values, expected, exact=True)
     check(indices, expected_indices, exact=True)
     check(x_grad, expected_grad)
     assert len(calls) == 2

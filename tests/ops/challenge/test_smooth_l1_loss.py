@@ -10,7 +10,7 @@ from flagstack.ops.challenge.smooth_l1_loss import (smooth_l1_loss_backward_trit
                                                     smooth_l1_loss_triton)
 from flagstack.ops.registry import aten_overrides
 from tests.ops.challenge.common import (FLOAT_DTYPES, INT_DTYPES, LARGE_SHAPES, REGULAR_SHAPES, SMALL_SHAPES, check,
-                                        covers, large_only_on_gpu, make, nonfinite, same_error)
+                                        covers, large_only_on_gpu, make, nonfinite, same_error, through_overrides)
 from tests.ops.helpers import DEVICE, ON_GPU
 
 REDUCTIONS = [0, 1, 2]
@@ -236,23 +236,14 @@ def test_backward_grad_input_and_aten_adapters():
 @covers("params")
 def test_through_the_dispatcher(monkeypatch):
     """F.smooth_l1_loss and its autograd reach our kernels once flagstack.ops.enable() installs them."""
-    import sys
-
-    from flagstack import ops
-
     module = sys.modules["flagstack.ops.challenge.smooth_l1_loss"]
     calls = []
     for name in ("_reduce", "launch_elementwise"):  # the mean's reduction, the backward's launch
         monkeypatch.setattr(module, name, lambda *a, fn=getattr(module, name), **k: calls.append(fn) or fn(*a, **k))
-    x, y = make((6, 9), torch.float32).requires_grad_(), make((6, 9), torch.float32)
-    expected = F.smooth_l1_loss(x, y, beta=0.5)
-    expected_grad, = torch.autograd.grad(expected, x)
-    ops.enable(DEVICE.upper(), only=["aten::smooth_l1_loss", "aten::smooth_l1_loss_backward"])
-    try:
-        loss = F.smooth_l1_loss(x, y, beta=0.5)
-        x_grad, = torch.autograd.grad(loss, x)
-    finally:
-        ops.disable()
-    check(loss.detach(), expected.detach())
+    y = make((6, 9), torch.float32)
+    (expected, expected_grad), (loss, x_grad) = through_overrides(
+        lambda x: F.smooth_l1_loss(x, y, beta=0.5), make((6, 9), torch.float32),
+        ["aten::smooth_l1_loss", "aten::smooth_l1_loss_backward"])
+    check(loss, expected)
     check(x_grad, expected_grad)
     assert len(calls) == 2

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from flagstack.ops.challenge.upsample_nearest2d import (upsample_nearest2d_backward_triton, upsample_nearest2d_triton,
                                                         upsample_nearest2d_vec)
 from flagstack.ops.registry import aten_overrides
-from tests.ops.challenge.common import FLOAT_DTYPES, INT_DTYPES, check, covers, large_only_on_gpu, make, nonfinite, same_error
+from tests.ops.challenge.common import (FLOAT_DTYPES, INT_DTYPES, check, covers, large_only_on_gpu, make, nonfinite,
+                                        same_error, through_overrides)
 from tests.ops.helpers import DEVICE, ON_GPU
 
 aten = torch.ops.aten
@@ -156,21 +157,12 @@ def test_through_the_dispatcher(monkeypatch):
     """F.interpolate forward and backward reach our kernels once flagstack.ops.enable() installs them."""
     import sys
 
-    from flagstack import ops
-
     module = sys.modules["flagstack.ops.challenge.upsample_nearest2d"]
     calls = []
     monkeypatch.setattr(module, "_scale", lambda *args, scale=module._scale: calls.append(args) or scale(*args))
-    x = make((2, 3, 5, 7), torch.float32).requires_grad_()
-    expected = F.interpolate(x, scale_factor=(1.5, 2.0), mode="nearest")
-    grad = torch.randn_like(expected)
-    expected_grad, = torch.autograd.grad(expected, x, grad)
-    ops.enable(DEVICE.upper(), only=["aten::upsample_nearest2d", "aten::upsample_nearest2d_backward"])
-    try:
-        y = F.interpolate(x, scale_factor=(1.5, 2.0), mode="nearest")
-        x_grad, = torch.autograd.grad(y, x, grad)
-    finally:
-        ops.disable()
-    check(y.detach(), expected.detach(), exact=True)
+    (expected, expected_grad), (y, x_grad) = through_overrides(
+        lambda x: F.interpolate(x, scale_factor=(1.5, 2.0), mode="nearest"), make((2, 3, 5, 7), torch.float32),
+        ["aten::upsample_nearest2d", "aten::upsample_nearest2d_backward"])
+    check(y, expected, exact=True)
     check(x_grad, expected_grad)
     assert len(calls) == 4  # h and w scales, in the forward and in the backward
