@@ -34,13 +34,15 @@ def _conv_transpose2d_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, N, H, W, OH, OW, Q
                              SH, SW, PH, PW, DH, DW, KH: tl.constexpr, KW: tl.constexpr, HAS_BIAS: tl.constexpr,
                              PRECISION: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr,
                              BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    # Grid: (pixel tiles of a phase, groups x channel tiles, phases). Pixel m of phase (rh, rw) is
-    # output (n, qh * SH + rh, qw * SW + rw).
+    # Grid: (pixel tiles x phases, groups x channel tiles). The phases of one tile are neighbouring
+    # programs, so their interleaved stores fill the same cache lines while these stay in L2. Pixel m of
+    # phase (rh, rw) is output (n, qh * SH + rh, qw * SW + rw).
+    phase, tile = tl.program_id(0) % (SH * SW), tl.program_id(0) // (SH * SW)
+    rh, rw = phase // SW, phase % SW
     n_tiles = tl.cdiv(C_OUT_G, BLOCK_N)
     group = tl.program_id(1) // n_tiles
     co = (tl.program_id(1) % n_tiles) * BLOCK_N + tl.arange(0, BLOCK_N)
-    rh, rw = tl.program_id(2) // SW, tl.program_id(2) % SW
-    m = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    m = tile.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     qw, qh, n = m % QW, (m // QW) % QH, m // (QW * QH)
     oh, ow = qh * SH + rh, qw * SW + rw
     pixel_ok = (n < N) & (oh < OH) & (ow < OW)
@@ -168,7 +170,7 @@ def conv_transpose2d_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
     n, c_in, height, width = batched.shape
     qh, qw = triton.cdiv(out_hw[0], stride[0]), triton.cdiv(out_hw[1], stride[1])
     block_m, block_n, block_k = _blocks(n * qh * qw, c_in // groups, c_out_g, x.device)
-    grid = (triton.cdiv(n * qh * qw, block_m), groups * triton.cdiv(c_out_g, block_n), stride[0] * stride[1])
+    grid = (triton.cdiv(n * qh * qw, block_m) * stride[0] * stride[1], groups * triton.cdiv(c_out_g, block_n))
     _conv_transpose2d_kernel[grid](
         batched, weight, bias if bias is not None else weight, target, n, height, width, *out_hw, qh, qw,
         c_in // groups, c_out_g, *batched.stride(), *weight.stride(), *target.stride(), *stride, *padding,
