@@ -46,7 +46,11 @@ def _activate(x, ACT: tl.constexpr):
     return y
 
 
-@triton.jit(do_not_specialize=["n"])  # element count: one compile for all token counts
+# n is left specialized on purpose: Triton then knows when n is a multiple of 16, so the masked
+# loads stay 16-byte vectors (do_not_specialize=["n"] made them 1.6-2.4x slower on an H100
+# at 1024-element blocks).
+# Token counts never change that property for model widths that are multiples of 16 (9728, 2560).
+@triton.jit
 def _gated_kernel(x_ptr, y_ptr, n, n_cols, x_row_stride, ACT: tl.constexpr, BLOCK: tl.constexpr):
     # Flat over the (contiguous) output: each program streams BLOCK consecutive outputs, reading the
     # matching gate and up elements. Consecutive programs touch consecutive memory, which measured
@@ -62,7 +66,7 @@ def _gated_kernel(x_ptr, y_ptr, n, n_cols, x_row_stride, ACT: tl.constexpr, BLOC
     tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit(do_not_specialize=["n"])
+@triton.jit
 def _pointwise_kernel(x_ptr, y_ptr, n, ACT: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n

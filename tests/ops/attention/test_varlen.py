@@ -98,15 +98,19 @@ def test_errors():
 
 @gpu_only
 def test_qwen3_prefill_4096_bf16_vs_sdpa():
-    # one 4096-token causal prefill, compared with SDPA (flash) on the contiguous tensors
+    # one 4096-token causal prefill: within bf16 tolerance of the fp32 reference, and no further from
+    # it than SDPA (flash) on the contiguous tensors, which rounds P to bf16 (up to ~3e-3 off there)
+    torch.manual_seed(0)
     args = make_case([4096], [4096], 4, 128, 16, torch.bfloat16, kv_heads=8)
     q, k_cache, v_cache, cu, seq_lens, tables, scale = args
     out = varlen_attention_triton(*args)
+    exact = varlen_attention_reference(*args)
     k = k_cache[tables[0, :256].long()].flatten(0, 1).transpose(0, 1)[None]
     v = v_cache[tables[0, :256].long()].flatten(0, 1).transpose(0, 1)[None]
-    expected = F.scaled_dot_product_attention(q.transpose(0, 1)[None], k, v, is_causal=True, scale=scale,
-                                              enable_gqa=True)[0].transpose(0, 1)
-    assert_close(out, expected, atol=2e-3)  # SDPA flash rounds P to bf16: up to ~5e-4 off
+    sdpa = F.scaled_dot_product_attention(q.transpose(0, 1)[None], k, v, is_causal=True, scale=scale,
+                                          enable_gqa=True)[0].transpose(0, 1)
+    assert_close(out, exact)
+    assert (out.float() - exact.float()).abs().max() <= (sdpa.float() - exact.float()).abs().max()
 
 
 @gpu_only
