@@ -174,6 +174,7 @@ def standard_specs(shots: int = 5, many_shot_tokens: int = 4096, query_tokens: i
         RunSpec("many-shot-random", "random", 200, prompt=many),
         RunSpec("many-shot-knn", "knn", 200, prompt=many_knn),
         RunSpec("many-shot-knn-minilm", "knn", 200, prompt=many_knn, embedding="minilm"),
+        RunSpec("many-shot-knn-balanced", "knn", 200, prompt=many_knn, per_label=per_label),
         RunSpec("many-shot-knn-balanced-minilm", "knn", 200, prompt=many_knn, embedding="minilm",
                 per_label=per_label),
     ]

@@ -153,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     acc = sub.add_parser("accuracy")
     acc.add_argument("--runs-dir", required=True, help="the --out of a finished `flagstack annotate sweep`")
     acc.add_argument("--command", default="", help="the sweep command(s) that made it, recorded in the meta")
+    acc.add_argument("--note", default="", help="a summary line recorded in the meta")
     parser.add_argument("--out-dir", default="bench/results")
     args = parser.parse_args(argv)
     if args.mode == "accuracy":
@@ -161,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{p['a']}, {p['only_b']} only by {p['b']}), exact McNemar p = {p['p_value']:.3g}"
                   for p in summary["paired"]]
         meta = {"runs_dir": args.runs_dir, "command": args.command, "chosen_on_dev": summary["chosen_on_dev"],
-                "paired": "; ".join(paired), **torch_versions()}
+                "paired": "; ".join(paired), "note": args.note, **torch_versions()}
         results = ResultsFile("annotate-accuracy", meta,
                               key=("split", "run"), out_dir=args.out_dir, columns=ACCURACY_COLUMNS)
         results.rows = []  # a sweep's summary replaces the day's older one

@@ -65,3 +65,8 @@ def test_clear_errors(setup, tmp_path, capsys):
     assert "field 'labels' must be a mapping or list of at least 2 labels" in capsys.readouterr().err
     assert main(["annotate", "leaderboard", "--runs-dir", str(tmp_path)]) == 2
     assert "no *.eval.json" in capsys.readouterr().err
+
+
+def test_sweep_rejects_unknown_run_names(capsys):
+    assert main(["annotate", "sweep", "--n-test", "2", "--n-dev", "2", "--only", "5-shot-knn,nope"]) == 2
+    assert "unknown run name(s) ['nope']" in capsys.readouterr().err

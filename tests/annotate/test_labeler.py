@@ -172,3 +172,14 @@ def test_dev_cache_path_ignores_name_and_calibration_only():
                 dev_cache_path(spec, task, "other-model", pool, "out"),
                 dev_cache_path(spec, task, "m", pool[:8], "out"),
                 dev_cache_path(spec, toy_task(instruction="Other."), "m", pool, "out")}) == 5
+
+
+def test_standard_specs_budgets():
+    from flagstack.annotate.sweep import standard_specs
+
+    specs = {s.name: s for s in standard_specs(4, 3000, 224, 120, 80, 1, 2)}
+    assert len(specs) == 10 and specs["4-shot-knn"].prompt.demo_tokens == 120
+    assert specs["many-shot-knn-balanced"].per_label == 2 and specs["many-shot-knn"].per_label is None
+    many = specs["many-shot-knn-balanced"].prompt
+    assert (many.max_prompt_tokens, many.demo_tokens, many.query_tokens, many.max_chunks, many.order) == (
+        3000, 80, 224, 1, "nearest_last")
