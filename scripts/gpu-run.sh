@@ -2,8 +2,8 @@
 # One GPU call, several stages: `bash scripts/gpu-run.sh STAGE[:SECONDS] ...`. Each stage runs under its
 # own time limit; logs and result files are packed into $OUT/results.tgz (the device tool returns at most
 # 8 files), with a short summary printed last.
-# Stages: ops-tests challenge-tests engine-tests attention attn-sweep annotate serve engine ops-llm
-# ops-challenge score
+# Stages: ops-tests challenge-tests challenge-new engine-tests attention attn-sweep annotate serve engine
+# engine-nohf ops-llm ops-challenge score
 source scripts/gpu-env.sh
 OUT=${OUT:-/tmp/out}; RES=/tmp/res; rm -rf "$RES"; mkdir -p "$OUT" "$RES"  # a warm machine keeps /tmp
 summary=()
@@ -17,14 +17,17 @@ for spec in "$@"; do
   name=${spec%%:*}; secs=${spec#*:}; [ "$secs" = "$spec" ] && secs=300
   case $name in
     ops-tests) run_stage $name $secs python3 -m pytest -q -p no:cacheprovider tests/ops --ignore=tests/ops/challenge ;;
-    challenge-tests) run_stage $name $secs python3 -m pytest -q -p no:cacheprovider tests/ops/challenge ;;
+    challenge-tests) run_stage $name $secs python3 -m pytest -v -p no:cacheprovider tests/ops/challenge ;;
+    challenge-new) run_stage $name $secs python3 -m pytest -v -p no:cacheprovider \
+      tests/ops/challenge/test_{conv_transpose2d,smooth_l1_loss,pixel_shuffle,pixel_unshuffle,avg_pool3d,max_pool3d,grid_sample}.py ;;
     engine-tests) run_stage $name $secs python3 -m pytest -q -p no:cacheprovider tests/engine tests/annotate ;;
     attention) run_stage $name $secs python3 -m flagstack.cli bench ops --suite attention --out-dir "$RES" ;;
     attn-sweep) run_stage $name $secs python3 -m flagstack.bench.attention --sweep --quick ;;
     annotate) run_stage $name $secs python3 -m flagstack.bench.annotate --out-dir "$RES" long ;;
     serve) run_stage $name $secs python3 -m flagstack.cli bench serve qwen3-4b --load-format dummy \
-      --max-model-len 4096 --num-requests 100 --rates 8,inf --out-dir "$RES" ;;
+      --max-model-len 4096 --num-requests 100 --rates 4,16,inf --out-dir "$RES" ;;
     engine) run_stage $name $secs python3 -m flagstack.cli bench engine --out-dir "$RES" ;;
+    engine-nohf) run_stage $name $secs python3 -m flagstack.cli bench engine --no-hf --out-dir "$RES" ;;
     ops-llm) run_stage $name $secs python3 -m flagstack.cli bench ops --suite llm --out-dir "$RES" ;;
     ops-challenge) run_stage $name $secs python3 -m flagstack.cli bench ops --suite challenge --out-dir "$RES" ;;
     score) run_stage $name $secs python3 -m flagstack.cli ops score --out-dir "$RES" ;;
