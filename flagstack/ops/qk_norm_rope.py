@@ -21,7 +21,7 @@ from flagstack.ops.host import cdiv, next_power_of_2
 from flagstack.ops.registry import BenchCase, register
 from flagstack.ops.rms_norm import rms_norm_reference
 from flagstack.ops.rotary import (check_heads, check_rope_args, heads_view, rope_cos_sin_cache,
-                                  rope_pair_offsets, rotate_reference)
+                                  rope_pair_offsets, rotate_reference_)
 
 
 @triton.jit
@@ -89,7 +89,7 @@ def qk_norm_rope_reference(q: torch.Tensor, k: torch.Tensor, q_weight: torch.Ten
     cos, sin = cos_sin_cache[positions.long()].float().chunk(2, dim=-1)
     for t, weight in ((q, q_weight), (k, k_weight)):
         view = heads_view(t, head_size)
-        view.copy_(rotate_reference(rms_norm_reference(view.float(), weight, eps), cos, sin, is_neox))
+        view.copy_(rotate_reference_(rms_norm_reference(view.float(), weight, eps), cos, sin, is_neox))
     return q, k
 
 

@@ -205,12 +205,15 @@ def paged_decode_reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     # embedded model's decode step, where this gather was ~18% of the step)
     k = k_cache.index_select(0, pages).view(shape)[:, :max_len]  # [S, L, Hkv, D]
     v = v_cache.index_select(0, pages).view(shape)[:, :max_len]
-    k_pos = torch.arange(max_len, device=q.device)[None, :]
-    last = (seq_lens.long() - 1)[:, None]
-    mask = k_pos <= last
-    if sliding_window is not None:
-        mask &= k_pos > last - sliding_window
-    o = attend(q[:, :, None], k.transpose(1, 2), v.transpose(1, 2), mask[:, None, None, :], scale, softcap)
+    mask = None  # every sequence as long as the longest and no window: every key counts
+    if sliding_window is not None or bool((seq_lens != max_len).any()):
+        k_pos = torch.arange(max_len, device=q.device)[None, :]
+        last = (seq_lens.long() - 1)[:, None]
+        mask = k_pos <= last
+        if sliding_window is not None:
+            mask &= k_pos > last - sliding_window
+        mask = mask[:, None, None, :]
+    o = attend(q[:, :, None], k.transpose(1, 2), v.transpose(1, 2), mask, scale, softcap)
     return o[:, :, 0].to(q.dtype)
 
 

@@ -38,16 +38,23 @@ def gather_kv(cache: torch.Tensor, block_table: torch.Tensor, length: int) -> to
     return cache.index_select(0, block_table[:n_blocks].long()).reshape(-1, *cache.shape[2:])[:length]
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float,
-           softcap: float | None) -> torch.Tensor:
-    """fp32 attention of q [B, Hq, Lq, D] over k/v [B, Hkv, Lk, D] with a boolean keep-mask."""
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float,
+           softcap: float | None, causal: bool = False) -> torch.Tensor:
+    """fp32 attention of q [B, Hq, Lq, D] over k/v [B, Hkv, Lk, D] with a boolean keep-mask; mask None:
+    every key is kept, or with causal=True the plain causal pattern of Lq == Lk (which SDPA computes
+    without a mask, skipping the upper half: ~2x faster on CPU for a whole prompt)."""
     q, k, v = q.float(), k.float(), v.float()
     if softcap is None:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale,
+                                              enable_gqa=True)
+    if causal:
+        mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
     group = q.shape[1] // k.shape[1]
     k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
     scores = softcap * torch.tanh((q @ k.transpose(-1, -2)) * scale / softcap)
-    return scores.masked_fill(~mask, float("-inf")).softmax(-1) @ v
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return scores.softmax(-1) @ v
 
 
 @dataclass(frozen=True)
@@ -222,13 +229,16 @@ def varlen_attention_reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: 
             continue
         k = gather_kv(k_cache, block_tables[s], kv_len)
         v = gather_kv(v_cache, block_tables[s], kv_len)
-        q_pos = torch.arange(kv_len - n_new, kv_len, device=q.device)[:, None]
-        k_pos = torch.arange(kv_len, device=q.device)[None, :]
-        mask = k_pos <= q_pos
-        if sliding_window is not None:
-            mask &= k_pos > q_pos - sliding_window
+        whole_prompt = kv_len == n_new and sliding_window is None
+        mask = None
+        if not whole_prompt:  # new tokens after a cached prefix (or a window): an explicit mask
+            q_pos = torch.arange(kv_len - n_new, kv_len, device=q.device)[:, None]
+            k_pos = torch.arange(kv_len, device=q.device)[None, :]
+            mask = k_pos <= q_pos
+            if sliding_window is not None:
+                mask &= k_pos > q_pos - sliding_window
         o = attend(q_s.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
-                   mask, scale, softcap)
+                   mask, scale, softcap, causal=whole_prompt)
         out[starts[s]:starts[s + 1]] = o[0].transpose(0, 1).to(q.dtype)
     return out
 
