@@ -216,9 +216,11 @@ def _aten_adapter(log: bool):
     return adapter
 
 
-softmax = register("softmax", reference=softmax_reference, triton=softmax_triton, flaggems="ops.softmax",
+# No flaggems= path: FlagGems' softmax/log_softmax take ATen's (x, dim, half_to_float), not our dtype
+# argument (bench/ops.py adapts them for the timings).
+softmax = register("softmax", reference=softmax_reference, triton=softmax_triton,
                    validate=_validate, bench_case=_bench_case)
 log_softmax = register("log_softmax", reference=log_softmax_reference, triton=log_softmax_triton,
-                       flaggems="ops.log_softmax", validate=_validate, bench_case=_bench_case)
+                       validate=_validate, bench_case=_bench_case)
 register_aten("aten::_softmax", _aten_adapter(log=False))
 register_aten("aten::_log_softmax", _aten_adapter(log=True))
