@@ -102,7 +102,8 @@ def rotate_reference_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, is_
     x1, x2 = (x[..., :half], x[..., half:2 * half]) if is_neox else (x[..., 0:2 * half:2], x[..., 1:2 * half:2])
     f1, f2 = x1.float(), x2.float()  # for fp32 x these are x1, x2 themselves: both results first, then store
     cos, sin = cos[:, None, :], sin[:, None, :]
-    o1, o2 = f1 * cos - f2 * sin, f2 * cos + f1 * sin
+    o1 = torch.addcmul(f1 * cos, f2, sin, value=-1.0)  # x1 cos - x2 sin
+    o2 = torch.addcmul(f2 * cos, f1, sin)  # x2 cos + x1 sin
     x1.copy_(o1)
     x2.copy_(o2)
     return x
@@ -113,9 +114,22 @@ def rotary_embedding_reference(positions: torch.Tensor, q: torch.Tensor, k: torc
                                is_neox: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """RoPE of q and k in place (NeoX halves or GPT-J pairs, fp32 maths); returns (q, k)."""
     cos, sin = cos_sin_cache.index_select(0, positions.long()).float().chunk(2, dim=-1)
-    for t in (q, k):
-        rotate_reference_(heads_view(t, head_size), cos, sin, is_neox)
+    qh, kh = heads_view(q, head_size), heads_view(k, head_size)
+    both = _one_block(qh, kh)
+    for heads in ((both,) if both is not None else (qh, kh)):
+        rotate_reference_(heads, cos, sin, is_neox)
     return q, k
+
+
+def _one_block(qh: torch.Tensor, kh: torch.Tensor) -> torch.Tensor | None:
+    """q and k heads [T, H, D] as one [T, Hq + Hkv, D] view when k's heads follow q's in memory, as in a
+    fused QKV projection's output (one rotation instead of two halves the small CPU ops), else None."""
+    same_layout = qh.dtype == kh.dtype and qh.stride() == kh.stride() and qh.shape[0] == kh.shape[0]
+    if not same_layout or qh.shape[0] == 0 or qh.stride(1) != qh.shape[2] or qh.stride(2) != 1:
+        return None
+    if kh.data_ptr() != qh.data_ptr() + qh.shape[1] * qh.stride(1) * qh.element_size():
+        return None
+    return qh.as_strided((qh.shape[0], qh.shape[1] + kh.shape[1], qh.shape[2]), qh.stride())
 
 
 def _inverse_frequencies(rot_dim: int, base: float, rope_scaling: dict | None) -> torch.Tensor:

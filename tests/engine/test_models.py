@@ -112,3 +112,17 @@ def test_qwen3_4b_dummy_runs_on_gpu():
     decode = run.step([[7], [8]])
     assert prefill.shape == (56, 151936) and decode.shape == (2, 151936)
     assert torch.isfinite(prefill).all() and torch.isfinite(decode).all()
+
+
+@pytest.mark.parametrize("rows", [0, 1, 2, 7, 64, 65])
+@pytest.mark.parametrize("bias", [False, True])
+def test_linear_small_batch_form_matches_f_linear(rows, bias):
+    """The CPU (W @ x^T)^T form of decode-sized GEMMs: same values as F.linear, contiguous rows."""
+    from flagstack.engine.models.layers import linear
+
+    torch.manual_seed(rows)
+    x = torch.randn(rows, 48)[:, 5:45]  # a non-contiguous input
+    weight, b = torch.randn(24, 40), (torch.randn(24) if bias else None)
+    out = linear(x, weight, b)
+    assert out.shape == (rows, 24) and out.is_contiguous()
+    assert_close(out, torch.nn.functional.linear(x, weight, b), atol=1e-5)

@@ -57,9 +57,9 @@ def store_kv_triton(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tenso
 def store_kv_reference(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor,
                        v_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
     """Write key/value [T, Hkv, D] into k_cache/v_cache [blocks, block_size, Hkv, D] in place."""
-    slots = slot_mapping.long()
-    valid = slots >= 0
-    if not bool(valid.all()):  # padding rows (CUDA-graph batches) are not stored
+    slots = slot_mapping.long()  # index_copy_ takes int64 indices
+    if slots.numel() and int(slots.min()) < 0:  # padding rows (CUDA-graph batches) are not stored
+        valid = slots >= 0
         slots, key, value = slots[valid], key[valid], value[valid]
     k_cache.view(-1, *k_cache.shape[2:]).index_copy_(0, slots, key.to(k_cache.dtype))
     v_cache.view(-1, *v_cache.shape[2:]).index_copy_(0, slots, value.to(v_cache.dtype))
