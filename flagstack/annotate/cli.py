@@ -139,7 +139,6 @@ def _bbc_items(args):
 def _sweep(args) -> int:
     from flagstack.annotate.sweep import standard_specs, standard_sweep
 
-    task, pool, dev, test = _bbc_items(args)
     specs = standard_specs(args.shots, args.many_shot_tokens, args.query_tokens, args.demo_tokens,
                            args.many_shot_demo_tokens, args.max_chunks, args.per_label)
     if args.only:
@@ -148,6 +147,7 @@ def _sweep(args) -> int:
         if unknown:
             raise ValueError(f"--only: unknown run name(s) {unknown}; known: {[s.name for s in specs]}")
         specs = [s for s in specs if s.name in names]
+    task, pool, dev, test = _bbc_items(args)  # after the checks: a bad name fails before any loading
     if args.calibration and args.calibration != "contextual":  # the specs' default; a new name keeps rows apart
         specs = [dataclasses.replace(s, name=f"{s.name}-{args.calibration}", calibration=args.calibration)
                  for s in specs]

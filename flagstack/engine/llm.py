@@ -12,7 +12,7 @@ import torch
 
 from flagstack.engine.config import EngineConfig, SamplingParams
 from flagstack.engine.core import EngineCore
-from flagstack.engine.outputs import DeltaTracker, RequestOutput, request_output
+from flagstack.engine.outputs import DeltaTracker, RequestOutput, merge_deltas, request_output
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 Prompt = str | list[int]
@@ -125,9 +125,13 @@ class AsyncLLM:
         finished = False
         try:
             while True:
-                item = await queue.get()
-                if isinstance(item, BaseException):
-                    raise RuntimeError("the engine loop has failed") from item
+                items = [await queue.get()]
+                while not queue.empty():  # fell behind the engine: one merged delta for all of them
+                    items.append(queue.get_nowait())
+                failure = next((i for i in items if isinstance(i, BaseException)), None)
+                if failure is not None:
+                    raise RuntimeError("the engine loop has failed") from failure
+                item = merge_deltas(items)
                 yield item
                 if item.finished:
                     finished = True
@@ -178,6 +182,7 @@ class AsyncLLM:
                     self._streams.clear()
                     return
                 now = time.time()
+                deliveries: dict[asyncio.AbstractEventLoop, list] = {}
                 for request in touched:
                     stream = self._streams.get(request.request_id)
                     if stream is None:
@@ -186,4 +191,15 @@ class AsyncLLM:
                     out = request_output(request, now, tracker)
                     if out.finished:
                         del self._streams[request.request_id]
-                    loop.call_soon_threadsafe(queue.put_nowait, out)
+                    deliveries.setdefault(loop, []).append((queue, out))
+                # one wake-up of each event loop per step, not one per request (with a hundred streams
+                # the per-call cost, a self-pipe write and a callback, took the GIL from this thread);
+                # still under the lock, so an abort's final output cannot overtake this step's
+                for loop, items in deliveries.items():
+                    loop.call_soon_threadsafe(_deliver, items)
+
+
+def _deliver(items: list[tuple[asyncio.Queue, RequestOutput]]) -> None:
+    """Hand one engine step's deltas to their streams (runs on the streams' event loop)."""
+    for queue, out in items:
+        queue.put_nowait(out)

@@ -71,3 +71,19 @@ def request_output(request: Request, now: float, tracker: DeltaTracker | None = 
         request.request_id, request.prompt, request.prompt_token_ids, request.prompt_logprobs, outs, finished,
         RequestMetrics(request.arrival, request.first_token_time, now if finished else None,
                        request.sequences[0].num_cached_tokens))
+
+
+def merge_deltas(deltas: list[RequestOutput]) -> RequestOutput:
+    """One delta holding several consecutive deltas of a request, in order (a stream that fell behind
+    sends one chunk for all of them instead of one per token)."""
+    if len(deltas) == 1:
+        return deltas[0]
+    last = deltas[-1]
+    outputs = []
+    for parts in zip(*(d.outputs for d in deltas)):
+        logprobs = None if parts[-1].logprobs is None else [lp for p in parts for lp in (p.logprobs or [])]
+        outputs.append(CompletionOutput(parts[-1].index, "".join(p.text for p in parts),
+                                        [t for p in parts for t in p.token_ids], parts[-1].cumulative_logprob,
+                                        logprobs, parts[-1].finish_reason, parts[-1].stop_reason))
+    return RequestOutput(last.request_id, last.prompt, last.prompt_token_ids, deltas[0].prompt_logprobs, outputs,
+                         last.finished, last.metrics)
