@@ -193,11 +193,25 @@ def paged_decode_reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
                            seq_lens: torch.Tensor, block_tables: torch.Tensor, scale: float,
                            sliding_window: int | None = None,
                            softcap: float | None = None) -> torch.Tensor:
-    """Decode attention for a batch in one shot: pages gathered and padded to the longest context."""
+    """Decode attention: the batch's pages gathered and padded to the longest context in one shot, or
+    one sequence at a time when padding would be over a third of the work (mixed lengths: on CPU, 32
+    contexts of 100-640 tokens took 8 ms a layer that way against 11-19 ms padded)."""
     if q.shape[0] == 0:
         return torch.empty_like(q)
-    block_size = k_cache.shape[1]
     lens = seq_lens.tolist()  # one host copy; the per-layer small ops below cost more than the maths at batch 1
+    if 2 * len(lens) * max(lens) <= 3 * sum(lens):
+        return _decode_padded(q, k_cache, v_cache, lens, block_tables, scale, sliding_window, softcap)
+    out = torch.empty_like(q)
+    for s, length in enumerate(lens):
+        out[s:s + 1] = _decode_padded(q[s:s + 1], k_cache, v_cache, [length], block_tables[s:s + 1], scale,
+                                      sliding_window, softcap)
+    return out
+
+
+def _decode_padded(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, lens: list[int],
+                   block_tables: torch.Tensor, scale: float, sliding_window: int | None,
+                   softcap: float | None) -> torch.Tensor:
+    block_size = k_cache.shape[1]
     max_len = max(lens)
     n_blocks = (max_len + block_size - 1) // block_size
     pages = block_tables[:, :n_blocks].flatten()
@@ -209,7 +223,7 @@ def paged_decode_reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     mask = None  # every sequence as long as the longest and no window: every key counts
     if sliding_window is not None or min(lens) != max_len:
         k_pos = torch.arange(max_len, device=q.device)[None, :]
-        last = (seq_lens.long() - 1)[:, None]
+        last = torch.tensor(lens, device=q.device)[:, None] - 1
         mask = k_pos <= last
         if sliding_window is not None:
             mask &= k_pos > last - sliding_window
