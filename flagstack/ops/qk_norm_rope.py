@@ -20,7 +20,7 @@ from flagstack.ops.checks import check_same_device, check_tensor
 from flagstack.ops.host import cdiv, next_power_of_2
 from flagstack.ops.registry import BenchCase, register
 from flagstack.ops.rms_norm import rms_norm_reference
-from flagstack.ops.rotary import (check_heads, check_rope_args, heads_view, rope_cos_sin_cache,
+from flagstack.ops.rotary import (check_heads, check_rope_args, heads_view, rope_cos_sin, rope_cos_sin_cache,
                                   rope_pair_offsets, rotate_reference_)
 
 
@@ -48,10 +48,7 @@ def _qk_norm_rope_kernel(pos_ptr, q_ptr, k_ptr, qw_ptr, kw_ptr, cache_ptr, n_q_h
                          IS_NEOX: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
     token = tl.program_id(0).to(tl.int64)
     head_block = tl.program_id(1)
-    d = tl.arange(0, BLOCK_D)
-    row = cache_ptr + tl.load(pos_ptr + token).to(tl.int64) * cache_stride
-    cos = tl.load(row + d, mask=d < half, other=0.0).to(tl.float32)[None, :]
-    sin = tl.load(row + half + d, mask=d < half, other=0.0).to(tl.float32)[None, :]
+    cos, sin = rope_cos_sin(cache_ptr, pos_ptr, token, cache_stride, half, BLOCK_D)
     q_blocks = tl.cdiv(n_q_heads, BLOCK_H)
     if head_block < q_blocks:
         _norm_rope_heads(q_ptr, qw_ptr, token, head_block * BLOCK_H, n_q_heads, q_token_stride, q_head_stride,

@@ -39,6 +39,16 @@ def rope_pair_offsets(d, half, IS_NEOX: tl.constexpr):
 
 
 @triton.jit
+def rope_cos_sin(cache_ptr, pos_ptr, token, cache_stride, half, BLOCK_D: tl.constexpr):
+    """The token's cos and sin rows, [1, BLOCK_D] fp32 (zero past `half`), read once per program."""
+    d = tl.arange(0, BLOCK_D)
+    row = cache_ptr + tl.load(pos_ptr + token).to(tl.int64) * cache_stride
+    cos = tl.load(row + d, mask=d < half, other=0.0).to(tl.float32)[None, :]
+    sin = tl.load(row + half + d, mask=d < half, other=0.0).to(tl.float32)[None, :]
+    return cos, sin
+
+
+@triton.jit
 def _rope_heads(ptr, token, first_head, n_heads, token_stride, head_stride, cos, sin, half,
                 IS_NEOX: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
     heads = first_head + tl.arange(0, BLOCK_H)
@@ -58,10 +68,7 @@ def _rotary_kernel(pos_ptr, q_ptr, k_ptr, cache_ptr, n_q_heads, n_k_heads, q_tok
                    BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
     token = tl.program_id(0).to(tl.int64)
     head_block = tl.program_id(1)
-    d = tl.arange(0, BLOCK_D)
-    row = cache_ptr + tl.load(pos_ptr + token).to(tl.int64) * cache_stride
-    cos = tl.load(row + d, mask=d < half, other=0.0).to(tl.float32)[None, :]
-    sin = tl.load(row + half + d, mask=d < half, other=0.0).to(tl.float32)[None, :]
+    cos, sin = rope_cos_sin(cache_ptr, pos_ptr, token, cache_stride, half, BLOCK_D)
     q_blocks = tl.cdiv(n_q_heads, BLOCK_H)
     if head_block < q_blocks:
         _rope_heads(q_ptr, token, head_block * BLOCK_H, n_q_heads, q_token_stride, q_head_stride, cos, sin,
