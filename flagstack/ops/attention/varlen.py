@@ -230,8 +230,9 @@ def varlen_attention_reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: 
         k = gather_kv(k_cache, block_tables[s], kv_len)
         v = gather_kv(v_cache, block_tables[s], kv_len)
         whole_prompt = kv_len == n_new and sliding_window is None
+        sees_all = n_new == 1 and sliding_window is None  # one token after its prefix: every key counts
         mask = None
-        if not whole_prompt:  # new tokens after a cached prefix (or a window): an explicit mask
+        if not (whole_prompt or sees_all):  # new tokens after a cached prefix (or a window): a mask
             q_pos = torch.arange(kv_len - n_new, kv_len, device=q.device)[:, None]
             k_pos = torch.arange(kv_len, device=q.device)[None, :]
             mask = k_pos <= q_pos
