@@ -3,7 +3,8 @@
 Decode: batch x context with Qwen3-4B heads (32 q / 8 kv, head_dim 128), our paged kernel vs SDPA
 (enable_gqa) and FlexAttention over contiguous K/V; GB/s of K/V read and % of a device copy of the
 same bytes, all timed as GPU time inside CUDA graphs with L2 flushed before each call (the engine
-replays decode from CUDA graphs, so Python launch overhead is not part of a decode step). Prefill: one causal sequence of 1k/4k/16k tokens, and 16 sequences of 1024 new tokens
+replays decode from CUDA graphs, so Python launch overhead is not part of a decode step).
+Prefill: one causal sequence of 1k/4k/16k tokens, and 16 sequences of 1024 new tokens
 over 4096 cached; TFLOP/s against SDPA's flash backend (causal cases) and FlexAttention (all).
 `python -m flagstack.bench.attention --sweep` times launch configs instead, to tune the defaults.
 """

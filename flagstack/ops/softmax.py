@@ -9,6 +9,8 @@
   speed on an H100. 2 programs per SM keep 264 rows (80 MB) in flight, so roughly the last 60% of
   each row is still in the 50 MB L2; 1 per SM would fit every row but leaves each SM one load in
   flight at a time (Triton does not pipeline these loads). Both are one argument of _launch_wide.
+  L2 eviction hints (keep pass 1's reads, stream pass 2's reads and writes out) and 32768-element
+  blocks raised this path from 64% to 81-86% of copy speed on the H100.
 - wide rows, few of them (fewer rows than SMs, e.g. one decode step's logits): each row is cut into
   chunks over many programs. Stage 1 writes each chunk's (max, sum); stage 2 combines a row's
   partials and writes its chunk. Same 2 reads + 1 write, but the whole GPU works on a single row.
