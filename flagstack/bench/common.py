@@ -127,6 +127,8 @@ def gbps(nbytes: int, us: float) -> float:
 
 
 def _cell(value: Any) -> str:
+    if isinstance(value, (list, tuple)):  # e.g. a confidence interval: [0.839, 1.0]
+        return "[" + ", ".join(_cell(v) for v in value) + "]"
     if isinstance(value, float):
         if math.isnan(value):
             return "-"
