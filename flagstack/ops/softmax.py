@@ -138,11 +138,10 @@ def _launch_narrow(x: torch.Tensor, y: torch.Tensor, log: bool) -> None:
 
 
 def _launch_wide(x: torch.Tensor, y: torch.Tensor, log: bool, block: int = LOOP_BLOCK,
-                 warps: int = LOOP_WARPS, programs_per_sm: int = LOOP_PROGRAMS_PER_SM,
-                 policies: tuple[str, str] = LOOP_POLICIES) -> None:
+                 warps: int = LOOP_WARPS, programs_per_sm: int = LOOP_PROGRAMS_PER_SM) -> None:
     programs = min(x.shape[0], programs_per_sm * sm_count(x.device, cpu=4))
     _wide_kernel[(programs,)](x, y, x.shape[0], x.shape[1], x.stride(0), y.stride(0), LOG=log, BLOCK=block,
-                              PASS1_POLICY=policies[0], PASS2_POLICY=policies[1], num_warps=warps)
+                              PASS1_POLICY=LOOP_POLICIES[0], PASS2_POLICY=LOOP_POLICIES[1], num_warps=warps)
 
 
 def _launch_split(x: torch.Tensor, y: torch.Tensor, log: bool, block: int = SPLIT_BLOCK,
