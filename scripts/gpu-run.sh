@@ -3,7 +3,7 @@
 # own time limit; logs and result files are packed into $OUT/results.tgz (the device tool returns at most
 # 8 files), with a short summary printed last.
 # Stages: ops-tests challenge-tests challenge-new engine-tests attention attn-sweep annotate serve engine
-# engine-nohf ops-llm ops-challenge score
+# engine-nohf ops-llm ops-challenge score score-speed profile
 source scripts/gpu-env.sh
 OUT=${OUT:-/tmp/out}; RES=/tmp/res; rm -rf "$RES"; mkdir -p "$OUT" "$RES"  # a warm machine keeps /tmp
 summary=()
@@ -31,6 +31,8 @@ for spec in "$@"; do
     ops-llm) run_stage $name $secs python3 -m flagstack.cli bench ops --suite llm --out-dir "$RES" ;;
     ops-challenge) run_stage $name $secs python3 -m flagstack.cli bench ops --suite challenge --out-dir "$RES" ;;
     score) run_stage $name $secs python3 -m flagstack.cli ops score --out-dir "$RES" ;;
+    score-speed) run_stage $name $secs python3 -m flagstack.cli ops score --no-tests --out-dir "$RES" ;;
+    profile) run_stage $name $secs python3 scripts/profile_decode.py ;;
     *) summary+=("$name: unknown stage") ;;
   esac
   tar czf "$OUT/results.tgz" -C "$RES" .
