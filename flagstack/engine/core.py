@@ -28,7 +28,6 @@ class EngineCore:
         self.device = device
         self.requests: dict[str, Request] = {}
         self.pending_children: dict[str, list[Sequence]] = {}  # n > 1: siblings waiting on the prompt
-        self.incremental_text = False  # streaming: keep seq.text current after every token
         if device.type == "cuda":  # compile every kernel variant now, not inside the first requests
             warm_up(self)
 
@@ -137,11 +136,11 @@ class EngineCore:
             seq.finish("length")
         if seq.constraint is not None and seq.constraint.accept(token) and seq.status is not Status.FINISHED:
             seq.finish("stop")  # the grammar is complete (or rejected the token)
-        if self.tokenizer is not None and (p.stop_strings or self.incremental_text):
+        if self.tokenizer is not None and p.stop_strings:  # stop strings need the text as it grows
             self._detokenize_step(seq)
         if seq.status is Status.FINISHED:
             self.scheduler.finish(seq)
-            if self.tokenizer is not None and not (p.stop_strings or self.incremental_text):
+            if self.tokenizer is not None and not p.stop_strings:
                 seq.text = self.tokenizer.decode(seq.output_token_ids, skip_special_tokens=p.skip_special_tokens)
 
     def _detokenize_step(self, seq: Sequence) -> None:

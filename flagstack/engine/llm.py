@@ -94,7 +94,6 @@ class AsyncLLM:
 
     def __init__(self, model: str | None = None, **engine_kwargs) -> None:
         self.engine = build_engine(model, **engine_kwargs)
-        self.engine.incremental_text = True
         self.tokenizer = self.engine.tokenizer
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -110,12 +109,14 @@ class AsyncLLM:
         if self._error is not None:
             raise RuntimeError("the engine loop has failed") from self._error
         request_id = request_id or f"async-{id(object())}-{time.monotonic_ns()}"
+        params = params or SamplingParams()
         queue: asyncio.Queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
+        # the text is decoded here, on the event loop, unless the engine keeps it for stop strings
+        tracker = DeltaTracker(None if params.stop_strings else self.tokenizer, params.skip_special_tokens)
         # the engine thread holds the lock for a whole step: wait for it in a worker thread, so the
         # event loop (other streams, /health) keeps running meanwhile
-        adding = loop.run_in_executor(None, self._add, request_id, prompt, params or SamplingParams(),
-                                      (loop, queue, DeltaTracker()))
+        adding = loop.run_in_executor(None, self._add, request_id, prompt, params, (loop, queue, tracker))
         try:
             await asyncio.shield(adding)
         except asyncio.CancelledError:  # the consumer left while waiting: abort once the add lands
@@ -131,7 +132,7 @@ class AsyncLLM:
                 failure = next((i for i in items if isinstance(i, BaseException)), None)
                 if failure is not None:
                     raise RuntimeError("the engine loop has failed") from failure
-                item = merge_deltas(items)
+                item = tracker.add_text(merge_deltas(items))
                 yield item
                 if item.finished:
                     finished = True

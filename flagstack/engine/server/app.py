@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sys
 import time
 from dataclasses import dataclass
 from typing import AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.datastructures import Headers
 
 from flagstack.engine.server import params as P
 from flagstack.engine.server.chat import forced_tool_schema, prompt_opens_reasoning, render_chat
@@ -21,6 +23,7 @@ from flagstack.engine.server.protocol import (ApiError, ChatCompletionRequest, C
 
 OPEN_PATHS = ("/health", "/metrics")  # answered without the api key
 DISCONNECT_POLL_S = 0.5
+GIL_SWITCH_INTERVAL_S = 0.0005
 
 
 @dataclass
@@ -55,6 +58,38 @@ def default_structured(engine) -> object | None:
     return StructuredOutputs(engine.tokenizer, core.vocab_size, core.eos_token_ids)
 
 
+class AuthAndCount:
+    """ASGI middleware: the api-key check and the per-route request counter. Plain ASGI rather than
+    `@app.middleware("http")`, whose wrapper re-streams every SSE chunk through an extra task."""
+
+    def __init__(self, app, api_key: str | None, metrics: ServerMetrics, known_paths: set[str]) -> None:
+        self.app, self.api_key, self.metrics, self.known_paths = app, api_key, metrics, known_paths
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        route = path if path in self.known_paths else "other"
+        if self.api_key and path not in OPEN_PATHS and \
+                Headers(scope=scope).get("authorization") != f"Bearer {self.api_key}":
+            response = JSONResponse(ApiError("invalid or missing api key (Authorization: Bearer ...)", None, 401,
+                                             "authentication_error").body(), status_code=401)
+            await response(scope, receive, send)
+            self.metrics.http_requests.labels(route, "401").inc()
+            return
+        status = [500]  # if the app fails before it starts a response
+
+        async def send_and_note_status(message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+        try:
+            await self.app(scope, receive, send_and_note_status)
+        finally:
+            self.metrics.http_requests.labels(route, str(status[0])).inc()
+
+
 def build_app(engine, model_name: str, api_key: str | None = None) -> FastAPI:
     """The OpenAI-compatible app serving `engine` (an AsyncLLM) under `model_name`."""
 
@@ -67,17 +102,8 @@ def build_app(engine, model_name: str, api_key: str | None = None) -> FastAPI:
     ctx = ServerContext(engine, model_name, ServerMetrics(engine.engine), default_structured(engine), api_key)
     app.state.ctx = ctx
 
-    @app.middleware("http")
-    async def auth_and_count(request: Request, call_next):
-        path = request.url.path
-        if api_key and path not in OPEN_PATHS and request.headers.get("authorization") != f"Bearer {api_key}":
-            response = JSONResponse(ApiError("invalid or missing api key (Authorization: Bearer ...)", None, 401,
-                                             "authentication_error").body(), status_code=401)
-        else:
-            response = await call_next(request)
-        route = path if path in KNOWN_PATHS else "other"
-        ctx.metrics.http_requests.labels(route, str(response.status_code)).inc()
-        return response
+    known_paths: set[str] = set()  # filled once the routes below exist; labels of the request counter
+    app.add_middleware(AuthAndCount, api_key=api_key, metrics=ctx.metrics, known_paths=known_paths)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, err: ApiError):
@@ -165,7 +191,7 @@ def build_app(engine, model_name: str, api_key: str | None = None) -> FastAPI:
             raise ApiError(f"tokens: ids must be in [0, {ctx.core.vocab_size})", "tokens")
         return {"prompt": ctx.engine.tokenizer.decode(req.tokens)}
 
-    KNOWN_PATHS = {route.path for route in app.routes}
+    known_paths.update(route.path for route in app.routes)
     return app
 
 
@@ -233,6 +259,9 @@ def serve(model: str | None = None, host: str = "127.0.0.1", port: int = 8000, a
 
     from flagstack.engine.llm import AsyncLLM
 
+    # The engine thread gives up the GIL in every torch call and must win it back from the event loop;
+    # Python's default 5 ms switch interval made each of those waits up to 5 ms under load.
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     engine = AsyncLLM(model, **engine_kwargs)
     name = served_model_name or model_display_name(model)
     app = build_app(engine, name, api_key)
