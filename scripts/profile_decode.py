@@ -1,8 +1,9 @@
 """Where a decode step's time goes, on CUDA: `python3 scripts/profile_decode.py [--batches 1,256]`.
 
-For each batch size: warm decode runs, then a profiled run of --steps decode steps (torch.profiler,
-CPU + CUDA). Prints the wall time per step, the GPU kernel time per step (so the gap is host time the
-GPU waits through), and the kernels that take the most GPU time. Qwen3-4B config, random weights.
+For each batch size: warm decode runs, then a profiled run (torch.profiler, CPU + CUDA) that records
+only --steps decode steps (the prefill steps before them are skipped). Prints the wall time per decode
+step, the GPU kernel time per step (the gap is host time the GPU waits through), and the kernels that
+take the most GPU time. Qwen3-4B config, random weights.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import argparse
 import time
 
 import torch
-from torch.profiler import ProfilerActivity, profile
+from torch.profiler import ProfilerActivity, profile, schedule
 
 from flagstack.engine.config import SamplingParams
 from flagstack.engine.llm import LLM
@@ -41,12 +42,22 @@ def main() -> None:
         one = decode_run(llm, batch, 1, args.prompt_len, seed=2)
         full = decode_run(llm, batch, args.steps + 1, args.prompt_len, seed=3)
         step_ms = (full - one) / args.steps * 1e3
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            decode_run(llm, batch, args.steps + 1, args.prompt_len, seed=4)
+        prefill_steps = -(-batch * args.prompt_len // llm.engine.config.max_num_batched_tokens)
+        runner = llm.engine.runner
+        execute = runner.execute
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA],
+                     schedule=schedule(skip_first=prefill_steps + 1, wait=0, warmup=1, active=args.steps)) as prof:
+            def profiled_execute(*a, **k):
+                out = execute(*a, **k)
+                prof.step()
+                return out
+            runner.execute = profiled_execute
+            decode_run(llm, batch, args.steps + prefill_steps + 4, args.prompt_len, seed=4)
+            runner.execute = execute
         events = prof.key_averages()
         gpu_us = sum(e.self_device_time_total for e in events if e.device_type.name == "CUDA")
         print(f"\n== batch {batch}: {step_ms:.2f} ms per decode step unprofiled ({batch / step_ms * 1e3:.0f} tok/s); "
-              f"GPU kernel time {gpu_us / 1e3 / (args.steps + 1):.2f} ms per step (profiled run incl. prefill)")
+              f"GPU kernel time {gpu_us / 1e3 / args.steps:.2f} ms per decode step")
         print(events.table(sort_by="self_device_time_total", row_limit=args.top, max_name_column_width=70))
 
 
