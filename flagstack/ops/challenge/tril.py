@@ -19,9 +19,10 @@ BLOCK_M, BLOCK_N = 16, 128
 
 
 @triton.jit
-def _tril_kernel(x_ptr, out_ptr, M, N, diagonal, tiles_n, tiles_per_matrix,
-                 x_sb, x_sm, x_sn, o_sb, o_sm, o_sn,
+def _tril_kernel(x_ptr, out_ptr, M, N, diagonal, x_sb, x_sm, x_sn, o_sb, o_sm, o_sn,
                  IN_PLACE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    tiles_n = tl.cdiv(N, BLOCK_N)
+    tiles_per_matrix = tl.cdiv(M, BLOCK_M) * tiles_n
     pid = tl.program_id(0)
     batch = (pid // tiles_per_matrix).to(tl.int64)
     tile = pid % tiles_per_matrix
@@ -37,23 +38,28 @@ def _tril_kernel(x_ptr, out_ptr, M, N, diagonal, tiles_n, tiles_per_matrix,
         tl.store(out_at, tl.load(x_at, mask=keep, other=0), mask=inside)
 
 
-def _launch(x: torch.Tensor, out: torch.Tensor, diagonal: int) -> torch.Tensor:
-    """Run the kernel from x into out (same shape; out may be x itself) or via a copy if out is
-    not viewable as [batch, M, N]."""
+def _launch(x: torch.Tensor, out: torch.Tensor, diagonal: int, in_place: bool = False) -> torch.Tensor:
+    """Run the kernel from x into out (same shape; out is x itself when `in_place`) or via a copy if
+    out is not viewable as [batch, M, N]. A 2-D x needs no view: each torch call here costs host
+    time, which is what a 1024^2 call (a few us on the GPU) is made of."""
     M, N = x.shape[-2:]
     if x.numel() == 0:
         return out
     diagonal = max(min(diagonal, N), -M)  # beyond these, the result no longer changes
-    try:
-        out3 = out.view(-1, M, N)
-    except RuntimeError:  # batch dims of out not mergeable: compute into a fresh tensor, copy
-        return out.copy_(_launch(x, torch.empty_like(x, memory_format=torch.contiguous_format), diagonal))
-    x3 = x.reshape(-1, M, N)
-    tiles_n, tiles_m = cdiv(N, BLOCK_N), cdiv(M, BLOCK_M)
-    grid = (x3.shape[0] * tiles_m * tiles_n,)
-    _tril_kernel[grid](x3, out3, M, N, diagonal, tiles_n, tiles_m * tiles_n, *x3.stride(), *out3.stride(),
-                       IN_PLACE=out3.data_ptr() == x3.data_ptr() and out3.stride() == x3.stride(),
-                       BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, num_warps=4)
+    if x.dim() == 2:
+        x3, out3, batch, x_sb, o_sb = x, out, 1, 0, 0
+    else:
+        try:
+            out3 = out.view(-1, M, N)
+        except RuntimeError:  # batch dims of out not mergeable: compute into a fresh tensor, copy
+            return out.copy_(_launch(x, torch.empty_like(x, memory_format=torch.contiguous_format), diagonal))
+        x3 = x.reshape(-1, M, N)
+        batch, x_sb, o_sb = x3.shape[0], x3.stride(0), out3.stride(0)
+    x_sm, x_sn = x3.stride()[-2:]
+    o_sm, o_sn = out3.stride()[-2:]
+    _tril_kernel[(batch * cdiv(M, BLOCK_M) * cdiv(N, BLOCK_N),)](
+        x3, out3, M, N, diagonal, x_sb, x_sm, x_sn, o_sb, o_sm, o_sn,
+        IN_PLACE=in_place, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, num_warps=4)
     return out
 
 
@@ -76,7 +82,7 @@ def tril_triton(x: torch.Tensor, diagonal: int = 0, *, out: torch.Tensor | None 
 def tril_inplace(x: torch.Tensor, diagonal: int = 0) -> torch.Tensor:
     """In-place tril_ (aten::tril_): zeroes the upper part of x, never touching the rest."""
     _check_rank(x)
-    return _launch(x, x, int(diagonal))
+    return _launch(x, x, int(diagonal), in_place=True)
 
 
 def tril_reference(x: torch.Tensor, diagonal: int = 0, *, out: torch.Tensor | None = None) -> torch.Tensor:
