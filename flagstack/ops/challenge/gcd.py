@@ -20,6 +20,22 @@ from flagstack.ops.registry import BenchCase, register, register_aten
 
 
 @triton.jit
+def _euclid_steps(a, b, STEPS: tl.constexpr):
+    """STEPS Euclid steps on the lanes still running (a != 0); finished lanes keep a = 0."""
+    for _ in tl.static_range(STEPS):
+        running = a != 0
+        remainder = b % tl.where(running, a, 1)
+        b = tl.where(running, a, b)
+        a = tl.where(running, remainder, 0)
+    return a, b
+
+
+@triton.jit
+def _fits_int32(x):
+    return (x >= -2147483648) & (x <= 2147483647)
+
+
+@triton.jit
 def _gcd_kernel(a_ptr, b_ptr, out_ptr, n, BLOCK: tl.constexpr):
     offsets, mask = flat_offsets(n, BLOCK)
     a = tl.load(a_ptr + offsets, mask=mask, other=0).to(out_ptr.dtype.element_ty)
@@ -27,11 +43,23 @@ def _gcd_kernel(a_ptr, b_ptr, out_ptr, n, BLOCK: tl.constexpr):
     if a.dtype.is_int_signed():
         a = tl.where(a < 0, -a, a)
         b = tl.where(b < 0, -b, b)
-    while tl.max((a != 0).to(tl.int32), axis=0) > 0:
-        running = a != 0
-        remainder = b % tl.where(running, a, 1)
-        b = tl.where(running, a, b)
-        a = tl.where(running, remainder, 0)
+    if a.dtype == tl.int64:
+        # A 64-bit remainder is a long emulated sequence, several times a 32-bit one, and random
+        # 64-bit pairs fall into int32 range after about half their steps: step in int64 only while
+        # a running lane needs it, then finish in int32 (same truncating remainder, so the same
+        # results, INT_MIN quirks included). Lanes already done keep their 64-bit result.
+        while tl.max(((a != 0) & ~(_fits_int32(a) & _fits_int32(b))).to(tl.int32), axis=0) > 0:
+            a, b = _euclid_steps(a, b, 1)
+        done = a == 0
+        a32, b32 = tl.where(done, 0, a).to(tl.int32), tl.where(done, 0, b).to(tl.int32)
+        while tl.max((a32 != 0).to(tl.int32), axis=0) > 0:
+            a32, b32 = _euclid_steps(a32, b32, 2)
+        b = tl.where(done, b, b32.to(tl.int64))
+    else:
+        # Two steps per loop test: the test is a reduction over the block, a step on a finished
+        # lane changes nothing.
+        while tl.max((a != 0).to(tl.int32), axis=0) > 0:
+            a, b = _euclid_steps(a, b, 2)
     tl.store(out_ptr + offsets, b, mask=mask)
 
 

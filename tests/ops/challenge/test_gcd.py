@@ -37,6 +37,11 @@ def test_special_values():
     check(gcd_triton(a, b), torch.gcd(a, b), exact=True)
     big = torch.tensor([2**62, -2**63, 10**18, 0], device=DEVICE)
     check(gcd_triton(big, big.flip(0)), torch.gcd(big, big.flip(0)), exact=True)
+    # int64 around the int32 range, where the kernel moves from 64-bit to 32-bit steps
+    edge = torch.tensor([2**31, -2**31, 2**31 - 1, -2**31 - 1, 2**32 + 6, 6, -2**63, 3 * 2**40, 0],
+                        device=DEVICE)
+    a, b = edge[:, None].expand(9, 9), edge[None, :].expand(9, 9)
+    check(gcd_triton(a, b), torch.gcd(a, b), exact=True)
 
 
 @covers("broadcast", "params", "int_dtypes")
