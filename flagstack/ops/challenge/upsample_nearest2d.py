@@ -12,6 +12,8 @@ corrected by one step either way so it agrees exactly with the forward's fp32 ma
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 import triton
@@ -19,6 +21,7 @@ import triton.language as tl
 
 from flagstack.ops.challenge.images import bench_images, output_memory_format
 from flagstack.ops.challenge.pointwise import check_kernel_dtype, check_same_dtype, resize_out
+from flagstack.ops.host import cdiv, next_power_of_2
 from flagstack.ops.registry import BenchCase, register, register_aten
 
 FORWARD_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.uint8)  # as ATen
@@ -44,17 +47,25 @@ def _first_dst(i, scale, in_size, out_size):
 @triton.jit
 def _forward_kernel(x_ptr, out_ptr, n_rows, channels, in_h, in_w, out_h, out_w, scale_h, scale_w,
                     x_sn, x_sc, x_sh, x_sw, o_sn, o_sc, o_sh, o_sw,
-                    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)  # (n, c, oh)
+                    K: tl.constexpr, ROWS_64: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    # Row indices (n, c, oh) in int32 unless there are 2^31 of them: 64-bit division is a long
+    # emulated sequence, and each thread splits several rows into n, c, oh.
+    rows = tl.program_id(0).to(tl.int64 if ROWS_64 else tl.int32) * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)  # ow
     plane, oh = rows // out_h, (rows % out_h).to(tl.int32)
     n, c = plane // channels, plane % channels
-    ih, iw = _source(oh, scale_h, in_h).to(tl.int64), _source(cols, scale_w, in_w)
+    ih = _source(oh, scale_h, in_h).to(tl.int64)
+    x_rows = x_ptr + (n.to(tl.int64) * x_sn + c.to(tl.int64) * x_sc + ih * x_sh)[:, None]
     mask = (rows < n_rows)[:, None] & (cols < out_w)[None, :]
-    values = tl.load(x_ptr + (n * x_sn + c * x_sc + ih * x_sh)[:, None] + (iw.to(tl.int64) * x_sw)[None, :],
-                     mask=mask)
-    tl.store(out_ptr + (n * o_sn + c * o_sc + oh.to(tl.int64) * o_sh)[:, None] + (cols.to(tl.int64) * o_sw)[None, :],
-             values, mask=mask)
+    if K > 1:  # out_w = K * in_w, K a power of 2: source column ow // K, read as a contiguous run
+        iw = tl.program_id(1) * (BLOCK_C // K) + tl.arange(0, BLOCK_C // K)
+        run = tl.load(x_rows + (iw.to(tl.int64) * x_sw)[None, :], mask=(rows < n_rows)[:, None] & (iw < in_w)[None, :])
+        values = tl.reshape(tl.broadcast_to(run[:, :, None], (BLOCK_R, BLOCK_C // K, K)), (BLOCK_R, BLOCK_C))
+    else:  # a gather: neighbouring lanes may read one element, so no vector loads
+        iw = _source(cols, scale_w, in_w)
+        values = tl.load(x_rows + (iw.to(tl.int64) * x_sw)[None, :], mask=mask)
+    tl.store(out_ptr + (n.to(tl.int64) * o_sn + c.to(tl.int64) * o_sc + oh.to(tl.int64) * o_sh)[:, None]
+             + (cols.to(tl.int64) * o_sw)[None, :], values, mask=mask)
 
 
 @triton.jit
@@ -81,6 +92,7 @@ def _backward_kernel(grad_ptr, out_ptr, n_rows, channels, in_h, in_w, out_h, out
              acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
+@functools.lru_cache(maxsize=256)
 def _scale(in_size: int, out_size: int, scale: float | None) -> float:
     """ATen's compute_scales_value in fp32: 1 / scale when given and positive, else in / out."""
     if scale is not None and scale > 0:
@@ -108,9 +120,17 @@ def _check_sizes(output_size, input_size) -> tuple[int, int, int, int, int, int]
 
 
 def _grid(n_rows: int, n_cols: int) -> tuple[tuple[int, int], int, int]:
-    block_c = min(triton.next_power_of_2(n_cols), 256)
-    block_r = min(TILE // block_c, triton.next_power_of_2(n_rows))
-    return (triton.cdiv(n_rows, block_r), triton.cdiv(n_cols, block_c)), block_r, block_c
+    block_c = min(next_power_of_2(n_cols), 256)
+    block_r = min(TILE // block_c, next_power_of_2(n_rows))
+    return (cdiv(n_rows, block_r), cdiv(n_cols, block_c)), block_r, block_c
+
+
+def _width_factor(in_w: int, out_w: int, scale_w: float, block_c: int) -> int:
+    """K when out_w = K * in_w for a power of 2 K (2 <= K <= block_c) whose fp32 mapping is exactly
+    ow // K (scale 1 / K, columns below 2^24), else 1 (the gather path)."""
+    k = out_w // in_w
+    exact = out_w == k * in_w and k & (k - 1) == 0 and scale_w == 1.0 / k and out_w < 2 ** 24
+    return k if exact and 2 <= k <= block_c else 1
 
 
 def upsample_nearest2d_triton(x: torch.Tensor, output_size, scales_h: float | None = None,
@@ -128,8 +148,10 @@ def upsample_nearest2d_triton(x: torch.Tensor, output_size, scales_h: float | No
     if out.numel() == 0:
         return out
     grid, block_r, block_c = _grid(n * c * oh, ow)
-    _forward_kernel[grid](x, out, n * c * oh, c, h, w, oh, ow, _scale(h, oh, scales_h), _scale(w, ow, scales_w),
-                          *x.stride(), *out.stride(), BLOCK_R=block_r, BLOCK_C=block_c, num_warps=8)
+    scale_w = _scale(w, ow, scales_w)
+    _forward_kernel[grid](x, out, n * c * oh, c, h, w, oh, ow, _scale(h, oh, scales_h), scale_w, *x.stride(),
+                          *out.stride(), K=_width_factor(w, ow, scale_w, block_c), ROWS_64=n * c * oh >= 2 ** 31 - TILE,
+                          BLOCK_R=block_r, BLOCK_C=block_c, num_warps=8)
     return out
 
 

@@ -16,6 +16,7 @@ CASES = [  # input shape, output size, scales_h, scales_w
     ((1, 1, 1, 1), (3, 2), None, None), ((2, 3, 5, 7), (10, 14), None, None), ((2, 3, 5, 7), (7, 9), None, None),
     ((1, 2, 8, 9), (3, 4), None, None), ((2, 1, 4, 4), (4, 4), None, None), ((1, 2, 6, 40), (13, 100), None, None),
     ((2, 3, 5, 7), (7, 10), 1.5, 1.5), ((1, 2, 5, 6), (9, 4), 0.7, 2.0), ((1, 1, 3, 3), (6, 6), -1.0, 0.0),
+    ((1, 2, 3, 5), (6, 20), None, 4.0),  # width x4: the kernel's contiguous-run path (x2 in the cases above)
 ]
 VEC_FACTORS = [(2.0, 2.0), (1.5, 0.5), (3.0, 1.7), (0.34, 1.0)]
 
