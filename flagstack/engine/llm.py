@@ -3,7 +3,9 @@ HTTP server). Both drive one EngineCore."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import itertools
+import queue
 import threading
 import time
 from typing import AsyncIterator, Sequence as Seq
@@ -90,13 +92,18 @@ class LLM:
 
 class AsyncLLM:
     """Streaming engine: a background thread steps the engine while requests are pending;
-    `async for out in engine.generate(prompt, params, request_id)` yields deltas."""
+    `async for out in engine.generate(prompt, params, request_id)` yields deltas.
+
+    New requests and aborts reach the engine thread through an inbox that it empties before every
+    step, rather than by taking the step lock: a lock released and retaken at every step starved the
+    waiting threads (the last of 100 simultaneous requests was admitted 6 s late on an H100)."""
 
     def __init__(self, model: str | None = None, **engine_kwargs) -> None:
         self.engine = build_engine(model, **engine_kwargs)
         self.tokenizer = self.engine.tokenizer
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # held by the engine thread for a step; get_stats reads under it
         self._wake = threading.Event()
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()  # ("add", ...) and ("abort", ...) messages
         self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue, DeltaTracker]] = {}
         self._stopped = False
         self._error: BaseException | None = None
@@ -105,30 +112,26 @@ class AsyncLLM:
 
     async def generate(self, prompt: Prompt, params: SamplingParams | None = None,
                        request_id: str | None = None) -> AsyncIterator[RequestOutput]:
-        """Yield RequestOutputs holding the new text/tokens since the previous one; the last has finished=True."""
+        """Yield RequestOutputs holding the new text/tokens since the previous one; the last has finished=True.
+        A bad request raises ValueError at the first iteration."""
         if self._error is not None:
             raise RuntimeError("the engine loop has failed") from self._error
         request_id = request_id or f"async-{id(object())}-{time.monotonic_ns()}"
         params = params or SamplingParams()
-        queue: asyncio.Queue = asyncio.Queue()
+        stream: asyncio.Queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
         # the text is decoded here, on the event loop, unless the engine keeps it for stop strings
         tracker = DeltaTracker(None if params.stop_strings else self.tokenizer, params.skip_special_tokens)
-        # the engine thread holds the lock for a whole step: wait for it in a worker thread, so the
-        # event loop (other streams, /health) keeps running meanwhile
-        adding = loop.run_in_executor(None, self._add, request_id, prompt, params, (loop, queue, tracker))
-        try:
-            await asyncio.shield(adding)
-        except asyncio.CancelledError:  # the consumer left while waiting: abort once the add lands
-            adding.add_done_callback(lambda f: f.exception() or loop.run_in_executor(None, self.abort, request_id))
-            raise
-        self._wake.set()
+        added = loop.create_future()
+        self._send(("add", request_id, prompt, params, (loop, stream, tracker), added))
+        self._answer_if_dead()
         finished = False
         try:
+            await added  # the engine thread's add_request: raises its ValueError for a bad request
             while True:
-                items = [await queue.get()]
-                while not queue.empty():  # fell behind the engine: one merged delta for all of them
-                    items.append(queue.get_nowait())
+                items = [await stream.get()]
+                while not stream.empty():  # fell behind the engine: one merged delta for all of them
+                    items.append(stream.get_nowait())
                 failure = next((i for i in items if isinstance(i, BaseException)), None)
                 if failure is not None:
                     raise RuntimeError("the engine loop has failed") from failure
@@ -138,24 +141,22 @@ class AsyncLLM:
                     finished = True
                     return
         finally:
-            if not finished:  # the consumer stopped early: free its blocks (off the event loop, as above)
-                await loop.run_in_executor(None, self.abort, request_id)
-
-    def _add(self, request_id: str, prompt: Prompt, params: SamplingParams, stream: tuple) -> None:
-        with self._lock:
-            self.engine.add_request(request_id, prompt, params)
-            self._streams[request_id] = stream
+            if not finished:  # the consumer stopped early (or the add failed): free its blocks
+                self._send(("abort", request_id, None))
 
     def abort(self, request_id: str) -> bool:
-        """Stop a request and free its KV blocks; its stream ends with finish_reason 'abort'."""
-        with self._lock:
-            request = self.engine.requests.get(request_id)
-            found = self.engine.abort(request_id)
-            stream = self._streams.pop(request_id, None)
-        if found and stream is not None:
-            loop, queue, tracker = stream
-            loop.call_soon_threadsafe(queue.put_nowait, request_output(request, time.time(), tracker))
-        return found
+        """Stop a request and free its KV blocks; its stream ends with finish_reason 'abort'. Waits
+        for the engine thread (at most a step); False if the request is unknown or already done."""
+        if self._stopped or self._error is not None or threading.current_thread() is self._thread:
+            with self._lock:
+                return self._abort_now(request_id)
+        done: concurrent.futures.Future = concurrent.futures.Future()
+        self._send(("abort", request_id, done))
+        while True:
+            try:
+                return done.result(timeout=1.0)
+            except concurrent.futures.TimeoutError:
+                self._answer_if_dead()
 
     def get_stats(self) -> dict[str, float]:
         with self._lock:
@@ -166,21 +167,70 @@ class AsyncLLM:
         self._stopped = True
         self._wake.set()
         self._thread.join()
+        self._answer_if_dead()  # what arrived too late: adds fail, aborts are applied
+
+    def _send(self, message: tuple) -> None:
+        self._inbox.put(message)
+        self._wake.set()
+
+    def _answer_if_dead(self) -> None:
+        """The engine thread has stopped or failed: apply the inbox here (adds fail, aborts answer)."""
+        if not self._thread.is_alive():
+            with self._lock:
+                self._take_inbox()
+
+    def _take_inbox(self) -> None:
+        """Apply the queued adds and aborts (engine thread, or after it stopped)."""
+        while True:
+            try:
+                message = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if message[0] == "abort":
+                _, request_id, done = message
+                found = self._abort_now(request_id)
+                if done is not None:
+                    done.set_result(found)
+                continue
+            _, request_id, prompt, params, stream, added = message
+            loop = stream[0]
+            try:
+                if self._stopped or self._error is not None:
+                    raise RuntimeError("the engine is shut down" if self._stopped else "the engine loop has failed")
+                self.engine.add_request(request_id, prompt, params)
+            except Exception as err:  # noqa: BLE001 - the caller's generate() raises it
+                loop.call_soon_threadsafe(_settle, added, err)
+                continue
+            self._streams[request_id] = stream
+            loop.call_soon_threadsafe(_settle, added, None)
+
+    def _abort_now(self, request_id: str) -> bool:
+        request = self.engine.requests.get(request_id)
+        found = self.engine.abort(request_id)
+        stream = self._streams.pop(request_id, None)
+        if found and stream is not None:
+            loop, deltas, tracker = stream
+            loop.call_soon_threadsafe(deltas.put_nowait, request_output(request, time.time(), tracker))
+        return found
 
     def _loop(self) -> None:
         while not self._stopped:
             self._wake.wait()
             with self._lock:
+                self._take_inbox()
                 if not self.engine.has_unfinished():
                     self._wake.clear()
+                    if not self._inbox.empty():  # arrived between taking the inbox and clearing
+                        self._wake.set()
                     continue
                 try:
                     touched = self.engine.step()
                 except BaseException as err:  # report to every waiting consumer, then stop
                     self._error = err
-                    for loop, queue, _ in self._streams.values():
-                        loop.call_soon_threadsafe(queue.put_nowait, err)
+                    for loop, stream, _ in self._streams.values():
+                        loop.call_soon_threadsafe(stream.put_nowait, err)
                     self._streams.clear()
+                    self._take_inbox()  # waiting adds fail too
                     return
                 now = time.time()
                 deliveries: dict[asyncio.AbstractEventLoop, list] = {}
@@ -188,11 +238,11 @@ class AsyncLLM:
                     stream = self._streams.get(request.request_id)
                     if stream is None:
                         continue
-                    loop, queue, tracker = stream
+                    loop, deltas, tracker = stream
                     out = request_output(request, now, tracker)
                     if out.finished:
                         del self._streams[request.request_id]
-                    deliveries.setdefault(loop, []).append((queue, out))
+                    deliveries.setdefault(loop, []).append((deltas, out))
                 # one wake-up of each event loop per step, not one per request (with a hundred streams
                 # the per-call cost, a self-pipe write and a callback, took the GIL from this thread);
                 # still under the lock, so an abort's final output cannot overtake this step's
@@ -200,7 +250,17 @@ class AsyncLLM:
                     loop.call_soon_threadsafe(_deliver, items)
 
 
+def _settle(future: asyncio.Future, error: BaseException | None) -> None:
+    """Resolve an add's future on its event loop (unless its consumer already left)."""
+    if future.cancelled():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
+
+
 def _deliver(items: list[tuple[asyncio.Queue, RequestOutput]]) -> None:
     """Hand one engine step's deltas to their streams (runs on the streams' event loop)."""
-    for queue, out in items:
-        queue.put_nowait(out)
+    for stream, out in items:
+        stream.put_nowait(out)
