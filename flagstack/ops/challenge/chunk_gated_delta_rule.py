@@ -30,6 +30,19 @@ from flagstack.ops.registry import BenchCase, register
 
 CHUNK = 64
 MAX_HEAD_DIM = 256
+SM90_SHARED_BYTES = 232_448  # the most shared memory one H100 block may use
+
+
+def state_kernel_config(block_k: int, block_v: int) -> dict[str, int]:
+    """BV, num_warps and num_stages of the state kernel for padded head dims `block_k`, `block_v`. Each stage
+    buffers a chunk of q, k, W (BK wide) and U~; with every option on, compiled for sm90, bf16 needs 230 KB
+    of shared memory at BK 128, BV 64 and 2 stages (280 KB at 3), 198 KB at BV 32; BK 256 fits only at
+    1 stage with BV 16 (217 KB). Smaller BV also means more programs: 2 x 16 heads x 4 blocks of BV 32 fill
+    an H100's 132 SMs better than 64 programs. tests/ops/challenge/test_chunk_gated_delta_rule.py checks
+    the 128 config against SM90_SHARED_BYTES."""
+    if block_k <= 64:
+        return {"BV": min(64, block_v), "num_warps": 4, "num_stages": 3}
+    return {"BV": min(32 if block_k == 128 else 16, block_v), "num_warps": 8, "num_stages": 2 if block_k == 128 else 1}
 
 
 @triton.jit
@@ -175,12 +188,12 @@ def chunk_gated_delta_rule_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Ten
         k, v, g, beta, w, u, gcum, seq, heads, group, dim_k, dim_v, k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), *g.stride(), *beta.stride(), C=CHUNK, BK=bk, BV=bv_all,
         L2NORM=use_qk_l2norm_in_kernel, DOT=dot, num_warps=4)
-    bv = min(64, bv_all)
-    _chunk_state_kernel[(batch * heads, triton.cdiv(dim_v, bv))](
+    config = state_kernel_config(bk, bv_all)
+    _chunk_state_kernel[(batch * heads, triton.cdiv(dim_v, config["BV"]))](
         q, k, w, u, gcum, s0 if s0 is not None else w, out, final if final is not None else w, seq, heads, group,
         dim_k, dim_v, scale, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        *out.stride()[:3], C=CHUNK, BK=bk, BV_ALL=bv_all, BV=bv, HAS_S0=s0 is not None,
-        STORE_STATE=final is not None, L2NORM=use_qk_l2norm_in_kernel, DOT=dot, num_warps=8 if bk >= 128 else 4)
+        *out.stride()[:3], C=CHUNK, BK=bk, BV_ALL=bv_all, HAS_S0=s0 is not None, STORE_STATE=final is not None,
+        L2NORM=use_qk_l2norm_in_kernel, DOT=dot, **config)
     return out, final
 
 
