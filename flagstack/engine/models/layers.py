@@ -13,7 +13,7 @@ from torch import nn
 from transformers import PretrainedConfig
 
 from flagstack.engine.models.attention import PagedAttention
-from flagstack.ops import add_rms_norm, embedding, rms_norm, rope_cos_sin_cache, silu_and_mul
+from flagstack.ops import add_rms_norm, embedding, gemv, rms_norm, rope_cos_sin_cache, silu_and_mul
 
 
 class RMSNorm(nn.Module):
@@ -30,10 +30,13 @@ class RMSNorm(nn.Module):
 
 
 DECODE_ROWS = 64  # up to this many rows a CPU GEMM runs as (W @ x^T)^T (see `linear`)
+GEMV_MAX_OUT = 32768  # one CUDA row goes to ops.gemv for weights up to this many outputs (not lm_head)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear, except for 1..DECODE_ROWS rows on CPU (decode steps), computed as (W @ x^T)^T.
+    """F.linear, except for 1..DECODE_ROWS rows on CPU (decode steps), computed as (W @ x^T)^T, and a
+    single row on CUDA, which goes to ops.gemv (no split-K: 15% less GPU time than cuBLAS over Qwen3-4B's
+    four projections on an H100; cuBLAS already streams the 151,936-row lm_head at ~3 TB/s).
 
     Measured with MKL on the 2-core AMD CI machine (2 threads, SmolLM2's 30 layers): x @ W^T of a few
     rows was 1.1-3x slower than W @ x^T (gate_up 8 rows 39 vs 24 ms, lm_head 2 rows 26 vs 8 ms), and
@@ -41,6 +44,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     sized inputs (512+ rows) gain nothing once the result is made contiguous again, so they keep F.linear.
     """
     rows = x.shape[0]
+    if x.is_cuda and x.dim() == 2 and rows == 1 and bias is None and weight.shape[0] <= GEMV_MAX_OUT:
+        return gemv(x, weight)
     if x.device.type != "cpu" or x.dim() != 2 or not 0 < rows <= DECODE_ROWS:
         return F.linear(x, weight, bias)
     cols = (x if rows > 1 else x.repeat(2, 1)).t()  # x^T as a transposed view: MKL's fast layout here
