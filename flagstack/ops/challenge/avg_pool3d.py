@@ -15,8 +15,9 @@ import torch
 import triton
 import triton.language as tl
 
-from flagstack.ops.challenge.pointwise import check_kernel_dtype, check_same_dtype, flat_offsets, resize_out
-from flagstack.ops.challenge.pool3d import check_pool3d, split_volume, triple
+from flagstack.ops.challenge.pointwise import check_kernel_dtype, check_same_dtype, resize_out
+from flagstack.ops.challenge.pool3d import block_offsets, check_pool3d, needs_int64, split_volume, triple
+from flagstack.ops.host import cdiv
 from flagstack.ops.registry import BenchCase, register, register_aten
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -28,7 +29,7 @@ ERRORS = {"kernel_size": "avg_pool3d: kernel_size must be a single int, or a tup
 
 
 @triton.jit
-def _window_count(o, size, stride, pad, K: tl.constexpr, COUNT_PAD: tl.constexpr):
+def _window_count(o, size, stride: tl.constexpr, pad: tl.constexpr, K: tl.constexpr, COUNT_PAD: tl.constexpr):
     """Along one dim, ATen's count for output o: its window clipped to the padded input
     (count_include_pad) or to the input; the divisor is the product over the three dims."""
     start = o * stride - pad
@@ -39,10 +40,11 @@ def _window_count(o, size, stride, pad, K: tl.constexpr, COUNT_PAD: tl.constexpr
 
 
 @triton.jit
-def _avg_pool_kernel(x_ptr, out_ptr, n, T, H, W, OT, OH, OW, ST, SH, SW, PT, PH, PW, divisor_override,
-                     KT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, COUNT_PAD: tl.constexpr,
-                     BLOCK: tl.constexpr):
-    offsets, mask = flat_offsets(n, BLOCK)
+def _avg_pool_kernel(x_ptr, out_ptr, n, T, H, W, OT, OH, OW, divisor_override,
+                     KT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, ST: tl.constexpr, SH: tl.constexpr,
+                     SW: tl.constexpr, PT: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
+                     COUNT_PAD: tl.constexpr, WIDE: tl.constexpr, BLOCK: tl.constexpr):
+    offsets, mask = block_offsets(n, BLOCK, WIDE)
     base, ot, oh, ow = split_volume(offsets, OT, OH, OW, T * H * W)
     t0, h0, w0 = ot * ST - PT, oh * SH - PH, ow * SW - PW
     acc = tl.zeros([BLOCK], tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32)
@@ -62,10 +64,11 @@ def _avg_pool_kernel(x_ptr, out_ptr, n, T, H, W, OT, OH, OW, ST, SH, SW, PT, PH,
 
 
 @triton.jit
-def _avg_pool_backward_kernel(grad_ptr, grad_input_ptr, n, T, H, W, OT, OH, OW, ST, SH, SW, PT, PH, PW,
-                              divisor_override, KT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
-                              COUNT_PAD: tl.constexpr, BLOCK: tl.constexpr):
-    offsets, mask = flat_offsets(n, BLOCK)
+def _avg_pool_backward_kernel(grad_ptr, grad_input_ptr, n, T, H, W, OT, OH, OW, divisor_override,
+                              KT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, ST: tl.constexpr,
+                              SH: tl.constexpr, SW: tl.constexpr, PT: tl.constexpr, PH: tl.constexpr,
+                              PW: tl.constexpr, COUNT_PAD: tl.constexpr, WIDE: tl.constexpr, BLOCK: tl.constexpr):
+    offsets, mask = block_offsets(n, BLOCK, WIDE)
     base, t, h, w = split_volume(offsets, T, H, W, OT * OH * OW)
     acc = tl.zeros([BLOCK], tl.float64 if grad_input_ptr.dtype.element_ty == tl.float64 else tl.float32)
     # Output o's window holds input i when o * S - P + k = i for some 0 <= k < K; the per-dim parts
@@ -124,9 +127,10 @@ def avg_pool3d_triton(x: torch.Tensor, kernel_size, stride=(), padding=0, ceil_m
     if n == 0:
         return out
     target = out if out.is_contiguous() else torch.empty(shape, dtype=x.dtype, device=x.device)
-    _avg_pool_kernel[(triton.cdiv(n, BLOCK),)](x.contiguous(), target, n, *x.shape[-3:], *out_thw, *stride, *padding,
-                                               divisor, KT=kernel[0], KH=kernel[1], KW=kernel[2],
-                                               COUNT_PAD=count_include_pad, BLOCK=BLOCK, num_warps=4)
+    (kt, kh, kw), (st, sh, sw), (pt, ph, pw) = kernel, stride, padding
+    _avg_pool_kernel[(cdiv(n, BLOCK),)](x.contiguous(), target, n, *x.shape[-3:], *out_thw, divisor, KT=kt, KH=kh,
+                                        KW=kw, ST=st, SH=sh, SW=sw, PT=pt, PH=ph, PW=pw, COUNT_PAD=count_include_pad,
+                                        WIDE=needs_int64(x, out), BLOCK=BLOCK, num_warps=4)
     if target is not out:
         out.copy_(target)
     return out
@@ -150,10 +154,11 @@ def avg_pool3d_backward_triton(grad_output: torch.Tensor, x: torch.Tensor, kerne
     if n == 0:
         return grad_input
     target = grad_input if grad_input.is_contiguous() else torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    grid = (triton.cdiv(n, BACKWARD_BLOCK),)
-    _avg_pool_backward_kernel[grid](grad_output.contiguous(), target, n, *x.shape[-3:], *out_thw, *stride, *padding,
-                                    divisor, KT=kernel[0], KH=kernel[1], KW=kernel[2], COUNT_PAD=count_include_pad,
-                                    BLOCK=BACKWARD_BLOCK, num_warps=4)
+    (kt, kh, kw), (st, sh, sw), (pt, ph, pw) = kernel, stride, padding
+    _avg_pool_backward_kernel[(cdiv(n, BACKWARD_BLOCK),)](
+        grad_output.contiguous(), target, n, *x.shape[-3:], *out_thw, divisor, KT=kt, KH=kh, KW=kw, ST=st, SH=sh,
+        SW=sw, PT=pt, PH=ph, PW=pw, COUNT_PAD=count_include_pad, WIDE=needs_int64(x, grad_output),
+        BLOCK=BACKWARD_BLOCK, num_warps=4)
     if target is not grad_input:
         grad_input.copy_(target)
     return grad_input

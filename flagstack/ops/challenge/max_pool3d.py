@@ -16,8 +16,9 @@ import torch
 import triton
 import triton.language as tl
 
-from flagstack.ops.challenge.pointwise import check_kernel_dtype, check_same_dtype, flat_offsets, resize_out
-from flagstack.ops.challenge.pool3d import check_pool3d, split_volume, triple
+from flagstack.ops.challenge.pointwise import check_kernel_dtype, check_same_dtype, resize_out
+from flagstack.ops.challenge.pool3d import block_offsets, check_pool3d, needs_int64, split_volume, triple
+from flagstack.ops.host import cdiv
 from flagstack.ops.registry import BenchCase, register, register_aten
 
 DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
@@ -31,15 +32,17 @@ ERRORS = {"kernel_size": "max_pool3d: kernel_size must either be a single int, o
 
 
 @triton.jit
-def _first_valid(start, dilation):
+def _first_valid(start, dilation: tl.constexpr):
     """The first start + k * dilation (k >= 0) that is not in the left padding."""
     return tl.where(start < 0, start + (-start + dilation - 1) // dilation * dilation, start)
 
 
 @triton.jit
-def _max_pool_kernel(x_ptr, out_ptr, index_ptr, n, T, H, W, OT, OH, OW, ST, SH, SW, PT, PH, PW, DT, DH, DW, lowest,
-                     KT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, BLOCK: tl.constexpr):
-    offsets, mask = flat_offsets(n, BLOCK)
+def _max_pool_kernel(x_ptr, out_ptr, index_ptr, n, T, H, W, OT, OH, OW, lowest,
+                     KT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, ST: tl.constexpr, SH: tl.constexpr,
+                     SW: tl.constexpr, PT: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr, DT: tl.constexpr,
+                     DH: tl.constexpr, DW: tl.constexpr, WIDE: tl.constexpr, BLOCK: tl.constexpr):
+    offsets, mask = block_offsets(n, BLOCK, WIDE)
     base, ot, oh, ow = split_volume(offsets, OT, OH, OW, T * H * W)
     t0, h0, w0 = ot * ST - PT, oh * SH - PH, ow * SW - PW
     best_index = (_first_valid(t0, DT) * H + _first_valid(h0, DH)) * W + _first_valid(w0, DW)
@@ -61,12 +64,13 @@ def _max_pool_kernel(x_ptr, out_ptr, index_ptr, n, T, H, W, OT, OH, OW, ST, SH, 
                 best = tl.where(take, value, best)
                 best_index = tl.where(take, position, best_index)
     tl.store(out_ptr + offsets, best.to(out_ptr.dtype.element_ty), mask=mask)
-    tl.store(index_ptr + offsets, best_index, mask=mask)
+    tl.store(index_ptr + offsets, best_index.to(tl.int64), mask=mask)
 
 
 @triton.jit
-def _max_pool_backward_kernel(grad_ptr, index_ptr, grad_input_ptr, n, out_volume, in_volume, BLOCK: tl.constexpr):
-    offsets, mask = flat_offsets(n, BLOCK)
+def _max_pool_backward_kernel(grad_ptr, index_ptr, grad_input_ptr, n, out_volume, in_volume, WIDE: tl.constexpr,
+                              BLOCK: tl.constexpr):
+    offsets, mask = block_offsets(n, BLOCK, WIDE)
     grad = tl.load(grad_ptr + offsets, mask=mask).to(grad_input_ptr.dtype.element_ty)
     target = offsets // out_volume * in_volume + tl.load(index_ptr + offsets, mask=mask, other=0)
     tl.atomic_add(grad_input_ptr + target, grad, mask=mask, sem="relaxed")
@@ -103,9 +107,10 @@ def max_pool3d_with_indices_triton(x: torch.Tensor, kernel_size, stride=(), padd
         return out, indices
     values = out if out.is_contiguous() else torch.empty(shape, dtype=x.dtype, device=x.device)
     where = indices if indices.is_contiguous() else torch.empty(shape, dtype=torch.int64, device=x.device)
-    _max_pool_kernel[(triton.cdiv(n, BLOCK),)](x.contiguous(), values, where, n, *x.shape[-3:], *out_thw, *stride,
-                                               *padding, *dilation, _lowest(x.dtype), KT=kernel[0], KH=kernel[1],
-                                               KW=kernel[2], BLOCK=BLOCK, num_warps=4)
+    (kt, kh, kw), (st, sh, sw), (pt, ph, pw), (dt, dh, dw) = kernel, stride, padding, dilation
+    _max_pool_kernel[(cdiv(n, BLOCK),)](x.contiguous(), values, where, n, *x.shape[-3:], *out_thw, _lowest(x.dtype),
+                                        KT=kt, KH=kh, KW=kw, ST=st, SH=sh, SW=sw, PT=pt, PH=ph, PW=pw, DT=dt, DH=dh,
+                                        DW=dw, WIDE=needs_int64(x, out), BLOCK=BLOCK, num_warps=4)
     for result, target in ((values, out), (where, indices)):
         if result is not target:
             target.copy_(result)
@@ -132,9 +137,10 @@ def max_pool3d_with_indices_backward_triton(grad_output: torch.Tensor, x: torch.
     acc = grad_input.zero_() if wide else torch.zeros(x.shape, dtype=torch.float32, device=x.device)
     n = grad_output.numel()
     if n:
-        _max_pool_backward_kernel[(triton.cdiv(n, BLOCK),)](grad_output.contiguous(), indices.contiguous(), acc, n,
+        _max_pool_backward_kernel[(cdiv(n, BLOCK),)](grad_output.contiguous(), indices.contiguous(), acc, n,
                                                             out_thw[0] * out_thw[1] * out_thw[2],
-                                                            x.shape[-3:].numel(), BLOCK=BLOCK, num_warps=4)
+                                                            x.shape[-3:].numel(), WIDE=needs_int64(x, grad_output),
+                                                            BLOCK=BLOCK, num_warps=4)
     if acc is not grad_input:
         grad_input.copy_(acc)
     return grad_input
