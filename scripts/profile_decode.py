@@ -2,12 +2,14 @@
 
 For each batch size: warm decode runs, then a profiled run (torch.profiler, CPU + CUDA) that records
 only --steps decode steps (the prefill steps before them are skipped). Prints the wall time per decode
-step, the GPU kernel time per step (the gap is host time the GPU waits through), and the kernels that
-take the most GPU time. Qwen3-4B config, random weights.
+step, the GPU kernel time per step (the gap is host time the GPU waits through), the kernels that
+take the most GPU time, and a cProfile of the Python side of a run. Qwen3-4B config, random weights.
 """
 from __future__ import annotations
 
 import argparse
+import cProfile
+import pstats
 import time
 
 import torch
@@ -59,6 +61,9 @@ def main() -> None:
         print(f"\n== batch {batch}: {step_ms:.2f} ms per decode step unprofiled ({batch / step_ms * 1e3:.0f} tok/s); "
               f"GPU kernel time {gpu_us / 1e3 / args.steps:.2f} ms per decode step")
         print(events.table(sort_by="self_device_time_total", row_limit=args.top, max_name_column_width=70))
+        host = cProfile.Profile()  # the Python side of the same run: where the GPU's idle time goes
+        host.runcall(decode_run, llm, batch, args.steps + prefill_steps + 4, args.prompt_len, 5)
+        pstats.Stats(host).sort_stats("tottime").print_stats(args.top)
 
 
 if __name__ == "__main__":
