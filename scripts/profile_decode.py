@@ -48,7 +48,7 @@ def main() -> None:
         runner = llm.engine.runner
         execute = runner.execute
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA],
-                     schedule=schedule(skip_first=prefill_steps + 1, wait=0, warmup=1, active=args.steps)) as prof:
+                     schedule=schedule(skip_first=prefill_steps + 1, wait=0, warmup=1, active=args.steps, repeat=1)) as prof:
             def profiled_execute(*a, **k):
                 out = execute(*a, **k)
                 prof.step()
