@@ -8,6 +8,8 @@ KT*KH*KW loads, and int64 division / multiplication of the split took several ti
 instructions as the loads (max_pool3d was compute-bound at 0.87-0.98x torch)."""
 from __future__ import annotations
 
+import functools
+import math
 from typing import Sequence
 
 import torch
@@ -21,7 +23,7 @@ WIDE_MARGIN = 1 << 16
 
 def needs_int64(*tensors: torch.Tensor) -> bool:
     """Whether the kernels must index these tensors in int64."""
-    return max(t.numel() for t in tensors) >= (1 << 31) - WIDE_MARGIN
+    return max([t.numel() for t in tensors]) >= (1 << 31) - WIDE_MARGIN
 
 
 @triton.jit
@@ -63,6 +65,12 @@ def output_size(size: int, kernel: int, stride: int, pad: int, dilation: int, ce
 def check_pool3d(x: torch.Tensor, kernel: tuple, stride: tuple, pad: tuple, dilation: tuple, ceil_mode: bool,
                  op: str) -> tuple[int, int, int]:
     """ATen's pool3d_shape_check; returns the output (T, H, W)."""
+    return _check_shape(tuple(x.shape), kernel, stride, pad, dilation, ceil_mode, op)
+
+
+@functools.lru_cache(maxsize=1024)  # a pure function of shapes and parameters; ~10 us of host time per call
+def _check_shape(shape: tuple, kernel: tuple, stride: tuple, pad: tuple, dilation: tuple, ceil_mode: bool,
+                 op: str) -> tuple[int, int, int]:
     if min(kernel) <= 0:
         raise RuntimeError(f"kernel size should be greater than zero, but got kT: {kernel[0]} kH: {kernel[1]} "
                            f"kW: {kernel[2]}")
@@ -71,19 +79,18 @@ def check_pool3d(x: torch.Tensor, kernel: tuple, stride: tuple, pad: tuple, dila
     if min(dilation) <= 0:
         raise RuntimeError(f"dilation should be greater than zero, but got dilationT: {dilation[0]} "
                            f"dilationH: {dilation[1]} dilationW: {dilation[2]}")
-    if x.dim() not in (4, 5):
+    if len(shape) not in (4, 5):
         raise RuntimeError("non-empty 4D or 5D (batch mode) tensor expected for input")
-    if any(s == 0 for s in x.shape[-4:]):
+    if any(s == 0 for s in shape[-4:]):
         raise RuntimeError(f"{op}(): Expected input's non-batch dimensions to have positive length, but input "
-                           f"has a shape of {list(x.shape)} and non-batch dimension {x.shape[-4:].numel()} has "
+                           f"has a shape of {list(shape)} and non-batch dimension {math.prod(shape[-4:])} has "
                            "length zero!")
     for k, p, d in zip(kernel, pad, dilation):
         if p > ((k - 1) * d + 1) // 2:
             raise RuntimeError(f"pad should be at most half of effective kernel size, but got pad={p}, "
                                f"kernel_size={k} and dilation={d}")
-    sizes = x.shape[-3:]
-    out = tuple(output_size(*args, ceil_mode) for args in zip(sizes, kernel, stride, pad, dilation))
+    out = tuple(output_size(*args, ceil_mode) for args in zip(shape[-3:], kernel, stride, pad, dilation))
     if min(out) < 1:
-        raise RuntimeError(f"Given input size: ({'x'.join(map(str, x.shape[-4:]))}). Calculated output size: "
-                           f"({x.shape[-4]}x{'x'.join(map(str, out))}). Output size is too small")
+        raise RuntimeError(f"Given input size: ({'x'.join(map(str, shape[-4:]))}). Calculated output size: "
+                           f"({shape[-4]}x{'x'.join(map(str, out))}). Output size is too small")
     return out  # type: ignore[return-value]
