@@ -7,10 +7,14 @@ Coordinates follow ATen's CUDA kernel: unnormalize, then clip or reflect (biline
 every tap (bicubic); non-finite or huge coordinates become -100, i.e. outside (CPU ATen differs there
 and is not followed). Nearest rounds half to even. Math in fp32 (fp64 for fp64).
 
-One program per BLOCK_P output points x BLOCK_C channels: the point's coordinates and tap weights are
-computed once per channel chunk, the taps are gathered as [BLOCK_C, BLOCK_P] tiles (points contiguous,
-so the output store is coalesced). Memory traffic: read input once (taps of neighbouring points hit
-the same cache lines), grid once, write the output: 8x32x128x128 fp32 -> 34 MB, ~11 us at 3.0 TB/s.
+One program per BLOCK_P output points (one per thread on CUDA) and a group of channels, BLOCK_C of them
+unrolled at a time: the points' coordinates and tap weights are computed once per program, each channel's
+taps gathered as [BLOCK_P] vectors (points contiguous, so the output store is coalesced). Memory traffic:
+read input once, grid once, write the output: 8x32x128x128 fp32 -> 34 MB, ~11 us at 3.0 TB/s; but random
+points make it a gather of 4 taps per output, bound by latency: 4 channels x 4 taps = 16 loads in flight
+per thread, few registers (many warps per SM: the [channels, points] tiles this replaced took 255 registers
+and spilled), int32 positions unless a tensor needs 64-bit offsets, and channels split over programs when
+points are few (the 2x32x64x64 core case has 64 blocks of 128 points for 132 SMs).
 """
 from __future__ import annotations
 
@@ -27,7 +31,9 @@ from flagstack.ops.registry import BenchCase, register, register_aten
 DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)  # as ATen
 BILINEAR, NEAREST, BICUBIC = 0, 1, 2  # ATen's GridSamplerInterpolation
 ZEROS, BORDER, REFLECTION = 0, 1, 2  # ATen's GridSamplerPadding
-TILE = 4096  # channels x points per program
+TILE = 4096  # channels x points per program in the backward; points per program forward on CPU
+CUDA_BLOCK_C, CUDA_WARPS = 4, 4  # forward on CUDA: one point per thread, 4 channels unrolled
+CUDA_PROGRAMS = 4096  # split channels over programs until about this many (several waves on an H100)
 
 
 @triton.jit
@@ -150,11 +156,13 @@ def split_points(pos, out_d, out_h, out_w):
 
 
 @triton.jit
-def _forward_kernel(x_ptr, grid_ptr, out_ptr, n_points, channels, in_d, in_h, in_w, out_d, out_h, out_w,
-                    x_sn, x_sc, x_sd, x_sh, x_sw, g_sn, g_sd, g_sh, g_sw, g_sk, o_sn, o_sc, o_sd, o_sh, o_sw,
-                    MODE: tl.constexpr, PADDING: tl.constexpr, ALIGN: tl.constexpr, IS_3D: tl.constexpr,
-                    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
-    pos = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
+def _forward_kernel(x_ptr, grid_ptr, out_ptr, n_points, channels, channels_per_program, in_d, in_h, in_w,
+                    out_d, out_h, out_w, x_sn, x_sc, x_sd, x_sh, x_sw, g_sn, g_sd, g_sh, g_sw, g_sk,
+                    o_sn, o_sc, o_sd, o_sh, o_sw, MODE: tl.constexpr, PADDING: tl.constexpr, ALIGN: tl.constexpr,
+                    IS_3D: tl.constexpr, WIDE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    pos = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    if WIDE:  # 64-bit offsets only where a tensor needs them (int64 division and products cost registers)
+        pos = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
     live = pos < n_points
     n, od, oh, ow = split_points(pos, out_d, out_h, out_w)
     g_at = grid_ptr + n * g_sn + od * g_sd + oh * g_sh + ow * g_sw
@@ -165,33 +173,37 @@ def _forward_kernel(x_ptr, grid_ptr, out_ptr, n_points, channels, in_d, in_h, in
                            ALIGN)
     TAPS: tl.constexpr = 1 if MODE == 1 else (4 if MODE == 2 else 2)
     TAPS_Z: tl.constexpr = TAPS if IS_3D else 1
-    out_at = (n * o_sn + od * o_sd + oh * o_sh + ow * o_sw)[None, :]
-    for c_start in range(0, channels, BLOCK_C):
-        c = c_start + tl.arange(0, BLOCK_C)
-        c_live = (c < channels)[:, None]
-        x_base = (n * x_sn)[None, :] + (c.to(tl.int64) * x_sc)[:, None]
-        acc = tl.zeros([BLOCK_C, BLOCK_P], x.dtype)
-        for kz in tl.static_range(TAPS_Z):  # taps in ATen's order (z, then y, then x), so sums round alike
-            if IS_3D:
-                iz, z_in, wz = axis_tap(z, z0, in_d, kz, MODE, PADDING, ALIGN)
-            for ky in tl.static_range(TAPS):
-                iy, y_in, wy = axis_tap(y, y0, in_h, ky, MODE, PADDING, ALIGN)
-                for kx in tl.static_range(TAPS):
-                    ix, x_in, wx = axis_tap(x, x0, in_w, kx, MODE, PADDING, ALIGN)
-                    at = iy * x_sh + ix * x_sw
-                    inside = live & y_in & x_in
-                    weight = wx * wy
-                    if IS_3D:
-                        at += iz * x_sd
-                        inside = inside & z_in
-                        weight = weight * wz
-                    values = tl.load(x_ptr + x_base + at[None, :], mask=c_live & inside[None, :], other=0)
-                    if MODE == 1:  # a copy (keeps -0), as ATen
-                        acc = to_compute_dtype(values)
-                    else:
-                        acc += to_compute_dtype(values) * weight[None, :]
-        tl.store(out_ptr + out_at + (c.to(tl.int64) * o_sc)[:, None], acc.to(out_ptr.dtype.element_ty),
-                 mask=c_live & live[None, :])
+    out_at = n * o_sn + od * o_sd + oh * o_sh + ow * o_sw
+    c_first = tl.program_id(1) * channels_per_program
+    c_end = tl.minimum(c_first + channels_per_program, channels)
+    for c_start in range(c_first, c_end, BLOCK_C):
+        for dc in tl.static_range(BLOCK_C):  # unrolled: every channel's taps are loaded before they are summed
+            c = c_start + dc
+            if WIDE:
+                c = c.to(tl.int64)
+            c_live = live & (c < c_end)
+            x_at = x_ptr + n * x_sn + c * x_sc
+            acc = tl.zeros([BLOCK_P], x.dtype)
+            for kz in tl.static_range(TAPS_Z):  # taps in ATen's order (z, then y, then x), so sums round alike
+                if IS_3D:
+                    iz, z_in, wz = axis_tap(z, z0, in_d, kz, MODE, PADDING, ALIGN)
+                for ky in tl.static_range(TAPS):
+                    iy, y_in, wy = axis_tap(y, y0, in_h, ky, MODE, PADDING, ALIGN)
+                    for kx in tl.static_range(TAPS):
+                        ix, x_in, wx = axis_tap(x, x0, in_w, kx, MODE, PADDING, ALIGN)
+                        at = iy * x_sh + ix * x_sw
+                        inside = c_live & y_in & x_in
+                        weight = wx * wy
+                        if IS_3D:
+                            at += iz * x_sd
+                            inside = inside & z_in
+                            weight = weight * wz
+                        values = to_compute_dtype(tl.load(x_at + at, mask=inside, other=0))
+                        if MODE == 1:  # a copy (keeps -0), as ATen
+                            acc = values
+                        else:
+                            acc += values * weight
+            tl.store(out_ptr + out_at + c * o_sc, acc.to(out_ptr.dtype.element_ty), mask=c_live)
 
 
 def check_inputs(x: torch.Tensor, grid: torch.Tensor, mode: int, padding: int, dims: int) -> None:
@@ -230,6 +242,18 @@ def blocks(channels: int) -> tuple[int, int]:
     return block_c, TILE // block_c
 
 
+def forward_blocks(n_points: int, channels: int, cuda: bool) -> tuple[int, int, int, int]:
+    """(BLOCK_C, BLOCK_P, num_warps, channels per program) of the forward kernel. CUDA: a point per thread,
+    channels split over programs until about CUDA_PROGRAMS of them; the interpreter pays per program and
+    per statement: one program of TILE points walks all channels."""
+    if not cuda:
+        return 1, TILE, 8, channels
+    block_p = 32 * CUDA_WARPS
+    channel_blocks = triton.cdiv(channels, CUDA_BLOCK_C)
+    groups = min(channel_blocks, triton.cdiv(CUDA_PROGRAMS, triton.cdiv(n_points, block_p)))
+    return CUDA_BLOCK_C, block_p, CUDA_WARPS, triton.cdiv(channel_blocks, groups) * CUDA_BLOCK_C
+
+
 def _sample(x: torch.Tensor, grid: torch.Tensor, mode: int, padding: int, align_corners: bool, dims: int,
             out: torch.Tensor | None) -> torch.Tensor:
     check_inputs(x, grid, mode, padding, dims)
@@ -243,12 +267,14 @@ def _sample(x: torch.Tensor, grid: torch.Tensor, mode: int, padding: int, align_
         return out
     x5, grid5 = as_5d(x, grid, dims)
     out5 = out if dims == 3 else out.unsqueeze(2)
-    n_points = grid5.shape[:4].numel()
-    block_c, block_p = blocks(x.shape[1])
-    _forward_kernel[(triton.cdiv(n_points, block_p),)](
-        x5, grid5, out5, n_points, x.shape[1], *x5.shape[2:], *grid5.shape[1:4], *x5.stride(), *grid5.stride(),
-        *out5.stride(), MODE=mode, PADDING=padding, ALIGN=bool(align_corners), IS_3D=dims == 3,
-        BLOCK_C=block_c, BLOCK_P=block_p, num_warps=8)
+    n_points, channels = grid5.shape[:4].numel(), x.shape[1]
+    block_c, block_p, warps, per_program = forward_blocks(n_points, channels, x.device.type == "cuda")
+    wide = max(sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))  # largest element offset
+               for t in (x5, grid5, out5)) >= 2 ** 31 - TILE
+    _forward_kernel[(triton.cdiv(n_points, block_p), triton.cdiv(channels, per_program))](
+        x5, grid5, out5, n_points, channels, per_program, *x5.shape[2:], *grid5.shape[1:4], *x5.stride(),
+        *grid5.stride(), *out5.stride(), MODE=mode, PADDING=padding, ALIGN=bool(align_corners), IS_3D=dims == 3,
+        WIDE=wide, BLOCK_C=block_c, BLOCK_P=block_p, num_warps=warps)
     return out
 
 

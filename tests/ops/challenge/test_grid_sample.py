@@ -1,6 +1,8 @@
 """grid_sample and its backward: Triton kernels against aten::grid_sampler_2d / _3d[_backward] (every
 mode x padding x align_corners, 2-D and 3-D, dtypes, layouts, out=, empty, non-finite values, error
 parity) and F.grid_sample's autograd through our ATen overrides."""
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -70,6 +72,20 @@ def test_3d(mode, padding, align):
     check(grid_sampler_3d_triton(x, grid, mode, padding, align), aten.grid_sampler_3d(x, grid, mode, padding, align))
     grad = make((2, 3, 3, 4, 7), torch.float32)
     check_backward(3, grad, x, grid, mode, padding, align)
+
+
+@covers("params")
+@pytest.mark.parametrize("dims,mode", [(2, 0), (3, 1)])
+def test_cuda_blocking(dims, mode, monkeypatch):
+    """The forward's CUDA split (a point per thread, 4 channels unrolled, channel groups over programs, a
+    partial last group) run under the interpreter: 10 channels, 2 blocks of 128 points."""
+    module = sys.modules["flagstack.ops.challenge.grid_sample"]
+    blocks = module.forward_blocks
+    assert blocks(256, 10, True) == (4, 128, 4, 4)  # 2 point blocks: every 4-channel block its own program
+    monkeypatch.setattr(module, "forward_blocks", lambda points, channels, cuda: blocks(points, channels, True))
+    x = make((1, 10, *(3, 9, 11)[3 - dims:]), torch.float32)
+    grid = make_grid(1, (2, 12, 8) if dims == 3 else (16, 12), dims)  # 192 points
+    check(OURS[dims][0](x, grid, mode, 0, False), THEIRS[dims][0](x, grid, mode, 0, False))
 
 
 @covers("float_dtypes")
