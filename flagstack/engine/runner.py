@@ -7,9 +7,11 @@ Also owns the KV cache tensors: sized from free GPU memory after a profile run o
 """
 from __future__ import annotations
 
+import itertools
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from flagstack.engine.config import EngineConfig
@@ -20,6 +22,16 @@ from flagstack.engine.scheduler import ScheduledBatch
 from flagstack.engine.sequence import Sequence
 
 PROMPT_LOGITS_CHUNK = 256  # prompt rows per logits GEMM: bounds memory to 256 x vocab fp32
+
+
+def padded_tables(tables: list[list[int]], width: int) -> torch.Tensor:
+    """Block tables as one zero-padded int32 [len(tables), width] CPU tensor. Built in numpy: torch.tensor
+    on 256 nested lists took ~3x longer (3.1 vs 1.1 ms per decode step on the 2-core CPU)."""
+    lens = np.fromiter(map(len, tables), np.int64, len(tables))
+    flat = np.fromiter(itertools.chain.from_iterable(tables), np.int32, int(lens.sum()))
+    out = np.zeros((len(tables), width), np.int32)
+    out[np.arange(width) < lens[:, None]] = flat  # row-major order: each row's entries, then padding
+    return torch.from_numpy(out)
 
 
 @dataclass
@@ -152,8 +164,7 @@ class ModelRunner:
             slot_mapping=torch.tensor(slots, dtype=torch.long).to(dev, non_blocking=True),
             cu_seqlens_q=torch.tensor(cu, dtype=torch.int32).to(dev, non_blocking=True),
             seq_lens=torch.tensor(seq_lens, dtype=torch.int32).to(dev, non_blocking=True),
-            block_tables=torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.int32)
-            .to(dev, non_blocking=True),
+            block_tables=padded_tables(tables, width).to(dev, non_blocking=True),
             max_query_len=max(b - a for a, b in zip(cu, cu[1:])), max_seq_len=max(seq_lens))
         with torch.inference_mode(), step_context(meta):
             return self.model(torch.tensor(ids, dtype=torch.long).to(dev, non_blocking=True),
@@ -213,7 +224,6 @@ class ModelRunner:
         s["slots"][:n].copy_(torch.tensor(slots), non_blocking=True)
         s["seq_lens"][:n].copy_(torch.tensor(seq_lens, dtype=torch.int32), non_blocking=True)
         width = max(len(t) for t in tables)
-        s["tables"][:n, :width].copy_(torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.int32),
-                                      non_blocking=True)
+        s["tables"][:n, :width].copy_(padded_tables(tables, width), non_blocking=True)
         self.graphs[b].replay()
         return self.graph_outputs[b][:n]

@@ -93,8 +93,10 @@ class Sampler:
             for r, d in zip(asked, logprob_dicts(raw, chosen[asked], [wanted[r] for r in asked])):
                 dicts[r] = d
         # the chosen tokens' logprobs without a full log_softmax: logit - logsumexp(row)
-        chosen_lp = (logits.gather(1, chosen[:, None])[:, 0] - logits.logsumexp(-1)).tolist()
-        return SampleOutput(chosen.tolist(), dicts, chosen_lp)
+        chosen_lp = logits.gather(1, chosen[:, None])[:, 0] - logits.logsumexp(-1)
+        # one device-to-host copy (and sync) for both: float64 holds every token id exactly
+        ids, chosen_lp = torch.stack((chosen.double(), chosen_lp.double())).tolist()
+        return SampleOutput([int(t) for t in ids], dicts, chosen_lp)
 
     def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
         """flagstack.ops.sample with per-row settings; a seeded request draws each step's row seed from
