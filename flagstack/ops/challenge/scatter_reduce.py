@@ -3,16 +3,21 @@ along `dim`, for reduce in sum / prod / mean / amax / amin (torch.scatter_reduce
 .two_out, scatter_reduce_.two); integer, bool and float dtypes; a NaN sent by src or held by self makes
 amax/amin NaN, as torch.
 
-Three launches over a contiguous accumulator `acc` (fp32 for fp16/bf16/fp32, fp64, int64 for integers):
+Three launches over a contiguous accumulator `acc` (fp32 for fp16/bf16/fp32, fp64, int64 for integers;
+for float amax/amin the int32/int64 order keys of the floats), with no host sync on CUDA:
 1. fill acc with the reduction's identity (and a zeroed int32 `count` where mean or include_self=False
    needs to know how many values arrived);
 2. one program per BLOCK index elements reads index and src once and sends each value with an atomic:
-   add for sum/mean, max/min on the float's bits for amax/amin (positive floats order as signed ints,
-   negative ones as reversed unsigned ints; NaN becomes the value that wins), a compare-and-swap loop
-   for prod (no atomic multiply exists);
+   add for sum/mean, integer max/min for amax/amin (floats as order keys: a float's bits, with the
+   magnitude bits flipped for negatives, order as signed ints; NaN becomes the key that wins), a
+   compare-and-swap loop for prod (no atomic multiply exists);
 3. combine acc with self elementwise (mean divides, flooring for integers as ATen) into the output.
 The core shape amax 1024x4096 -> 1024x512 fp32 moves 33.6 MB of int64 index + 16.8 MB of src + 2x2 MB
-of self/out (~18 us at 3.0 TB/s); 4M float atomics into 512K addresses set the pace.
+of self/out (~18 us at 3.0 TB/s); 4M atomics into 512K addresses set the pace: one per value (the
+float bits once took a signed max and an unsigned min, two atomic instructions), int32 offsets unless
+a tensor needs 64-bit ones, sizes and strides as kernel arguments (a metadata tensor cost a blocking
+host-to-device copy). Out-of-range indices: ATen raises; that needs their min and max on the host, a
+sync, so on CUDA they are skipped instead (ATen's CUDA kernel asserts on the device there).
 """
 from __future__ import annotations
 
@@ -20,7 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
-from flagstack.ops.challenge.pointwise import check_kernel_dtype, check_same_dtype, flat_offsets, resize_out
+from flagstack.ops.challenge.pointwise import check_kernel_dtype, check_same_dtype, flat_offsets, resize_out, \
+    to_compute_dtype
 from flagstack.ops.registry import BenchCase, register, register_aten
 
 REDUCES = {"sum": 0, "prod": 1, "mean": 2, "amax": 3, "amin": 4}
@@ -37,26 +43,24 @@ def _identity_kernel(acc_ptr, n, identity, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _float_extremum(acc_ptr, offsets, value, mask, IS_MAX: tl.constexpr):
-    """Atomic max (IS_MAX) or min of float `value` into acc through its bits; NaN always wins."""
-    if acc_ptr.dtype.element_ty == tl.float64:
-        signed_ty: tl.constexpr = tl.int64
-        unsigned_ty: tl.constexpr = tl.uint64
-        nan_bits = 0x7FF8000000000000 if IS_MAX else -2251799813685248  # +NaN / -NaN
+def float_key(value, IS_MAX: tl.constexpr):
+    """Order key of float `value` (fp32 -> int32, fp64 -> int64): signed-int order is float order, -0 < +0,
+    and NaN maps to the key that wins (largest for max, smallest for min). float_value inverts it."""
+    if value.dtype == tl.float64:
+        bits = value.to(tl.int64, bitcast=True)
+        magnitude, top = 0x7FFFFFFFFFFFFFFF, 0x7FFFFFFFFFFFFFFF
     else:
-        signed_ty: tl.constexpr = tl.int32
-        unsigned_ty: tl.constexpr = tl.uint32
-        nan_bits = 0x7FC00000 if IS_MAX else -4194304
-    bits = tl.where(value != value, nan_bits, value.to(signed_ty, bitcast=True))
-    signed_ptr = (acc_ptr + offsets).to(tl.pointer_type(signed_ty), bitcast=True)
-    unsigned_ptr = (acc_ptr + offsets).to(tl.pointer_type(unsigned_ty), bitcast=True)
-    negative = bits < 0
-    if IS_MAX:  # +NaN tops the positives as a signed int, and sorts below every negative as unsigned
-        tl.atomic_max(signed_ptr, bits, mask=mask & ~negative, sem="relaxed")
-        tl.atomic_min(unsigned_ptr, bits.to(unsigned_ty, bitcast=True), mask=mask & negative, sem="relaxed")
-    else:  # -NaN tops the negatives as unsigned, and is below every positive as a signed int
-        tl.atomic_max(unsigned_ptr, bits.to(unsigned_ty, bitcast=True), mask=mask & negative, sem="relaxed")
-        tl.atomic_min(signed_ptr, bits, mask=mask & ~negative, sem="relaxed")
+        bits = value.to(tl.int32, bitcast=True)
+        magnitude, top = 0x7FFFFFFF, 0x7FFFFFFF
+    key = tl.where(bits < 0, bits ^ magnitude, bits)
+    return tl.where(value != value, top if IS_MAX else -top - 1, key)
+
+
+@triton.jit
+def float_value(key, FLOAT: tl.constexpr):
+    """The float whose float_key is `key` (the NaN keys decode to NaNs)."""
+    magnitude = 0x7FFFFFFFFFFFFFFF if FLOAT == tl.float64 else 0x7FFFFFFF
+    return tl.where(key < 0, key ^ magnitude, key).to(FLOAT, bitcast=True)
 
 
 @triton.jit
@@ -79,37 +83,45 @@ def _atomic_multiply(acc_ptr, offsets, value, mask):
 
 
 @triton.jit
-def _scatter_kernel(index_ptr, src_ptr, acc_ptr, count_ptr, n, meta_ptr, acc_dim_stride,
-                    REDUCE: tl.constexpr, COUNT: tl.constexpr, RANK: tl.constexpr, BLOCK: tl.constexpr):
-    # meta: index sizes, then the strides of index, src and acc (acc's along dim is 0: index decides it).
-    offsets, mask = flat_offsets(n, BLOCK)
+def _scatter_kernel(index_ptr, src_ptr, acc_ptr, count_ptr, n, sizes, index_strides, src_strides, acc_strides,
+                    acc_dim_stride, dim_size, REDUCE: tl.constexpr, COUNT: tl.constexpr, KEYS: tl.constexpr,
+                    RANK: tl.constexpr, FLAT: tl.constexpr, WIDE: tl.constexpr, BLOCK: tl.constexpr):
+    # sizes: index's; acc_strides[dim] is 0 (the index decides it, times acc_dim_stride).
+    offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    if WIDE:  # 64-bit offsets only where a tensor needs them (int64 division costs ~10x int32)
+        offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offsets < n
     rest = offsets
-    index_offsets = tl.zeros([BLOCK], tl.int64)
-    src_offsets = tl.zeros([BLOCK], tl.int64)
-    acc_offsets = tl.zeros([BLOCK], tl.int64)
-    for i in tl.static_range(RANK):
-        d = RANK - 1 - i
-        size = tl.load(meta_ptr + d)
-        coord = rest % size
-        rest = rest // size
-        index_offsets += coord * tl.load(meta_ptr + RANK + d)
-        src_offsets += coord * tl.load(meta_ptr + 2 * RANK + d)
-        acc_offsets += coord * tl.load(meta_ptr + 3 * RANK + d)
-    target = tl.load(index_ptr + index_offsets, mask=mask, other=0).to(tl.int64)
-    acc_offsets += target * acc_dim_stride
-    value = tl.load(src_ptr + src_offsets, mask=mask).to(acc_ptr.dtype.element_ty)
+    index_offsets = tl.zeros_like(offsets)
+    src_offsets = tl.zeros_like(offsets)
+    acc_offsets = tl.zeros_like(offsets)
+    for i in tl.static_range(RANK):  # the last dim first
+        coord = rest % sizes[RANK - 1 - i]
+        rest = rest // sizes[RANK - 1 - i]
+        index_offsets += coord * index_strides[RANK - 1 - i]
+        src_offsets += coord * src_strides[RANK - 1 - i]
+        acc_offsets += coord * acc_strides[RANK - 1 - i]
+    if FLAT:  # index and src contiguous, of one shape: their flat offsets, provably so (vector loads)
+        index_offsets = offsets
+        src_offsets = offsets
+    target = tl.load(index_ptr + index_offsets, mask=mask, other=0)
+    value = tl.load(src_ptr + src_offsets, mask=mask)
+    mask = mask & (target >= 0) & (target < dim_size)  # out of range: skipped (the host raises on CPU)
+    acc_offsets += target.to(offsets.dtype) * acc_dim_stride  # in range, so the narrowing is exact
+    acc_at = acc_ptr + acc_offsets
     if REDUCE == 0 or REDUCE == 2:
-        tl.atomic_add(acc_ptr + acc_offsets, value, mask=mask, sem="relaxed")
+        tl.atomic_add(acc_at, value.to(acc_ptr.dtype.element_ty), mask=mask, sem="relaxed")
     elif REDUCE == 1:
-        _atomic_multiply(acc_ptr, acc_offsets, value, mask)
-    elif acc_ptr.dtype.element_ty.is_floating():
-        _float_extremum(acc_ptr, acc_offsets, value, mask, REDUCE == 3)
-    elif REDUCE == 3:
-        tl.atomic_max(acc_ptr + acc_offsets, value, mask=mask, sem="relaxed")
+        _atomic_multiply(acc_ptr, acc_offsets, value.to(acc_ptr.dtype.element_ty), mask)
     else:
-        tl.atomic_min(acc_ptr + acc_offsets, value, mask=mask, sem="relaxed")
+        if KEYS:
+            value = float_key(to_compute_dtype(value), REDUCE == 3)
+        if REDUCE == 3:
+            tl.atomic_max(acc_at, value.to(acc_ptr.dtype.element_ty), mask=mask, sem="relaxed")
+        else:
+            tl.atomic_min(acc_at, value.to(acc_ptr.dtype.element_ty), mask=mask, sem="relaxed")
     if COUNT:
-        tl.atomic_add(count_ptr + acc_offsets, tl.full([BLOCK], 1, tl.int32), mask=mask, sem="relaxed")
+        tl.atomic_add(count_ptr + acc_offsets, tl.full(offsets.shape, 1, tl.int32), mask=mask, sem="relaxed")
 
 
 @triton.jit
@@ -128,10 +140,12 @@ def _combine(a, b, REDUCE: tl.constexpr):
 
 @triton.jit
 def _finish_kernel(self_ptr, acc_ptr, count_ptr, out_ptr, n, REDUCE: tl.constexpr, INCLUDE_SELF: tl.constexpr,
-                   COUNT: tl.constexpr, BLOCK: tl.constexpr):
+                   COUNT: tl.constexpr, KEYS: tl.constexpr, BLOCK: tl.constexpr):
     offsets, mask = flat_offsets(n, BLOCK)
     original = tl.load(self_ptr + offsets, mask=mask)
     acc = tl.load(acc_ptr + offsets, mask=mask)
+    if KEYS:
+        acc = float_value(acc, tl.float64 if acc.dtype == tl.int64 else tl.float32)
     if INCLUDE_SELF:
         result = _combine(original.to(acc.dtype), acc, REDUCE)
     else:
@@ -154,19 +168,28 @@ def _finish_kernel(self_ptr, acc_ptr, count_ptr, out_ptr, n, REDUCE: tl.constexp
     tl.store(out_ptr + offsets, result.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+def _acc_dtype(dtype: torch.dtype, reduce: int) -> torch.dtype:
+    """fp32 (fp64 for fp64) for floats, int64 for integers; int32 (int64) order keys for float amax/amin."""
+    if dtype.is_floating_point and reduce in (REDUCES["amax"], REDUCES["amin"]):
+        return torch.int64 if dtype == torch.float64 else torch.int32
     if dtype == torch.float64:
         return dtype
     return torch.float32 if dtype.is_floating_point else torch.int64
 
 
-def _identity(reduce: int, acc_dtype: torch.dtype) -> float | int:
+def _float_key(value: float, key_dtype: torch.dtype) -> int:
+    """float_key of a (non-NaN) float, on the host: its bits as a signed int, magnitude bits flipped if negative."""
+    bits = int(torch.tensor(value, dtype=torch.float64 if key_dtype == torch.int64 else torch.float32).view(key_dtype))
+    return bits ^ torch.iinfo(key_dtype).max if bits < 0 else bits
+
+
+def _identity(reduce: int, dtype: torch.dtype, acc_dtype: torch.dtype) -> float | int:
     if reduce == REDUCES["prod"]:
         return 1
     if reduce in (REDUCES["amax"], REDUCES["amin"]):
         sign = -1 if reduce == REDUCES["amax"] else 1
-        if acc_dtype.is_floating_point:
-            return sign * float("inf")
+        if dtype.is_floating_point:
+            return _float_key(sign * float("inf"), acc_dtype)
         return torch.iinfo(acc_dtype).min if sign < 0 else torch.iinfo(acc_dtype).max
     return 0
 
@@ -198,11 +221,12 @@ def _check(x: torch.Tensor, dim: int, index: torch.Tensor, src: torch.Tensor, re
     if any(i > s or (d != dim and i > o) for d, (i, o, s) in enumerate(zip(*sizes))):
         raise RuntimeError(f"Expected index {list(index.shape)} to be no larger than self {list(x.shape)} apart "
                            f"from dimension {dim} and to be no larger size than src {list(src.shape)}")
-    low, high = index.aminmax()  # one read of index and a sync: an out-of-range index must not write
-    size = sizes[1][dim]
-    for bad in (int(low), int(high)):
-        if not 0 <= bad < size:
-            raise RuntimeError(f"index {bad} is out of bounds for dimension {dim} with size {size}")
+    if not index.is_cuda:  # on CUDA the kernel skips them: finding them here would cost a read and a sync
+        low, high = index.aminmax()
+        size = sizes[1][dim]
+        for bad in (int(low), int(high)):
+            if not 0 <= bad < size:
+                raise RuntimeError(f"index {bad} is out of bounds for dimension {dim} with size {size}")
     return dim
 
 
@@ -218,23 +242,29 @@ def _scatter_into(out: torch.Tensor, x: torch.Tensor, dim: int, index: torch.Ten
         return out
     if index.numel() == 0:
         return out.copy_(x)
-    acc_dtype = _acc_dtype(x.dtype)
+    acc_dtype = _acc_dtype(x.dtype, reduce)
+    keys = x.dtype.is_floating_point and not acc_dtype.is_floating_point
     acc = torch.empty(x.shape, dtype=acc_dtype, device=x.device)
     count_needed = reduce == REDUCES["mean"] or not include_self
-    count = torch.zeros(x.shape if count_needed else (1,), dtype=torch.int32, device=x.device)
-    _identity_kernel[(triton.cdiv(n, BLOCK),)](acc, n, _identity(reduce, acc_dtype), BLOCK=BLOCK, num_warps=4)
-    rank = max(x.dim(), 1)
+    count = torch.zeros(x.shape, dtype=torch.int32, device=x.device) if count_needed else acc  # acc: unused
+    _identity_kernel[(triton.cdiv(n, BLOCK),)](acc, n, _identity(reduce, x.dtype, acc_dtype), BLOCK=BLOCK,
+                                               num_warps=4)
     index_, src_ = (t.reshape(1) if t.dim() == 0 else t for t in (index, src))  # 0-dim: one element
     acc_strides = list(acc.stride()) or [1]
     dim_stride, acc_strides[dim] = acc_strides[dim], 0
-    meta = torch.tensor([*index_.shape, *index_.stride(), *src_.stride(), *acc_strides], dtype=torch.int64)
+    wide = max(sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))  # largest element offset
+               for t in (index_, src_, acc)) >= 2 ** 31 - BLOCK
     m = index.numel()
-    _scatter_kernel[(triton.cdiv(m, BLOCK),)](index_, src_, acc, count, m, meta.to(x.device), dim_stride,
-                                              REDUCE=reduce, COUNT=count_needed, RANK=rank, BLOCK=BLOCK,
-                                              num_warps=4)
+    _scatter_kernel[(triton.cdiv(m, BLOCK),)](index_, src_, acc, count, m, tuple(index_.shape), tuple(index_.stride()),
+                                              tuple(src_.stride()), tuple(acc_strides), dim_stride,
+                                              (list(x.shape) or [1])[dim], REDUCE=reduce, COUNT=count_needed,
+                                              KEYS=keys, RANK=index_.dim(), WIDE=wide, BLOCK=BLOCK, num_warps=4,
+                                              FLAT=index_.is_contiguous() and src_.is_contiguous()
+                                              and index_.shape == src_.shape)
     target = out if out.is_contiguous() else torch.empty_like(x, memory_format=torch.contiguous_format)
     _finish_kernel[(triton.cdiv(n, BLOCK),)](x.contiguous(), acc, count, target, n, REDUCE=reduce,
-                                             INCLUDE_SELF=include_self, COUNT=count_needed, BLOCK=BLOCK, num_warps=4)
+                                             INCLUDE_SELF=include_self, COUNT=count_needed, KEYS=keys, BLOCK=BLOCK,
+                                             num_warps=4)
     if target is not out:
         out.copy_(target)
     return out
