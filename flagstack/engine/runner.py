@@ -151,7 +151,11 @@ class ModelRunner:
         hidden = self._forward(ids, positions, slots, cu, seq_lens, tables, batch.is_decode)
         if prompt_rows:
             self._score_prompt(hidden, prompt_rows, prompt_targets)
-        logits = self.model.compute_logits(hidden[torch.tensor(sample_rows, dtype=torch.long, device=self.device)])
+        if len(sample_rows) == hidden.shape[0]:  # a decode step samples every row: no gather
+            sampled = hidden
+        else:  # a copy with device= would wait here for the forward; non_blocking queues it behind it
+            sampled = hidden[torch.tensor(sample_rows, dtype=torch.long).to(self.device, non_blocking=True)]
+        logits = self.model.compute_logits(sampled)
         return StepResult(sample_seqs, self.sampler(logits, sample_seqs, eos_token_ids))
 
     def _forward(self, ids, positions, slots, cu, seq_lens, tables, is_decode: bool) -> torch.Tensor:
