@@ -22,8 +22,9 @@ WIDE_MARGIN = 1 << 16
 
 
 def needs_int64(*tensors: torch.Tensor) -> bool:
-    """Whether the kernels must index these tensors in int64."""
-    return max([t.numel() for t in tensors]) >= (1 << 31) - WIDE_MARGIN
+    """Whether the kernels index these tensors in int64: near 2^31 elements, and always under the CPU
+    interpreter, which checks every int32 add and multiply for overflow (several numpy ops each)."""
+    return not tensors[0].is_cuda or max([t.numel() for t in tensors]) >= (1 << 31) - WIDE_MARGIN
 
 
 @triton.jit
