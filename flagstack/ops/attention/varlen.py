@@ -42,14 +42,22 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
            softcap: float | None, causal: bool = False) -> torch.Tensor:
     """fp32 attention of q [B, Hq, Lq, D] over k/v [B, Hkv, Lk, D] with a boolean keep-mask; mask None:
     every key is kept, or with causal=True the plain causal pattern of Lq == Lk (which SDPA computes
-    without a mask, skipping the upper half: ~2x faster on CPU for a whole prompt)."""
+    without a mask, skipping the upper half: ~2x faster on CPU for a whole prompt). A mask must
+    broadcast over the query rows (size 1 there) when Lq == 1."""
     q, k, v = q.float(), k.float(), v.float()
+    batch, q_heads, q_len, head_dim = q.shape
+    group = q_heads // k.shape[1]
+    if q_len == 1 and group > 1 and not causal:
+        # one query token: its GQA group becomes the query rows of the shared kv head (q head i reads kv
+        # head i // group), so each K/V row is read once per kv head, not once per q head
+        # (CPU decode, SmolLM2's 9/3 heads: 25% less time in SDPA)
+        out = attend(q.reshape(batch, k.shape[1], group, head_dim), k, v, mask, scale, softcap)
+        return out.reshape(batch, q_heads, 1, head_dim)
     if softcap is None:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale,
                                               enable_gqa=True)
     if causal:
         mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
-    group = q.shape[1] // k.shape[1]
     k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
     scores = softcap * torch.tanh((q @ k.transpose(-1, -2)) * scale / softcap)
     if mask is not None:

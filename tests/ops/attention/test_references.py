@@ -41,6 +41,19 @@ def test_decode_reference_matches_sdpa(group):
         assert_close(out[s], expected[0, :, 0])
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_decode_reference_mixed_lengths_half_cache_by_hand(dtype):
+    # lengths this uneven take the one-sequence-at-a-time path: per-sequence gathers into shared
+    # buffers (a long sequence first, then shorter ones: stale pages must not leak in), group of 3
+    lens = [70, 1, 33, 16, 5]
+    batch = build_paged(lens, 2, 32, 16, dtype, shared_blocks=0)
+    q = torch.randn(len(lens), 6, 32, device=DEVICE).to(dtype)
+    out = paged_decode_reference(q, batch.k_cache, batch.v_cache, batch.seq_lens, batch.block_tables, 0.2)
+    for s, n in enumerate(lens):
+        expected = manual_attention(q[s:s + 1], batch.keys[s], batch.values[s], [n - 1], 0.2)
+        assert_close(out[s:s + 1], expected.to(dtype))
+
+
 @pytest.mark.parametrize("window, softcap", [(5, None), (None, 3.0), (20, 2.0)])
 def test_decode_reference_window_softcap(window, softcap):
     lens = [3, 16, 40]
