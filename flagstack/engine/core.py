@@ -110,8 +110,7 @@ class EngineCore:
             request = seq.request
             request.first_token_time = request.first_token_time or now
             touched[request.request_id] = request
-        for request in touched.values():
-            if request.finished:
+            if seq.status is Status.FINISHED and request.finished:  # its last sequence just ended
                 self.requests.pop(request.request_id, None)
         return list(touched.values())
 

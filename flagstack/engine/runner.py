@@ -133,9 +133,14 @@ class ModelRunner:
         for seq, n in zip(batch.seqs, batch.num_new_tokens):
             c, offset = seq.num_computed_tokens, cu[-1]
             table = seq.block_table
-            ids.extend(seq.token_ids[c:c + n])
-            positions.extend(range(c, c + n))
-            slots.extend(table[p // bs] * bs + p % bs for p in range(c, c + n))
+            if n == 1:  # a decode token (the common case, spelled out: no slices or generators)
+                ids.append(seq.token_ids[c])
+                positions.append(c)
+                slots.append(table[c // bs] * bs + c % bs)
+            else:
+                ids.extend(seq.token_ids[c:c + n])
+                positions.extend(range(c, c + n))
+                slots.extend(table[p // bs] * bs + p % bs for p in range(c, c + n))
             cu.append(offset + n)
             seq_lens.append(c + n)
             tables.append(table)

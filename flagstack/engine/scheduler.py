@@ -59,6 +59,7 @@ class Scheduler:
         batch = ScheduledBatch()
         budget = self.config.max_num_batched_tokens
         chunked = self.config.enable_chunked_prefill
+        bs = self.blocks.block_size
         # decode tokens first so a long prompt never stalls generation
         queue = deque(sorted(self.running, key=lambda s: s.num_uncomputed_tokens != 1))
         kept: list[Sequence] = []
@@ -68,14 +69,16 @@ class Scheduler:
             if n == 0 or (not chunked and n < seq.num_uncomputed_tokens):
                 kept.append(seq)
                 continue
-            while not self.blocks.can_allocate(seq, n):
+            fits = seq.num_computed_tokens + n <= len(seq.block_table) * bs  # most decode steps
+            while not fits and not self.blocks.can_allocate(seq, n):
                 victim = queue.pop() if queue else seq
                 self._preempt(victim)
                 batch.num_preempted += 1
                 if victim is seq:
                     break
             else:
-                self.blocks.allocate(seq, n)
+                if not fits:
+                    self.blocks.allocate(seq, n)
                 batch.seqs.append(seq)
                 batch.num_new_tokens.append(n)
                 budget -= n
@@ -129,11 +132,14 @@ class Scheduler:
     def after_step(self, batch: ScheduledBatch) -> None:
         """Mark the step's tokens computed and publish newly full blocks to the prefix cache."""
         stats = self.blocks.stats
+        bs = self.blocks.block_size
         for seq, n in zip(batch.seqs, batch.num_new_tokens):
             old = seq.num_computed_tokens
             seq.num_computed_tokens = old + n
-            stats.prompt_tokens_computed += max(0, min(old + n, seq.num_prompt_tokens) - old)
-            self.blocks.commit_full_blocks(seq, old)
+            if old < seq.num_prompt_tokens:
+                stats.prompt_tokens_computed += min(old + n, seq.num_prompt_tokens) - old
+            if (old + n) // bs != old // bs:  # a block became full
+                self.blocks.commit_full_blocks(seq, old)
 
     def finish(self, seq: Sequence) -> None:
         """Drop a finished or aborted sequence from the queues and free its blocks."""
