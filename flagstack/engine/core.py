@@ -99,7 +99,7 @@ class EngineCore:
         self.scheduler.after_step(batch)
         for seq in batch.seqs:
             request = seq.request
-            if seq.parent is None and not seq.in_prompt:
+            if seq.parent is None and not request.prompt_logprobs_done and not seq.in_prompt:  # prompt just done
                 request.prompt_logprobs_done = True
                 self._release_children(request, seq)
         touched: dict[str, Request] = {}
