@@ -42,6 +42,13 @@ def _comma_list(kind: type) -> Callable[[str], list]:
     return parse
 
 
+def _non_negative_int(text: str) -> int:
+    """An argparse type for a count >= 0."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got '{text}'")
+    return int(text)
+
+
 def _ops_test(args: argparse.Namespace) -> int:
     _interpret_triton_without_cuda()
     from flagstack import ops
@@ -64,7 +71,8 @@ def _ops_score(args: argparse.Namespace) -> int:
     from flagstack.bench.common import markdown_table
     from flagstack.ops import score
 
-    scores, paths = score.score(args.ops, tests=not args.no_tests, speed=not args.no_speed, out_dir=args.out_dir)
+    scores, paths = score.score(args.ops, tests=not args.no_tests, speed=not args.no_speed, out_dir=args.out_dir,
+                                workers=args.workers)
     print(markdown_table([s.summary() for s in scores.values()]))
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0 if all(s.failed == 0 for s in scores.values()) else 1
@@ -77,6 +85,8 @@ def add_ops_commands(sub: argparse._SubParsersAction) -> argparse._SubParsersAct
     score.add_argument("--ops", type=_comma_list(str), help="comma-separated challenge op names (default: all)")
     score.add_argument("--no-tests", action="store_true", help="skip the correctness matrix")
     score.add_argument("--no-speed", action="store_true", help="skip the timings (they need CUDA anyway)")
+    score.add_argument("--workers", type=_non_negative_int, default=0,
+                       help="run the tests over this many pytest-xdist processes (needs pytest-xdist)")
     score.add_argument("--out-dir", default="bench/results", help="where the JSON, markdown and HTML go")
     score.set_defaults(func=_ops_score)
     test = ops.add_parser("test", help="every op's Triton kernel against its reference (exit 1 on failure)")

@@ -17,7 +17,7 @@ for spec in "$@"; do
   name=${spec%%:*}; secs=${spec#*:}; [ "$secs" = "$spec" ] && secs=300
   case $name in
     ops-tests) run_stage $name $secs python3 -m pytest -q -p no:cacheprovider tests/ops --ignore=tests/ops/challenge ;;
-    challenge-tests) run_stage $name $secs python3 -m pytest -v -p no:cacheprovider tests/ops/challenge ;;
+    challenge-tests) run_stage $name $secs python3 -m pytest -q -n 8 -p no:cacheprovider tests/ops/challenge ;;
     challenge-new) run_stage $name $secs python3 -m pytest -v -p no:cacheprovider \
       tests/ops/challenge/test_{conv_transpose2d,smooth_l1_loss,pixel_shuffle,pixel_unshuffle,avg_pool3d,max_pool3d,grid_sample}.py ;;
     engine-tests) run_stage $name $secs python3 -m pytest -q -p no:cacheprovider tests/engine tests/annotate ;;
@@ -30,7 +30,7 @@ for spec in "$@"; do
     engine-nohf) run_stage $name $secs python3 -m flagstack.cli bench engine --no-hf --out-dir "$RES" ;;
     ops-llm) run_stage $name $secs python3 -m flagstack.cli bench ops --suite llm --out-dir "$RES" ;;
     ops-challenge) run_stage $name $secs python3 -m flagstack.cli bench ops --suite challenge --out-dir "$RES" ;;
-    score) run_stage $name $secs python3 -m flagstack.cli ops score --out-dir "$RES" ;;
+    score) run_stage $name $secs python3 -m flagstack.cli ops score --workers 8 --out-dir "$RES" ;;
     score-speed) run_stage $name $secs python3 -m flagstack.cli ops score --no-tests --out-dir "$RES" ;;
     profile) run_stage $name $secs python3 scripts/profile_decode.py ;;
     gemv-sweep) run_stage $name $secs python3 -m flagstack.ops.gemv "$RES/gemv-sweep.json" ;;

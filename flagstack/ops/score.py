@@ -122,14 +122,20 @@ class _Collector:
             score.gpu_only -= cats
 
 
-def run_tests(scores: dict[str, OpScore], test_dir: Path = TEST_DIR) -> None:
-    """Run each op's test file in this process and record counts and categories into `scores`."""
+def run_tests(scores: dict[str, OpScore], test_dir: Path = TEST_DIR, workers: int = 0) -> None:
+    """Run each op's test file and record counts and categories into `scores`: in this process, or over
+    `workers` pytest-xdist processes (Triton compiles dominate the GPU matrix and run on the CPU cores)."""
     import pytest
 
     files = [str(test_dir / f"test_{op}.py") for op in scores if (test_dir / f"test_{op}.py").exists()]
-    if files:
-        pytest.main(["-q", "-p", "no:cacheprovider", "--no-header", "-W", "ignore::pytest.PytestUnknownMarkWarning",
-                     *files], plugins=[_Collector(scores)])
+    if not files:
+        return
+    common = ["-q", "-p", "no:cacheprovider", "--no-header", "-W", "ignore::pytest.PytestUnknownMarkWarning"]
+    collector = _Collector(scores)
+    if workers > 1:  # xdist collects in its workers: read the categories in a collect-only pass here first
+        pytest.main([*common, "--collect-only", *files], plugins=[collector])
+        common += ["-n", str(workers)]
+    pytest.main([*common, *files], plugins=[collector])
 
 
 def time_op(op: str, rows: int, cols: int, dtype: torch.dtype, device: str) -> dict:
@@ -154,7 +160,8 @@ def time_op(op: str, rows: int, cols: int, dtype: torch.dtype, device: str) -> d
 
 
 def score(ops: list[str] | None = None, *, tests: bool = True, speed: bool = True,
-          out_dir: str | Path = RESULTS_DIR, test_dir: Path = TEST_DIR) -> tuple[dict[str, OpScore], list[Path]]:
+          out_dir: str | Path = RESULTS_DIR, test_dir: Path = TEST_DIR,
+          workers: int = 0) -> tuple[dict[str, OpScore], list[Path]]:
     """Score the given challenge ops (default: all with core shapes); returns the scores and files written."""
     ops = ops or list(CORE_SHAPES)
     unknown = [op for op in ops if op not in CORE_SHAPES]
@@ -162,7 +169,7 @@ def score(ops: list[str] | None = None, *, tests: bool = True, speed: bool = Tru
         raise ValueError(f"ops must be challenge ops ({', '.join(CORE_SHAPES)}), got {', '.join(unknown)}")
     scores = {op: OpScore(op) for op in ops}
     if tests:
-        run_tests(scores, test_dir)
+        run_tests(scores, test_dir, workers)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if speed and device == "cuda":  # interpreter timings on CPU would say nothing about the kernels
         for op in ops:

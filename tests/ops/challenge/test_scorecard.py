@@ -64,3 +64,14 @@ def test_write_reports(tmp_path):
 def test_unknown_op():
     with pytest.raises(ValueError, match="challenge ops"):
         score(["nope"], tests=False, speed=False)
+
+
+def test_run_tests_over_xdist_workers_keeps_categories(tmp_path):
+    pytest.importorskip("xdist")
+    # its own module name: the collect-only pass imports it in this process, beside the test above's
+    (tmp_path / "test_fakeop2.py").write_text(textwrap.dedent(FAKE_TESTS))
+    scores = {"fakeop2": OpScore("fakeop2")}
+    run_tests(scores, tmp_path, workers=2)
+    fake = scores["fakeop2"]
+    assert (fake.passed, fake.failed, fake.skipped) == (1, 1, 1)
+    assert fake.checklist()["small"] == "yes" and fake.checklist()["large"] == "skipped"
