@@ -1,6 +1,7 @@
 """max_pool3d with indices and its backward (F.max_pool3d, aten::max_pool3d_with_indices[.out],
 max_pool3d_with_indices_backward[.grad_input]): kernel, stride, padding, dilation, ceil_mode; 4-D or
-5-D input; integer and float dtypes forward, floats backward. As ATen: the index is the flat
+5-D input; integer and float dtypes forward on CPU, floats only on CUDA (as ATen: a drop-in must not
+accept there what ATen rejects), floats backward. As ATen: the index is the flat
 T*H*W position within the channel; a NaN wins (the last one in the window), and a window of -inf
 (or the dtype's lowest) points at its first element.
 
@@ -21,9 +22,9 @@ from flagstack.ops.challenge.pool3d import block_offsets, check_pool3d, needs_in
 from flagstack.ops.host import cdiv
 from flagstack.ops.registry import BenchCase, register, register_aten
 
-DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
-          torch.float16, torch.bfloat16, torch.float32, torch.float64)
 GRAD_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+CPU_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, *GRAD_DTYPES)
+CUDA_DTYPES = GRAD_DTYPES  # ATen's CUDA kernel dispatches floating types only
 BLOCK = 512
 ERRORS = {"kernel_size": "max_pool3d: kernel_size must either be a single int, or a tuple of three ints",
           "stride": "max_pool3d: stride must either be omitted, a single int, or a tuple of three ints",
@@ -91,8 +92,12 @@ def max_pool3d_with_indices_triton(x: torch.Tensor, kernel_size, stride=(), padd
                                    indices: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Max over each 3-D window of a (N, )C x T x H x W input, with the flat T*H*W index of the max."""
     kernel, stride, padding, dilation = _params(kernel_size, stride, padding, dilation)
+    if x.is_cuda and x.dim() < 4:  # ATen's CUDA template reads input.size(-4) before its rank check
+        raise IndexError(f"Dimension out of range (expected to be in range of [-{x.dim()}, {x.dim() - 1}], "
+                         "but got -4)")
     out_thw = check_pool3d(x, kernel, stride, padding, dilation, ceil_mode, "max_pool3d_with_indices_out_cuda_template")
-    check_kernel_dtype("max_pool3d_with_indices_out_frame", x.dtype, DTYPES, x.device)
+    check_kernel_dtype("max_pool3d_with_indices_out_frame", x.dtype, CUDA_DTYPES if x.is_cuda else CPU_DTYPES,
+                       x.device)
     shape = (*x.shape[:-3], *out_thw)
     if out is None:
         out = torch.empty(shape, dtype=x.dtype, device=x.device)
