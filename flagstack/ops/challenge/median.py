@@ -1,6 +1,7 @@
 """median: the lower median ((n - 1) // 2-th smallest) of all elements, or along a dim with its index
-(torch.median, aten::median[.out], median.dim, median.dim_values); integer and float dtypes; a NaN
-anywhere in a row makes that row's median NaN (its index: the row's first NaN), as torch.
+(torch.median, aten::median[.out], median.dim, median.dim_values); integer and float dtypes (and bool
+for the global median on CUDA, as ATen there); a NaN anywhere in a row makes that row's median NaN (its
+index: the row's first NaN), as torch.
 
 Radix select, no sort: every value maps to an unsigned key with the same order (floats: flip all
 bits of negatives, the sign bit of the rest; ints: flip the sign bit; fp16/bf16 widen to fp32 and
@@ -24,6 +25,8 @@ from flagstack.ops.registry import BenchCase, register, register_aten
 
 DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
           torch.float16, torch.bfloat16, torch.float32, torch.float64)
+# ATen's CUDA global median sorts, which takes bool too (its CPU one and every median.dim reject it)
+CUDA_GLOBAL_DTYPES = (*DTYPES, torch.bool)
 MAX_TILE = 8192  # longest row kept in registers by one program
 ROW_TILE = 2048  # short rows: this many elements (several rows) per program
 BLOCK = 4096  # chunk of the global passes and of the re-read of long rows
@@ -183,7 +186,7 @@ def _key_bits(dtype: torch.dtype) -> int:
 
 def median_triton(x: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
     """Lower median of all elements (NaN if any element is NaN or x is empty)."""
-    check_kernel_dtype("median", x.dtype, DTYPES, x.device)
+    check_kernel_dtype("median", x.dtype, CUDA_GLOBAL_DTYPES if x.is_cuda else DTYPES, x.device)
     if out is None:
         out = torch.empty((), dtype=x.dtype, device=x.device)
     else:
