@@ -1,7 +1,7 @@
 """scatter_reduce: out[..., index[i], ...] = reduce(self's value (if include_self), every src[i] sent there)
 along `dim`, for reduce in sum / prod / mean / amax / amin (torch.scatter_reduce, aten::scatter_reduce.two,
-.two_out, scatter_reduce_.two); integer, bool and float dtypes; a NaN sent by src or held by self makes
-amax/amin NaN, as torch.
+.two_out, scatter_reduce_.two); integer, bool (as ATen: not for mean, on CUDA for sum only) and float
+dtypes; a NaN sent by src or held by self makes amax/amin NaN, as torch.
 
 Three launches over a contiguous accumulator `acc` (fp32 for fp16/bf16/fp32, fp64, int64 for integers;
 for float amax/amin the int32/int64 order keys of the floats), with no host sync on CUDA:
@@ -235,8 +235,10 @@ def _scatter_into(out: torch.Tensor, x: torch.Tensor, dim: int, index: torch.Ten
     """The three launches, writing the result into `out` (any layout, x's shape and dtype)."""
     reduce_name = ALIASES.get(reduce_name, reduce_name)
     reduce = REDUCES[reduce_name]
+    # bool: no mean anywhere; on CUDA, ATen's kernel takes bool for sum only (prod/amax/amin raise there)
+    no_bool = reduce == REDUCES["mean"] or (x.is_cuda and reduce != REDUCES["sum"])
     check_kernel_dtype(f"scatter_gather_tensor_{x.device.type}_reduce_{reduce_name}", x.dtype,
-                       DTYPES[1:] if reduce == REDUCES["mean"] else DTYPES, x.device)
+                       DTYPES[1:] if no_bool else DTYPES, x.device)
     n = x.numel()
     if n == 0:
         return out
