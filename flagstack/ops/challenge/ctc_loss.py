@@ -199,6 +199,14 @@ def _target_layout(targets: torch.Tensor, target_lengths: list[int]) -> tuple[to
     return torch.arange(targets.shape[0], device=targets.device) * targets.stride(0), targets.stride(1)
 
 
+def _check_length_devices(log_probs: torch.Tensor, *lengths) -> None:
+    """ATen's .Tensor overloads want length tensors on log_probs' device (F.ctc_loss moves them itself)."""
+    for name, given in zip(("input_lengths", "target_lengths"), lengths):
+        if isinstance(given, torch.Tensor) and given.device != log_probs.device:
+            raise RuntimeError(f"Expected all tensors to be on the same device, but got {name} is on "
+                               f"{given.device}, different from other tensors on {log_probs.device}")
+
+
 def _device_lengths(given, values: list[int], device: torch.device) -> torch.Tensor:
     """The lengths as int64 on `device`: the caller's tensor when it is there already (no copy, no sync)."""
     if isinstance(given, torch.Tensor) and given.device == device:
@@ -234,6 +242,7 @@ def ctc_loss_forward_triton(log_probs: torch.Tensor, targets: torch.Tensor, inpu
                             out1: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """aten::_ctc_loss: (negative log-likelihood [N], log_alpha [N, T, 2 max(S) + 1]) of log_probs [T, N, C].
     zero_infinity acts in ctc_loss and the backward only, as in ATen."""
+    _check_length_devices(log_probs, input_lengths, target_lengths)
     nll, alpha = _alpha(log_probs, _prepare(log_probs, targets, input_lengths, target_lengths, blank), blank)
     results = []
     for result, out in ((nll, out0), (alpha, out1)):
@@ -249,6 +258,7 @@ def ctc_loss_backward_triton(grad: torch.Tensor, log_probs: torch.Tensor, target
                              zero_infinity: bool = False, *, out: torch.Tensor | None = None) -> torch.Tensor:
     """aten::_ctc_loss_backward: gradient wrt log_probs [T, N, C] from that of the nll [N] and the
     forward's nll and log_alpha."""
+    _check_length_devices(log_probs, input_lengths, target_lengths)
     targets, starts, in_lens, tg_lens, target_stride, _ = _prepare(log_probs, targets, input_lengths, target_lengths,
                                                                    blank)
     steps, batch, classes = log_probs.shape

@@ -2,6 +2,8 @@
 _ctc_loss_backward and F.ctc_loss (reductions, zero_infinity, blank index, padded and concatenated
 targets, repeated labels, empty targets, impossible alignments, lengths as lists or tensors, dtypes,
 layouts, out=, autograd through our ATen overrides, error parity)."""
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,7 +11,7 @@ import torch.nn.functional as F
 from flagstack.ops.aten import use_aten
 from flagstack.ops.challenge.ctc_loss import ctc_loss_backward_triton, ctc_loss_forward_triton, ctc_loss_triton
 from tests.ops.challenge.common import check, covers, large_only_on_gpu, same_error
-from tests.ops.helpers import DEVICE, ON_GPU
+from tests.ops.helpers import ATOL, DEVICE, ON_GPU, assert_close
 
 aten = torch.ops.aten
 
@@ -36,8 +38,16 @@ def check_forward_backward(log_probs, targets, input_lengths, target_lengths, bl
     grad_nll = torch.rand(log_probs.shape[1], device=DEVICE, dtype=log_probs.dtype) + 0.5
     grad = ctc_loss_backward_triton(grad_nll, log_probs, targets, input_lengths, target_lengths, nll, alpha, blank,
                                     zero_infinity)
-    check(grad, aten._ctc_loss_backward(grad_nll, log_probs, targets, input_lengths, target_lengths, ref_nll,
-                                        ref_alpha, blank, zero_infinity))
+    # The gradient's posterior term is exp(alpha + beta + nll - lp), an exponent that cancels terms as large as
+    # the nll: an fp32 gradient is only good to about eps * |nll|. ATen's own fp32 gradient is 3.4-4.5 such
+    # units off its fp64 one (T200 N32 C64 S50 and T500 N8 C1000 S120 on CPU, 3 seeds each: up to 1.7e-3 at
+    # |nll| ~ 3200), so two fp32 implementations may differ by twice that: atol max(ATOL, 8 eps |nll|). Small
+    # problems (|nll| < ~100) keep the plain ATOL.
+    finite_nll = ref_nll[ref_nll.isfinite()].abs()
+    scale = 8 * torch.finfo(log_probs.dtype).eps * (finite_nll.max().item() if finite_nll.numel() else 0.0)
+    ref_grad = aten._ctc_loss_backward(grad_nll, log_probs, targets, input_lengths, target_lengths, ref_nll,
+                                       ref_alpha, blank, zero_infinity)
+    assert_close(grad, ref_grad, reduce_dim=max(1, math.ceil(scale / ATOL)))
     return nll, grad
 
 
@@ -50,10 +60,17 @@ def test_small(blank):
 
 @covers("regular", "params")
 def test_regular_concatenated_targets():
+    """Lengths as tensors on the device (the .Tensor overloads) and as lists (the int[] ones); ATen's .Tensor
+    overloads want the lengths on log_probs' device (CPU lengths with CUDA log_probs raise), ours too."""
     log_probs, targets = problem(30, 2, 20, 8)
-    lengths = [8, 5]
     flat = torch.cat([targets[0, :8], targets[1, :5]])
-    check_forward_backward(log_probs, flat, torch.tensor([30, 22]), torch.tensor(lengths))
+    check_forward_backward(log_probs, flat, torch.tensor([30, 22], device=DEVICE), torch.tensor([8, 5], device=DEVICE))
+    check_forward_backward(log_probs, flat, [30, 22], [8, 5])
+    if ON_GPU:
+        cpu_lengths = torch.tensor([30, 22]), torch.tensor([8, 5])
+        same_error(lambda: ctc_loss_forward_triton(log_probs, flat, *cpu_lengths),
+                   lambda: aten._ctc_loss(log_probs, flat, *cpu_lengths))
+        check(ctc_loss_triton(log_probs, flat, *cpu_lengths), F.ctc_loss(log_probs, flat, *cpu_lengths))
 
 
 @covers("large")
