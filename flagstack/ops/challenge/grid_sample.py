@@ -39,10 +39,10 @@ CUDA_PROGRAMS = 4096  # split channels over programs until about this many (seve
 @triton.jit
 def unnormalize(coord, size, ALIGN: tl.constexpr):
     """[-1, 1] -> pixel coordinate: -1 and 1 are the corner pixels' centres (ALIGN) or outer edges."""
-    if ALIGN:
-        return (coord + 1) / 2 * (size - 1)
+    if ALIGN:  # halving as * 0.5: Triton's fp32 `/` is an approximate division on CUDA
+        return (coord + 1) * 0.5 * (size - 1)
     else:
-        return ((coord + 1) * size - 1) / 2
+        return ((coord + 1) * size - 1) * 0.5
 
 
 @triton.jit
@@ -52,12 +52,23 @@ def clip(coord, size):
 
 
 @triton.jit
+def divide(a, b):
+    """a / b rounded to nearest, as ATen's CUDA code. Triton compiles fp32 `/` to the approximate div.full.f32
+    (up to 2 ulp off): k * span / span can come out just below k, so a point on a reflection bound flipped the
+    wrong way (to the opposite edge)."""
+    if a.dtype == tl.float32:
+        return tl.math.div_rn(a, b)
+    else:
+        return a / b  # fp64 `/` is correctly rounded (div.rn.f64)
+
+
+@triton.jit
 def reflect(coord, twice_low, twice_high):
     """Reflect coord about the bounds twice_low / 2 and twice_high / 2 until it lies between them."""
     low = twice_low * 0.5
     span = (twice_high - twice_low) * 0.5
     dist = tl.abs(coord - low)
-    flips = tl.floor(dist / span)
+    flips = tl.floor(divide(dist, span))
     extra = dist % span  # fmod, as ATen
     reflected = tl.where(flips % 2.0 == 0.0, extra + low, span - extra + low)
     return tl.where(span > 0, reflected, 0.0)  # a single pixel with align_corners: always 0

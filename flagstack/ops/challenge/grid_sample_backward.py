@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from flagstack.ops.challenge.grid_sample import (as_5d, axis_start, axis_tap, blocks, check_inputs, cubic_distance,
-                                                 reflect, split_points, unnormalize)
+                                                 divide, reflect, split_points, unnormalize)
 from flagstack.ops.challenge.pointwise import aten_dtype_name, check_same_dtype, resize_out, to_compute_dtype
 from flagstack.ops.registry import register_aten
 
@@ -34,7 +34,7 @@ def coord_slope(g, size, MODE: tl.constexpr, PADDING: tl.constexpr, ALIGN: tl.co
         twice_low = 0.0 if ALIGN else -1.0
         twice_high = 2.0 * (size - 1) if ALIGN else 2.0 * size - 1
         low, span = twice_low * 0.5, (twice_high - twice_low) * 0.5
-        flips = tl.floor(tl.abs(coord - low) / span)
+        flips = tl.floor(divide(tl.abs(coord - low), span))
         mirrored = (flips % 2.0 != 0.0) != (coord < low)  # an odd number of mirrors turns the slope over
         slope = tl.where(span > 0, tl.where(mirrored, -slope, slope), 0.0)
         coord = reflect(coord, twice_low, twice_high)

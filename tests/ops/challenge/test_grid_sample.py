@@ -1,6 +1,8 @@
 """grid_sample and its backward: Triton kernels against aten::grid_sampler_2d / _3d[_backward] (every
 mode x padding x align_corners, 2-D and 3-D, dtypes, layouts, out=, empty, non-finite values, error
 parity) and F.grid_sample's autograd through our ATen overrides."""
+import os
+import subprocess
 import sys
 
 import pytest
@@ -111,6 +113,57 @@ def test_regular(mode):
     grid = make_grid(2, (17, 65), 2)
     check(grid_sampler_2d_triton(x, grid, mode, 2, False), aten.grid_sampler_2d(x, grid, mode, 2, False))
     check_backward(2, make((2, 5, 17, 65), torch.float32), x, grid, mode, 2, False)
+
+
+@covers("params")
+@pytest.mark.parametrize("align", [False, True])
+@pytest.mark.parametrize("mode", [0, 1, 2])
+def test_reflection_bounds(mode, align):
+    """Points exactly on a reflection bound and its multiples (|coord - low| = k * span), where the flip count
+    floor(dist / span) must come out exact: fp32 `/` in Triton is an approximate division on CUDA, which
+    sent these points to the opposite edge (H100 score run: 330 of 11050 wrong)."""
+    x = make((1, 2, 33, 40), torch.float32)
+    bounds = torch.tensor([-5.0, -3.0, -1.0, 1.0, 3.0, 5.0], device=DEVICE)  # 0 to 3 spans from the low bound
+    grid = torch.stack(torch.meshgrid(bounds, bounds, indexing="ij"), -1)[None]
+    check(grid_sampler_2d_triton(x, grid, mode, 2, align), aten.grid_sampler_2d(x, grid, mode, 2, align))
+    grad = make((1, 2, *grid.shape[1:3]), torch.float32)
+    check(grid_sampler_2d_backward_triton(grad, x, grid, mode, 2, align, [True, False])[0],
+          aten.grid_sampler_2d_backward(grad, x, grid, mode, 2, align, [True, False])[0])
+
+
+def approximate_divisions_sm90() -> list[str]:
+    """Approximate-division PTX instructions in the forward and backward kernels compiled for an H100 (sm90),
+    fp32, reflection padding (the mode whose flip count divides): forward 2-D, backward 3-D with align_corners."""
+    import re
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, compile as triton_compile
+
+    found = []
+    for kernel, constants in (
+            (sys.modules["flagstack.ops.challenge.grid_sample"]._forward_kernel,
+             {"ALIGN": False, "IS_3D": False, "WIDE": False}),
+            (sys.modules["flagstack.ops.challenge.grid_sample_backward"]._backward_kernel,
+             {"ALIGN": True, "IS_3D": True, "INPUT_GRAD": True})):
+        constants |= {"MODE": 0, "PADDING": 2, "BLOCK_C": 4, "BLOCK_P": 128}
+        signature = {name: "constexpr" if name in constants else "*fp32" if name.endswith("_ptr") else "i32"
+                     for name in kernel.arg_names}
+        ptx = triton_compile(ASTSource(kernel, signature, constants), target=GPUTarget("cuda", 90, 32)).asm["ptx"]
+        found += re.findall(r"div\.(?:full|approx)\.f32", ptx)
+    return found
+
+
+@covers("params")
+def test_compiled_divisions_are_exact():
+    """The kernels compiled for sm90 use only IEEE-rounded fp32 division, as ATen's CUDA kernels (in a child
+    process: the interpreter, TRITON_INTERPRET=1, patches triton.language for the CPU)."""
+    pytest.importorskip("triton.backends.nvidia.compiler", reason="no CUDA backend in this triton")
+    code = "from tests.ops.challenge.test_grid_sample import approximate_divisions_sm90 as f; print(len(f()))"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    if run.returncode and "ptxas" in run.stderr:  # no sm90 assembler in this triton install
+        pytest.skip(f"cannot compile for sm90 here: {run.stderr.strip().splitlines()[-1]}")
+    assert run.returncode == 0, run.stderr
+    assert int(run.stdout) == 0
 
 
 @covers("large")
