@@ -3,12 +3,16 @@ scale forms (aten::upsample_nearest2d, .out, .vec_out, upsample_nearest2d_backwa
 form as upsample_nearest2d_vec).
 
 Source index as ATen: src = min(floor(dst * scale), in - 1) in fp32, with scale = 1 / scale_factor when
-a scale is given, else in / out. Forward: one program per BLOCK_R x BLOCK_C tile of output rows
+a scale is given, else in / out; an unchanged size copies, and ATen's CPU kernels map a doubled size to
+dst // 2, whatever the scale given. Forward: one program per BLOCK_R x BLOCK_C tile of output rows
 (n, c, oh) and columns ow; source rows and columns are computed once per tile row / column. Memory
 traffic: read n_in, write n_out; 16x64x128x128 -> 256x256 bf16 moves 168 MB, ~56 us at 3.0 TB/s.
-Backward gathers instead of scattering (no atomics, deterministic): each grad_input element sums the
-window of output rows/cols whose source it is; the window's first index is found from i / scale and
-corrected by one step either way so it agrees exactly with the forward's fp32 mapping.
+Backward gathers instead of scattering (no atomics, deterministic): each grad_input element sums a window
+of output rows/cols. ATen's CPU backward is the forward's adjoint: the window is every dst whose source
+is i, found from i / scale and corrected by one step either way to agree exactly with the fp32 mapping.
+ATen's CUDA backward instead takes dst [ceil(i * f), ceil((i + 1) * f)) with f = the scale factor (or
+out / in) in fp32: where a given scale disagrees with the sizes, it skips (or double counts) output rows
+the forward maps, so on CUDA we follow that.
 """
 from __future__ import annotations
 
@@ -45,6 +49,12 @@ def _first_dst(i, scale, in_size, out_size):
 
 
 @triton.jit
+def _ceil_dst(i, factor, out_size):
+    """ATen CUDA's backward map: the first dst of input index i is ceil(i * factor) in fp32, at most out_size."""
+    return tl.minimum(tl.ceil(i.to(tl.float32) * factor), out_size).to(tl.int32)
+
+
+@triton.jit
 def _forward_kernel(x_ptr, out_ptr, n_rows, channels, in_h, in_w, out_h, out_w, scale_h, scale_w,
                     x_sn, x_sc, x_sh, x_sw, o_sn, o_sc, o_sh, o_sw,
                     K: tl.constexpr, ROWS_64: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
@@ -71,13 +81,17 @@ def _forward_kernel(x_ptr, out_ptr, n_rows, channels, in_h, in_w, out_h, out_w, 
 @triton.jit
 def _backward_kernel(grad_ptr, out_ptr, n_rows, channels, in_h, in_w, out_h, out_w, scale_h, scale_w,
                      window_h, window_w, g_sn, g_sc, g_sh, g_sw, o_sn, o_sc, o_sh, o_sw,
-                     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+                     CEIL_MAP: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)  # (n, c, ih)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)  # iw
     plane, ih = rows // in_h, (rows % in_h).to(tl.int32)
     n, c = plane // channels, plane % channels
-    h_start, h_end = _first_dst(ih, scale_h, in_h, out_h), _first_dst(ih + 1, scale_h, in_h, out_h)
-    w_start, w_end = _first_dst(cols, scale_w, in_w, out_w), _first_dst(cols + 1, scale_w, in_w, out_w)
+    if CEIL_MAP:  # ATen's CUDA backward; scale_h / scale_w are its factors (out per in)
+        h_start, h_end = _ceil_dst(ih, scale_h, out_h), _ceil_dst(ih + 1, scale_h, out_h)
+        w_start, w_end = _ceil_dst(cols, scale_w, out_w), _ceil_dst(cols + 1, scale_w, out_w)
+    else:  # the forward's adjoint (ATen's CPU backward); scale_h / scale_w are the forward's (in per out)
+        h_start, h_end = _first_dst(ih, scale_h, in_h, out_h), _first_dst(ih + 1, scale_h, in_h, out_h)
+        w_start, w_end = _first_dst(cols, scale_w, in_w, out_w), _first_dst(cols + 1, scale_w, in_w, out_w)
     mask = (rows < n_rows)[:, None] & (cols < in_w)[None, :]
     plane_at = n * g_sn + c * g_sc
     acc = tl.zeros([BLOCK_R, BLOCK_C], tl.float32)
@@ -92,18 +106,43 @@ def _backward_kernel(grad_ptr, out_ptr, n_rows, channels, in_h, in_w, out_h, out
              acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
+def follows_cuda(device: torch.device) -> bool:
+    """Whether to map indices as ATen's CUDA kernels (else as its CPU ones): they differ (see the top)."""
+    return device.type == "cuda"
+
+
 @functools.lru_cache(maxsize=256)
-def _scale(in_size: int, out_size: int, scale: float | None) -> float:
-    """ATen's compute_scales_value in fp32: 1 / scale when given and positive, else in / out."""
+def _scale(in_size: int, out_size: int, scale: float | None, cuda: bool) -> float:
+    """The forward's fp32 scale (src = floor(dst * scale)): 1 for an unchanged size and, on CPU, 1/2 for a
+    doubled one (ATen copies / shifts those whatever the scale), else ATen's compute_scales_value:
+    1 / scale when given and positive, else in / out."""
+    if out_size == in_size:
+        return 1.0
+    if out_size == 2 * in_size and not cuda:
+        return 0.5
     if scale is not None and scale > 0:
         return float(np.float32(1.0 / scale))
     return float(np.float32(in_size) / np.float32(out_size))
+
+
+@functools.lru_cache(maxsize=256)
+def _cuda_backward_factor(in_size: int, out_size: int, scale: float | None) -> float:
+    """ATen CUDA's compute_scales_value_backwards in fp32: the scale itself when given and positive, else out / in."""
+    if scale is not None and scale > 0:
+        return float(np.float32(scale))
+    return float(np.float32(out_size) / np.float32(in_size))
 
 
 def _window(in_size: int, out_size: int, scale: float) -> int:
     """The most dst indices sharing one source index, with the kernel's exact fp32 mapping."""
     sources = np.minimum(np.floor(np.arange(out_size, dtype=np.float32) * np.float32(scale)), in_size - 1)
     return int(np.bincount(sources.astype(np.int64), minlength=in_size).max())
+
+
+def _ceil_window(in_size: int, out_size: int, factor: float) -> int:
+    """The most dst indices one input index takes under ATen CUDA's backward map (see _ceil_dst)."""
+    starts = np.minimum(np.ceil(np.arange(in_size + 1, dtype=np.float32) * np.float32(factor)), out_size)
+    return int(np.diff(starts).max())
 
 
 def _check_sizes(output_size, input_size) -> tuple[int, int, int, int, int, int]:
@@ -148,8 +187,9 @@ def upsample_nearest2d_triton(x: torch.Tensor, output_size, scales_h: float | No
     if out.numel() == 0:
         return out
     grid, block_r, block_c = _grid(n * c * oh, ow)
-    scale_w = _scale(w, ow, scales_w)
-    _forward_kernel[grid](x, out, n * c * oh, c, h, w, oh, ow, _scale(h, oh, scales_h), scale_w, *x.stride(),
+    cuda = follows_cuda(x.device)
+    scale_w = _scale(w, ow, scales_w, cuda)
+    _forward_kernel[grid](x, out, n * c * oh, c, h, w, oh, ow, _scale(h, oh, scales_h, cuda), scale_w, *x.stride(),
                           *out.stride(), K=_width_factor(w, ow, scale_w, block_c), ROWS_64=n * c * oh >= 2 ** 31 - TILE,
                           BLOCK_R=block_r, BLOCK_C=block_c, num_warps=8)
     return out
@@ -190,11 +230,19 @@ def upsample_nearest2d_backward_triton(grad_output: torch.Tensor, output_size, i
         resize_out(grad_input, (n, c, h, w))
     if grad_input.numel() == 0:
         return grad_input
-    scale_h, scale_w = _scale(h, oh, scales_h), _scale(w, ow, scales_w)
+    cuda = follows_cuda(grad_output.device)
+    if cuda:  # ATen's CUDA map; unchanged sizes are a copy there (factor 1)
+        same = (h, w) == (oh, ow)
+        scale_h, scale_w = (1.0, 1.0) if same else (_cuda_backward_factor(h, oh, scales_h),
+                                                    _cuda_backward_factor(w, ow, scales_w))
+        windows = _ceil_window(h, oh, scale_h), _ceil_window(w, ow, scale_w)
+    else:
+        scale_h, scale_w = _scale(h, oh, scales_h, False), _scale(w, ow, scales_w, False)
+        windows = _window(h, oh, scale_h), _window(w, ow, scale_w)
     grid, block_r, block_c = _grid(n * c * h, w)
-    _backward_kernel[grid](grad_output, grad_input, n * c * h, c, h, w, oh, ow, scale_h, scale_w,
-                           _window(h, oh, scale_h), _window(w, ow, scale_w), *grad_output.stride(),
-                           *grad_input.stride(), BLOCK_R=block_r, BLOCK_C=block_c, num_warps=8)
+    _backward_kernel[grid](grad_output, grad_input, n * c * h, c, h, w, oh, ow, scale_h, scale_w, *windows,
+                           *grad_output.stride(), *grad_input.stride(), CEIL_MAP=cuda, BLOCK_R=block_r,
+                           BLOCK_C=block_c, num_warps=8)
     return grad_input
 
 

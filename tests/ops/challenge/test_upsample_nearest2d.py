@@ -1,5 +1,9 @@
 """upsample_nearest2d and its backward: Triton kernels against aten::upsample_nearest2d[.vec][_backward]
 and autograd (output sizes, scales, dtypes, layouts, out=, grad_input=, error parity)."""
+import math
+import sys
+
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,6 +21,7 @@ CASES = [  # input shape, output size, scales_h, scales_w
     ((1, 2, 8, 9), (3, 4), None, None), ((2, 1, 4, 4), (4, 4), None, None), ((1, 2, 6, 40), (13, 100), None, None),
     ((2, 3, 5, 7), (7, 10), 1.5, 1.5), ((1, 2, 5, 6), (9, 4), 0.7, 2.0), ((1, 1, 3, 3), (6, 6), -1.0, 0.0),
     ((1, 2, 3, 5), (6, 20), None, 4.0),  # width x4: the kernel's contiguous-run path (x2 in the cases above)
+    ((1, 2, 5, 3), (10, 3), 0.7, 0.4),  # scales that disagree with a doubled / unchanged size: ATen ignores them
 ]
 VEC_FACTORS = [(2.0, 2.0), (1.5, 0.5), (3.0, 1.7), (0.34, 1.0)]
 
@@ -140,6 +145,56 @@ def test_backward(shape, size, scale_h, scale_w, dtype):
           aten.upsample_nearest2d_backward(grad, size, shape, scale_h, scale_w))
 
 
+def cuda_source_rows(in_size: int, out_size: int, scale: float | None) -> torch.Tensor:
+    """ATen CUDA's forward map (UpSample.cuh): src = min(floor(dst * (1 / scale or in / out)), in - 1) in fp32;
+    an unchanged size is a copy."""
+    if in_size == out_size:
+        return torch.arange(out_size)
+    s = np.float32(1.0 / scale) if scale is not None and scale > 0 else np.float32(in_size) / np.float32(out_size)
+    return torch.tensor([min(math.floor(np.float32(i) * s), in_size - 1) for i in range(out_size)])
+
+
+def cuda_backward_starts(in_size: int, out_size: int, scale: float | None) -> list[int]:
+    """ATen CUDA's backward map: input i takes dst [start[i], start[i + 1]), start[i] = min(ceil(i * f), out)
+    with f = scale (or out / in) in fp32."""
+    f = np.float32(scale) if scale is not None and scale > 0 else np.float32(out_size) / np.float32(in_size)
+    return [min(math.ceil(np.float32(i) * f), out_size) for i in range(in_size + 1)]
+
+
+def aten_cuda_semantics(x, grad, size, scale_h, scale_w):
+    """ATen's CUDA upsample_nearest2d and its backward written out from UpSampleNearest2d.cu (its backward is
+    not the forward's adjoint where a scale disagrees with the sizes); equal sizes are a copy."""
+    rows, cols = cuda_source_rows(x.shape[2], size[0], scale_h), cuda_source_rows(x.shape[3], size[1], scale_w)
+    out = x[:, :, rows.to(x.device)][..., cols.to(x.device)]
+    if tuple(size) == tuple(x.shape[2:]):
+        return out, grad.clone()
+    rows, cols = cuda_backward_starts(x.shape[2], size[0], scale_h), cuda_backward_starts(x.shape[3], size[1], scale_w)
+    grad_input = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+    for i in range(x.shape[2]):
+        for j in range(x.shape[3]):
+            grad_input[:, :, i, j] = grad[:, :, rows[i]:rows[i + 1], cols[j]:cols[j + 1]].float().sum((2, 3))
+    return out, grad_input.to(grad.dtype)
+
+
+@covers("params")
+@pytest.mark.parametrize("cuda_map", [False, True])
+@pytest.mark.parametrize("shape,size,scale_h,scale_w", CASES[6:] + [((1, 2, 4, 6), (4, 6), 0.5, 3.0)])
+def test_device_index_maps(shape, size, scale_h, scale_w, cuda_map, monkeypatch):
+    """Both devices' index maps on any device: ATen's CUDA one (written out here) and its CPU one (ATen on
+    the CPU). They differ where a given scale disagrees with the sizes (H100 run: 4 of 60 wrong)."""
+    module = sys.modules["flagstack.ops.challenge.upsample_nearest2d"]
+    monkeypatch.setattr(module, "follows_cuda", lambda device: cuda_map)
+    x, grad = make(shape, torch.float32), make((*shape[:2], *size), torch.float32)
+    if cuda_map:
+        out, grad_input = aten_cuda_semantics(x, grad, size, scale_h, scale_w)
+    else:
+        x_cpu, grad_cpu = x.cpu(), grad.cpu()
+        out = aten.upsample_nearest2d(x_cpu, size, scale_h, scale_w).to(DEVICE)
+        grad_input = aten.upsample_nearest2d_backward(grad_cpu, size, shape, scale_h, scale_w).to(DEVICE)
+    check(upsample_nearest2d_triton(x, size, scale_h, scale_w), out, exact=True)
+    check(upsample_nearest2d_backward_triton(grad, size, shape, scale_h, scale_w), grad_input)
+
+
 @covers("params", "out")
 @pytest.mark.parametrize("factors", VEC_FACTORS)
 def test_backward_matches_autograd(factors):
@@ -156,14 +211,13 @@ def test_backward_matches_autograd(factors):
 @covers("params")
 def test_through_the_dispatcher(monkeypatch):
     """F.interpolate forward and backward reach our kernels once flagstack.ops.enable() installs them."""
-    import sys
-
     module = sys.modules["flagstack.ops.challenge.upsample_nearest2d"]
     calls = []
-    monkeypatch.setattr(module, "_scale", lambda *args, scale=module._scale: calls.append(args) or scale(*args))
+    real = module.follows_cuda
+    monkeypatch.setattr(module, "follows_cuda", lambda device: calls.append(device) or real(device))
     (expected, expected_grad), (y, x_grad) = through_overrides(
         lambda x: F.interpolate(x, scale_factor=(1.5, 2.0), mode="nearest"), make((2, 3, 5, 7), torch.float32),
         ["aten::upsample_nearest2d", "aten::upsample_nearest2d_backward"])
     check(y, expected, exact=True)
     check(x_grad, expected_grad)
-    assert len(calls) == 4  # h and w scales, in the forward and in the backward
+    assert len(calls) == 2  # the forward and the backward
