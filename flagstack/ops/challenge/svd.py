@@ -16,6 +16,8 @@ Work per matrix: ~8 sweeps x (n - 1) steps of O(mn) each; 512 x 32x32 runs 512 i
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -37,7 +39,7 @@ def _gather_columns(x, source):
 
 @triton.jit
 def _svd_kernel(a_ptr, u_ptr, s_ptr, v_ptr, M, N, a_sb, a_sm, a_sn, u_sb, u_sm, u_sn, s_sb, v_sb, v_sm, v_sn,
-                tol, rank_tol, COMPUTE_UV: tl.constexpr, U_COLS, BM: tl.constexpr, BN: tl.constexpr):
+                tol, rank_tol, fill_tol, COMPUTE_UV: tl.constexpr, U_COLS, BM: tl.constexpr, BN: tl.constexpr):
     """One matrix: S [N] and, if COMPUTE_UV, U [M, U_COLS] and V [N, N] (V, not V^H)."""
     b = tl.program_id(0).to(tl.int64)
     rows, cols = tl.arange(0, BM)[:, None], tl.arange(0, BN)[None, :]
@@ -94,8 +96,11 @@ def _svd_kernel(a_ptr, u_ptr, s_ptr, v_ptr, M, N, a_sb, a_sm, a_sn, u_sb, u_sm, 
                 e = e - tl.sum(U * tl.sum(U * e[:, None], axis=0)[None, :], axis=1)
             length = tl.sqrt(tl.sum(e * e, axis=0))
             slot = tl.min(tl.where(~found & (col < U_COLS), col, BN), axis=0)
-            # e_i still has a direction of its own: it fills the slot (none when slot = BN: all filled)
-            slot = tl.where(length > 0.5, slot, BN)
+            # e_i still has a direction of its own: it fills the slot (none when slot = BN: all filled).
+            # One pass over e_0..e_{M-1} fills every slot only if fill_tol < 1/sqrt(M): an e_i passed over keeps
+            # a residual <= fill_tol, and the residuals' squares sum to the unfilled dimension (>= 1) if any
+            # slot is left. A fixed 0.5 left U's last column zero at M = 50 (a 20x50 A; H100 test_large).
+            slot = tl.where(length > fill_tol, slot, BN)
             U = tl.where(cols == slot, (e / length)[:, None], U)
             found = found | (col == slot)
             i += 1
@@ -152,8 +157,8 @@ def svd_triton(A: torch.Tensor, full_matrices: bool = True, compute_uv: bool = T
         bm = max(bn, triton.next_power_of_2(M))
         eps = torch.finfo(A.dtype).eps
         _svd_kernel[(count,)](flat, u_out, s_out, v_out, M, N, *flat.stride(), *u_out.stride(), s_out.stride(0),
-                              *v_out.stride(), 4 * eps, M * eps, COMPUTE_UV=compute_uv, U_COLS=u_cols, BM=bm, BN=bn,
-                              num_warps=_warps(bm * bn))
+                              *v_out.stride(), 4 * eps, M * eps, 0.5 / math.sqrt(M), COMPUTE_UV=compute_uv,
+                              U_COLS=u_cols, BM=bm, BN=bn, num_warps=_warps(bm * bn))
     elif compute_uv and M:  # no columns: U is any orthonormal basis (ATen: the identity)
         u_out.copy_(torch.eye(M, u_cols, dtype=A.dtype, device=A.device).expand_as(u_out))
     s_out = s_out.view(*batch, N)
