@@ -16,7 +16,7 @@ Chunked form (one chunk of C tokens from state S0; G = cumsum of g inside the ch
 Kernels: (1) per (batch, head, chunk), in parallel: T by forward substitution, then W and U~, which do
 not depend on the state; (2) per (batch, head, block of Dv): the chunks in order, carrying S in
 registers: U = U~ - W S, the chunk's output, the next state. Everything after the input loads is
-fp32; dots run in full fp32 ("ieee"), in TF32 for bf16 inputs (whose tolerance allows it).
+fp32, and so are the dots (see dot_precision).
 """
 from __future__ import annotations
 
@@ -33,13 +33,25 @@ MAX_HEAD_DIM = 256
 SM90_SHARED_BYTES = 232_448  # the most shared memory one H100 block may use
 
 
-def state_kernel_config(block_k: int, block_v: int) -> dict[str, int]:
+def dot_precision(dtype: torch.dtype, block_k: int) -> str:
+    """tl.dot's input_precision for inputs of `dtype` and padded key dim `block_k`. Nearly every dot has an fp32
+    intermediate operand (T, W, U, the state, the decays, L2-normalized rows), so plain TF32 (10-bit mantissa)
+    would round those to 2^-11: bf16 outputs near zero were off by up to 4.9e-4 (25%) from the exact recurrence
+    on the H100. bf16 takes TF32x3 (three tensor-core dots, ~fp32 accuracy) up to BK 128; its operand copies
+    do not fit sm90's shared memory at BK 256 (295 KB), which takes the FMA path ("ieee", 197 KB), as fp16."""
+    return "tf32x3" if dtype == torch.bfloat16 and block_k <= 128 else "ieee"
+
+
+def state_kernel_config(block_k: int, block_v: int, dot: str = "ieee") -> dict[str, int]:
     """BV, num_warps and num_stages of the state kernel for padded head dims `block_k`, `block_v`. Each stage
     buffers a chunk of q, k, W (BK wide) and U~; with every option on, compiled for sm90, bf16 needs 230 KB
     of shared memory at BK 128, BV 64 and 2 stages (280 KB at 3), 198 KB at BV 32; BK 256 fits only at
     1 stage with BV 16 (217 KB). Smaller BV also means more programs: 2 x 16 heads x 4 blocks of BV 32 fill
-    an H100's 132 SMs better than 64 programs. tests/ops/challenge/test_chunk_gated_delta_rule.py checks
-    the 128 config against SM90_SHARED_BYTES."""
+    an H100's 132 SMs better than 64 programs. TF32x3 dots (bf16) stage more: 239 KB at BK 128, BV 32 and
+    2 stages, 218 KB at BV 16. tests/ops/challenge/test_chunk_gated_delta_rule.py checks the 128 config
+    against SM90_SHARED_BYTES."""
+    if block_k == 128 and dot == "tf32x3":
+        return {"BV": min(16, block_v), "num_warps": 8, "num_stages": 2}
     if block_k <= 64:
         return {"BV": min(64, block_v), "num_warps": 4, "num_stages": 3}
     return {"BV": min(32 if block_k == 128 else 16, block_v), "num_warps": 8, "num_stages": 2 if block_k == 128 else 1}
@@ -182,13 +194,13 @@ def chunk_gated_delta_rule_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Ten
     w = torch.empty(*scratch, bk, dtype=torch.float32, device=q.device)
     u = torch.empty(*scratch, bv_all, dtype=torch.float32, device=q.device)
     gcum = torch.empty(scratch, dtype=torch.float32, device=q.device)
-    dot = "tf32" if q.dtype == torch.bfloat16 else "ieee"  # TF32 holds bf16 exactly; fp16 needs one bit more
+    dot = dot_precision(q.dtype, bk)
     group = heads // heads_k
     _chunk_transform_kernel[(chunks, batch * heads)](
         k, v, g, beta, w, u, gcum, seq, heads, group, dim_k, dim_v, k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), *g.stride(), *beta.stride(), C=CHUNK, BK=bk, BV=bv_all,
         L2NORM=use_qk_l2norm_in_kernel, DOT=dot, num_warps=4)
-    config = state_kernel_config(bk, bv_all)
+    config = state_kernel_config(bk, bv_all, dot)
     _chunk_state_kernel[(batch * heads, triton.cdiv(dim_v, config["BV"]))](
         q, k, w, u, gcum, s0 if s0 is not None else w, out, final if final is not None else w, seq, heads, group,
         dim_k, dim_v, scale, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),

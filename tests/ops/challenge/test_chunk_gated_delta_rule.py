@@ -100,9 +100,10 @@ def state_kernel_shared_sm90(dtype: str, dim: int) -> int:
     kernel = module._chunk_state_kernel
     pointers = {"q_ptr": dtype, "k_ptr": dtype, "o_ptr": dtype, "w_ptr": "fp32", "u_ptr": "fp32", "gcum_ptr": "fp32",
                 "s0_ptr": "fp32", "sT_ptr": "fp32"}
-    config = module.state_kernel_config(dim, dim)
+    dot = module.dot_precision({"bf16": torch.bfloat16, "fp16": torch.float16}[dtype], dim)
+    config = module.state_kernel_config(dim, dim, dot)
     constants = {"C": 64, "BK": dim, "BV_ALL": dim, "BV": config.pop("BV"), "HAS_S0": True, "STORE_STATE": True,
-                 "L2NORM": True, "DOT": "tf32" if dtype == "bf16" else "ieee", "GROUP": 1}  # every option: most memory
+                 "L2NORM": True, "DOT": dot, "GROUP": 1}  # every option: most memory
     signature, attrs = {}, {}
     for i, name in enumerate(kernel.arg_names):
         if name in constants:
