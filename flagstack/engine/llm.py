@@ -199,10 +199,10 @@ class AsyncLLM:
                     raise RuntimeError("the engine is shut down" if self._stopped else "the engine loop has failed")
                 self.engine.add_request(request_id, prompt, params)
             except Exception as err:  # noqa: BLE001 - the caller's generate() raises it
-                loop.call_soon_threadsafe(_settle, added, err)
+                _post(loop, _settle, added, err)
                 continue
             self._streams[request_id] = stream
-            loop.call_soon_threadsafe(_settle, added, None)
+            _post(loop, _settle, added, None)
 
     def _abort_now(self, request_id: str) -> bool:
         request = self.engine.requests.get(request_id)
@@ -210,7 +210,7 @@ class AsyncLLM:
         stream = self._streams.pop(request_id, None)
         if found and stream is not None:
             loop, deltas, tracker = stream
-            loop.call_soon_threadsafe(deltas.put_nowait, request_output(request, time.time(), tracker))
+            _post(loop, deltas.put_nowait, request_output(request, time.time(), tracker))
         return found
 
     def _loop(self) -> None:
@@ -228,7 +228,7 @@ class AsyncLLM:
                 except BaseException as err:  # report to every waiting consumer, then stop
                     self._error = err
                     for loop, stream, _ in self._streams.values():
-                        loop.call_soon_threadsafe(stream.put_nowait, err)
+                        _post(loop, stream.put_nowait, err)
                     self._streams.clear()
                     self._take_inbox()  # waiting adds fail too
                     return
@@ -247,7 +247,16 @@ class AsyncLLM:
                 # the per-call cost, a self-pipe write and a callback, took the GIL from this thread);
                 # still under the lock, so an abort's final output cannot overtake this step's
                 for loop, items in deliveries.items():
-                    loop.call_soon_threadsafe(_deliver, items)
+                    _post(loop, _deliver, items)
+
+
+def _post(loop: asyncio.AbstractEventLoop, fn, *args) -> None:
+    """loop.call_soon_threadsafe from the engine thread; a closed loop (its consumers are gone) is skipped
+    rather than allowed to kill the engine thread."""
+    try:
+        loop.call_soon_threadsafe(fn, *args)
+    except RuntimeError:
+        pass
 
 
 def _settle(future: asyncio.Future, error: BaseException | None) -> None:
