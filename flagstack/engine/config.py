@@ -64,6 +64,7 @@ class SamplingParams:
     include_stop_str_in_output: bool = False
     ignore_eos: bool = False
     logprobs: int | None = None  # top-N logprobs per generated token (plus the sampled token's)
+    logprob_token_ids: list[int] | None = None  # and these tokens' logprobs too (label scoring), with logprobs
     prompt_logprobs: int | None = None  # top-N per prompt position (plus the actual token's)
     prompt_logprobs_from: int = 0  # first prompt position scored; negative counts from the end
     skip_special_tokens: bool = True
@@ -87,6 +88,9 @@ class SamplingParams:
         _require(self.logprobs is None or self.logprobs >= 0, "logprobs", "None or >= 0", self.logprobs)
         _require(self.prompt_logprobs is None or self.prompt_logprobs >= 0, "prompt_logprobs", "None or >= 0",
                  self.prompt_logprobs)
+        _require(not self.logprob_token_ids or self.logprobs is not None, "logprob_token_ids",
+                 "given together with logprobs (>= 0)", self.logprob_token_ids)
+        self.logprob_token_ids = [int(t) for t in (self.logprob_token_ids or [])]
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         _require(all(isinstance(s, str) and s for s in stop), "stop", "a non-empty string or list of them",
                  self.stop)

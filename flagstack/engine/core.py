@@ -55,6 +55,9 @@ class EngineCore:
                              f"which leaves no room to generate")
         if min(ids) < 0 or max(ids) >= self.vocab_size:
             raise ValueError(f"prompt token ids must be in [0, {self.vocab_size}), got {min(ids)}..{max(ids)}")
+        extra = params.logprob_token_ids
+        if extra and (min(extra) < 0 or max(extra) >= self.vocab_size):
+            raise ValueError(f"logprob_token_ids must be in [0, {self.vocab_size}), got {min(extra)}..{max(extra)}")
         request = Request(request_id, text, ids, params, time.time())
         if params.prompt_logprobs is not None:
             request.prompt_logprobs = [None] * len(ids)

@@ -90,7 +90,10 @@ class Sampler:
         asked = [r for r, n in enumerate(wanted) if n is not None]
         if asked:
             raw = torch.log_softmax(logits[asked], dim=-1)
-            for r, d in zip(asked, logprob_dicts(raw, chosen[asked], [wanted[r] for r in asked])):
+            for k, (r, d) in enumerate(zip(asked, logprob_dicts(raw, chosen[asked], [wanted[r] for r in asked]))):
+                extra = params[r].logprob_token_ids
+                if extra:  # tokens the caller wants scored whatever their rank (e.g. every label)
+                    d.update(zip(extra, raw[k, extra].tolist()))
                 dicts[r] = d
         # the chosen tokens' logprobs without a full log_softmax: logit - logsumexp(row)
         chosen_lp = logits.gather(1, chosen[:, None])[:, 0] - logits.logsumexp(-1)

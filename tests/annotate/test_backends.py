@@ -57,6 +57,15 @@ def test_engine_backend_matches_full_forward_and_caches(tiny):
     assert backend.generate([prompts[0]], 3)[0].startswith("w")
 
 
+def test_engine_backend_single_token_labels_in_one_sequence_per_item(tiny):
+    model, path, prompts, _, _ = tiny
+    cands = [[20], [31], [42]]  # one distinct token each: scored from one next-token distribution
+    want = np.array([[_reference(model, p, c) for c in cands] for p in prompts])
+    backend = EngineBackend(path, block_size=4, dtype="float32")
+    np.testing.assert_allclose(backend.score(prompts, cands), want, rtol=1e-4, atol=1e-4)
+    assert backend.stats()["requests"] == len(prompts)
+
+
 def test_prefix_leaders():
     a = list(range(40))
     assert prefix_leaders([a + [1], a + [2], [5] * 40, [5] * 40 + [1]]) == [True, False, True, False]

@@ -167,6 +167,22 @@ def test_stop_strings_tokens_and_text(tiny):
     assert len(waited.token_ids) > first_id + 1
 
 
+def test_logprob_token_ids_vs_hf(tiny):
+    hf, path, prompts, _ = tiny
+    llm = cpu_llm(path)
+    with torch.no_grad():
+        ref = torch.log_softmax(hf(torch.tensor([prompts[1]])).logits[0, -1].float(), -1)
+    wanted = [5, 40, VOCAB - 1]
+    out = llm.generate(prompts[1], SamplingParams(max_tokens=1, logprobs=0, logprob_token_ids=wanted))[0]
+    entry = out.outputs[0].logprobs[0]
+    for token in wanted:
+        assert entry[token] == pytest.approx(float(ref[token]), abs=1e-4)
+    with pytest.raises(ValueError, match="logprob_token_ids"):
+        SamplingParams(logprob_token_ids=[5])  # without logprobs
+    with pytest.raises(ValueError, match="logprob_token_ids"):
+        llm.generate(prompts[1], SamplingParams(logprobs=0, logprob_token_ids=[VOCAB]))
+
+
 def test_chat_and_text_prompts(tiny):
     _, path, _, _ = tiny
     llm = cpu_llm(path)

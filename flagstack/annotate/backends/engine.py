@@ -6,6 +6,9 @@ cache once they are computed, and requests scheduled in the same step cannot sha
 batch runs in three waves: one prompt per shared-prefix group with the first label (computes the
 demo block once), then the other prompts with the first label (their prefix is a cache hit), then
 every prompt with the remaining labels (only the label and the last partial block are computed).
+When every label is a single distinct token (BBC's " business", " tech", ...), all of them come from the
+one next-token distribution after the prompt: each item is one sequence asking for those tokens' logprobs
+(SamplingParams.logprob_token_ids), in two waves, and the third wave is not needed.
 Extraction uses the engine's structured-output hook (SamplingParams.constraint_factory, xgrammar):
 the output is valid JSON for the task's schema by construction.
 """
@@ -60,11 +63,29 @@ class EngineBackend:
             rows = out.prompt_logprobs[-len(candidates[j]):]
             scores[i, j] = sum(float(row[t]) for row, t in zip(rows, candidates[j]))
 
+    def _run_next_token(self, items: list[int], prompts, tokens: list[int], scores: np.ndarray) -> None:
+        """Score single-token candidates from the distribution after each prompt (one sequence per item)."""
+        from flagstack.engine.config import SamplingParams
+
+        if not items:
+            return
+        params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=0, logprob_token_ids=tokens)
+        outs = self.llm.generate([prompts[i] for i in items], params)
+        self._requests += len(items)
+        for i, out in zip(items, outs):
+            after_prompt = out.outputs[0].logprobs[0]
+            scores[i] = [after_prompt[t] for t in tokens]
+
     def score(self, prompts: list[list[int]], candidates: list[list[int]]) -> np.ndarray:
         """Summed log-probability of each candidate after each prompt, [len(prompts), len(candidates)]."""
         check_score_args(prompts, candidates)
         scores = np.zeros((len(prompts), len(candidates)))
         leaders = prefix_leaders(prompts)
+        firsts = [c[0] for c in candidates]
+        if all(len(c) == 1 for c in candidates) and len(set(firsts)) == len(firsts):
+            self._run_next_token([i for i in range(len(prompts)) if leaders[i]], prompts, firsts, scores)
+            self._run_next_token([i for i in range(len(prompts)) if not leaders[i]], prompts, firsts, scores)
+            return scores
         self._run([(i, 0) for i in range(len(prompts)) if leaders[i]], prompts, candidates, scores)
         self._run([(i, 0) for i in range(len(prompts)) if not leaders[i]], prompts, candidates, scores)
         self._run([(i, j) for i in range(len(prompts)) for j in range(1, len(candidates))], prompts, candidates,
