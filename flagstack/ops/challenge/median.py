@@ -35,41 +35,30 @@ BLOCK = 4096  # chunk of the global passes and of the re-read of long rows
 @triton.jit
 def _keys(x, KEY_BITS: tl.constexpr):
     """Unsigned keys ordered as the values (NaNs are dealt with apart)."""
-    if KEY_BITS == 64:  # one return at the end, as in _value
-        if x.dtype.is_floating():
-            bits = x.to(tl.float64).to(tl.int64, bitcast=True)
-            bits = bits ^ ((bits >> 63) | (-9223372036854775807 - 1))
-        else:
-            bits = x.to(tl.int64) ^ (-9223372036854775807 - 1)
-        keys = bits.to(tl.uint64, bitcast=True)
+    ints: tl.constexpr = tl.int64 if KEY_BITS == 64 else tl.int32
+    floats: tl.constexpr = tl.float64 if KEY_BITS == 64 else tl.float32
+    keys: tl.constexpr = tl.uint64 if KEY_BITS == 64 else tl.uint32
+    sign: tl.constexpr = -(1 << (KEY_BITS - 1))
+    if x.dtype.is_floating():
+        bits = x.to(floats).to(ints, bitcast=True)
+        bits = bits ^ ((bits >> (KEY_BITS - 1)) | sign)
     else:
-        if x.dtype.is_floating():
-            bits = x.to(tl.float32).to(tl.int32, bitcast=True)
-            bits = bits ^ ((bits >> 31) | (-2147483647 - 1))
-        else:
-            bits = x.to(tl.int32) ^ (-2147483647 - 1)
-        keys = bits.to(tl.uint32, bitcast=True)
-    return keys
+        bits = x.to(ints) ^ sign
+    return bits.to(keys, bitcast=True)
 
 
 @triton.jit
 def _value(key, is_float: tl.constexpr, KEY_BITS: tl.constexpr):
     """The value (fp32/fp64 or int32/int64) whose key is `key`: _keys inverted."""
     # one return at the end: compiled Triton checks every return statement's type, taken branch or not
-    if KEY_BITS == 64:
-        bits = key.to(tl.int64, bitcast=True)
-        sign = -9223372036854775807 - 1
-        if is_float:
-            value = (bits ^ (~(bits >> 63) | sign)).to(tl.float64, bitcast=True)
-        else:
-            value = bits ^ sign
+    ints: tl.constexpr = tl.int64 if KEY_BITS == 64 else tl.int32
+    floats: tl.constexpr = tl.float64 if KEY_BITS == 64 else tl.float32
+    sign: tl.constexpr = -(1 << (KEY_BITS - 1))
+    bits = key.to(ints, bitcast=True)
+    if is_float:
+        value = (bits ^ (~(bits >> (KEY_BITS - 1)) | sign)).to(floats, bitcast=True)
     else:
-        bits = key.to(tl.int32, bitcast=True)
-        sign = -2147483647 - 1
-        if is_float:
-            value = (bits ^ (~(bits >> 31) | sign)).to(tl.float32, bitcast=True)
-        else:
-            value = bits ^ sign
+        value = bits ^ sign
     return value
 
 
