@@ -53,11 +53,9 @@ class EngineCore:
         if len(ids) >= self.max_model_len:
             raise ValueError(f"prompt has {len(ids)} tokens; the context (max_model_len) is {self.max_model_len}, "
                              f"which leaves no room to generate")
-        if min(ids) < 0 or max(ids) >= self.vocab_size:
-            raise ValueError(f"prompt token ids must be in [0, {self.vocab_size}), got {min(ids)}..{max(ids)}")
-        extra = params.logprob_token_ids
-        if extra and (min(extra) < 0 or max(extra) >= self.vocab_size):
-            raise ValueError(f"logprob_token_ids must be in [0, {self.vocab_size}), got {min(extra)}..{max(extra)}")
+        for name, tokens in (("prompt token ids", ids), ("logprob_token_ids", params.logprob_token_ids)):
+            if tokens and (min(tokens) < 0 or max(tokens) >= self.vocab_size):
+                raise ValueError(f"{name} must be in [0, {self.vocab_size}), got {min(tokens)}..{max(tokens)}")
         request = Request(request_id, text, ids, params, time.time())
         if params.prompt_logprobs is not None:
             request.prompt_logprobs = [None] * len(ids)

@@ -81,13 +81,14 @@ class EngineBackend:
         check_score_args(prompts, candidates)
         scores = np.zeros((len(prompts), len(candidates)))
         leaders = prefix_leaders(prompts)
+        waves = ([i for i, lead in enumerate(leaders) if lead], [i for i, lead in enumerate(leaders) if not lead])
         firsts = [c[0] for c in candidates]
         if all(len(c) == 1 for c in candidates) and len(set(firsts)) == len(firsts):
-            self._run_next_token([i for i in range(len(prompts)) if leaders[i]], prompts, firsts, scores)
-            self._run_next_token([i for i in range(len(prompts)) if not leaders[i]], prompts, firsts, scores)
+            for wave in waves:
+                self._run_next_token(wave, prompts, firsts, scores)
             return scores
-        self._run([(i, 0) for i in range(len(prompts)) if leaders[i]], prompts, candidates, scores)
-        self._run([(i, 0) for i in range(len(prompts)) if not leaders[i]], prompts, candidates, scores)
+        for wave in waves:
+            self._run([(i, 0) for i in wave], prompts, candidates, scores)
         self._run([(i, j) for i in range(len(prompts)) for j in range(1, len(candidates))], prompts, candidates,
                   scores)
         return scores
