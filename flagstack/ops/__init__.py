@@ -2,6 +2,7 @@
 from flagstack.ops import attention, challenge
 from flagstack.ops.activation import gelu, gelu_and_mul, silu, silu_and_mul
 from flagstack.ops.argmax import argmax
+from flagstack.ops.argmax_logsumexp import argmax_logsumexp
 from flagstack.ops.aten import disable, enable, is_enabled, use_aten
 from flagstack.ops.embedding import embedding
 from flagstack.ops.gemv import gemv
@@ -15,5 +16,5 @@ from flagstack.ops.softmax import log_softmax, softmax
 __all__ = ["attention", "challenge", "all_ops", "get", "get_backend", "set_backend", "use_backend", "rms_norm",
            "add_rms_norm", "silu_and_mul", "gelu_and_mul", "silu", "gelu",
            "rotary_embedding", "rope_cos_sin_cache", "qk_norm_rope", "embedding",
-           "softmax", "log_softmax", "argmax", "gemv", "sample", "compute_logprobs", "enable", "disable", "is_enabled",
-           "use_aten"]
+           "softmax", "log_softmax", "argmax", "argmax_logsumexp", "gemv", "sample", "compute_logprobs", "enable",
+           "disable", "is_enabled", "use_aten"]
