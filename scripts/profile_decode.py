@@ -46,16 +46,16 @@ def main() -> None:
         step_ms = (full - one) / args.steps * 1e3
         prefill_steps = -(-batch * args.prompt_len // llm.engine.config.max_num_batched_tokens)
         runner = llm.engine.runner
-        execute = runner.execute
+        launch = runner.launch
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA],
                      schedule=schedule(skip_first=prefill_steps + 1, wait=0, warmup=1, active=args.steps, repeat=1)) as prof:
-            def profiled_execute(*a, **k):
-                out = execute(*a, **k)
+            def profiled_launch(*a, **k):
+                out = launch(*a, **k)
                 prof.step()
                 return out
-            runner.execute = profiled_execute
+            runner.launch = profiled_launch
             decode_run(llm, batch, args.steps + prefill_steps + 4, args.prompt_len, seed=4)
-            runner.execute = execute
+            runner.launch = launch
         events = prof.key_averages()
         gpu_us = sum(e.self_device_time_total for e in events if e.device_type.name == "CUDA")
         print(f"\n== batch {batch}: {step_ms:.2f} ms per decode step unprofiled ({batch / step_ms * 1e3:.0f} tok/s); "

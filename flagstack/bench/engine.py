@@ -186,18 +186,18 @@ def _sync(device: str) -> None:
 
 class EngineTimer:
     """Runs prompts through an LLM, greedy with EOS ignored, recording each step's shape (the runner's
-    `execute` is wrapped on this instance) for the roofline."""
+    `launch` is wrapped on this instance) for the roofline."""
 
     def __init__(self, llm) -> None:
         self.llm, self.steps = llm, []
         runner = llm.engine.runner
-        execute = runner.execute
+        launch = runner.launch
 
-        def recording_execute(batch, eos_token_ids):
+        def recording_launch(batch, eos_token_ids):
             self.steps.append([SeqStep(s.num_computed_tokens, n, s.num_computed_tokens + n == len(s))
                                for s, n in zip(batch.seqs, batch.num_new_tokens)])
-            return execute(batch, eos_token_ids)
-        runner.execute = recording_execute
+            return launch(batch, eos_token_ids)
+        runner.launch = recording_launch
 
     def run(self, prompts: list[list[int]], output_lens: list[int]) -> tuple[float, list[list[SeqStep]]]:
         """Seconds to generate exactly output_lens[i] tokens for prompts[i], and the steps taken."""

@@ -27,6 +27,8 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     enable_chunked_prefill: bool = True
     enforce_eager: bool = False  # True: no CUDA graphs
+    # launch the next step before reading this one's tokens back (None: on CUDA, where it hides host time)
+    async_scheduling: bool | None = None
     seed: int = 0  # seeds dummy weights and unseeded sampling
 
     def __post_init__(self) -> None:

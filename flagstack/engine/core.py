@@ -3,13 +3,14 @@ token bookkeeping (stop conditions, detokenization) out."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import torch
 
 from flagstack.engine.config import EngineConfig, SamplingParams
 from flagstack.engine.kv_cache import BlockManager
-from flagstack.engine.runner import ModelRunner
-from flagstack.engine.scheduler import Scheduler
+from flagstack.engine.runner import LaunchedStep, ModelRunner
+from flagstack.engine.scheduler import ScheduledBatch, Scheduler
 from flagstack.engine.sequence import Logprobs, Request, Sequence, Status
 from flagstack.engine.warmup import warm_up
 
@@ -24,7 +25,8 @@ class EngineCore:
         device = next(loaded.model.parameters()).device
         self.runner = ModelRunner(loaded, config, device, self.max_model_len)
         self.blocks = BlockManager(self.runner.num_blocks, config.block_size, config.enable_prefix_caching)
-        self.scheduler = Scheduler(config, self.blocks)
+        self.scheduler = Scheduler(config, self.blocks, self.max_model_len)
+        self.inflight: InflightStep | None = None  # launched, its tokens not yet read back
         self.device = device
         self.requests: dict[str, Request] = {}
         self.pending_children: dict[str, list[Sequence]] = {}  # n > 1: siblings waiting on the prompt
@@ -86,18 +88,44 @@ class EngineCore:
         return True
 
     def has_unfinished(self) -> bool:
-        return self.scheduler.has_unfinished()
+        return self.scheduler.has_unfinished() or self.inflight is not None
 
     # -- one step --------------------------------------------------------------------------------
     def step(self) -> list[Request]:
-        """Schedule and run one batch; returns the requests that got new tokens or finished."""
-        batch = self.scheduler.schedule()
-        if not batch.seqs:
+        """Finish one batch; returns the requests that got new tokens or finished.
+
+        With run-ahead (CUDA by default) the next batch is scheduled and launched before this one's
+        tokens are read back, so the GPU computes it while the host does this step's bookkeeping; the
+        next batch reads its decode inputs on the device. A sequence that turns out to have stopped
+        wastes one row of that batch, whose token is dropped."""
+        current = self.inflight or self._launch()
+        self.inflight = None
+        if current is None:
             if self.scheduler.waiting and not self.scheduler.running:
                 raise RuntimeError("scheduler made no progress: a waiting sequence does not fit the KV cache")
             return []
-        result = self.runner.execute(batch, self.eos_token_ids)
-        self.scheduler.after_step(batch)
+        if self.run_ahead and current.launched.allows_run_ahead:
+            self.inflight = self._launch()
+        return self._finish(current)
+
+    @property
+    def run_ahead(self) -> bool:
+        return self.config.async_scheduling if self.config.async_scheduling is not None else self.device.type == "cuda"
+
+    def _launch(self) -> InflightStep | None:
+        batch = self.scheduler.schedule()
+        if not batch.seqs:
+            return None
+        launched = self.runner.launch(batch, self.eos_token_ids)
+        for seq in launched.seqs:
+            seq.num_pending += 1
+        return InflightStep(batch, launched, self.scheduler.after_launch(batch))
+
+    def _finish(self, step: InflightStep) -> list[Request]:
+        """Read a launched step's tokens back and apply them (stops, detokenization, cache commits)."""
+        sample = step.launched.sample.resolve()
+        batch = step.batch
+        self.scheduler.commit(batch, step.computed_before)
         for seq in batch.seqs:
             request = seq.request
             if seq.parent is None and not request.prompt_logprobs_done and not seq.in_prompt:  # prompt just done
@@ -105,8 +133,10 @@ class EngineCore:
                 self._release_children(request, seq)
         touched: dict[str, Request] = {}
         now = time.time()
-        sample = result.sample
-        for row, seq in enumerate(result.seqs):
+        for row, seq in enumerate(step.launched.seqs):
+            seq.num_pending -= 1
+            if seq.status is Status.FINISHED:  # stopped or aborted after this step was launched
+                continue
             self._append(seq, sample.token_ids[row], sample.logprobs[row], sample.chosen_logprobs[row])
             request = seq.request
             request.first_token_time = request.first_token_time or now
@@ -132,7 +162,7 @@ class EngineCore:
             seq.finish("stop")
         elif n_out >= p.min_tokens and token in p.stop_token_ids:
             seq.finish("stop", token)
-        elif (p.max_tokens is not None and n_out >= p.max_tokens) or len(seq) >= self.max_model_len:
+        elif (p.max_tokens is not None and n_out >= p.max_tokens) or len(seq.token_ids) >= self.max_model_len:
             seq.finish("length")
         if seq.constraint is not None and seq.constraint.accept(token) and seq.status is not Status.FINISHED:
             seq.finish("stop")  # the grammar is complete (or rejected the token)
@@ -169,6 +199,13 @@ class EngineCore:
             "num_kv_blocks": self.blocks.num_blocks,
             "num_preemptions": self.scheduler.num_preemptions,
         }
+
+
+@dataclass
+class InflightStep:
+    batch: ScheduledBatch
+    launched: LaunchedStep
+    computed_before: list[int]  # each sequence's computed tokens before the step (for prefix-cache commits)
 
 
 def n_before_min(seq: Sequence) -> bool:

@@ -128,12 +128,13 @@ class BlockManager:
         seq.block_table = list(blocks)
         seq.num_computed_tokens = len(blocks) * self.block_size
 
-    def commit_full_blocks(self, seq: Sequence, old_computed: int) -> None:
-        """Register the blocks that became full and computed in this step under their chained hash."""
+    def commit_full_blocks(self, seq: Sequence, old_computed: int, new_computed: int) -> None:
+        """Register the blocks that a step computing tokens [old_computed, new_computed) filled, under
+        their chained hash."""
         if not self.enable_prefix_caching:
             return
         bs = self.block_size
-        first, last = old_computed // bs, seq.num_computed_tokens // bs
+        first, last = old_computed // bs, new_computed // bs
         parent = self.hashes[seq.block_table[first - 1]] if first > 0 else None
         for i in range(first, last):
             block = seq.block_table[i]

@@ -17,7 +17,7 @@ import torch
 from flagstack.engine.config import EngineConfig
 from flagstack.engine.context import AttentionMetadata, step_context
 from flagstack import ops
-from flagstack.engine.sampler import Sampler, SampleOutput, logprob_dicts
+from flagstack.engine.sampler import PendingSample, Sampler, logprob_dicts
 from flagstack.engine.scheduler import ScheduledBatch
 from flagstack.engine.sequence import Sequence
 
@@ -35,9 +35,16 @@ def padded_tables(tables: list[list[int]], width: int) -> torch.Tensor:
 
 
 @dataclass
-class StepResult:
-    seqs: list[Sequence]  # the sequences that got a new token this step
-    sample: SampleOutput
+class LaunchedStep:
+    """A step queued on the device: its sequences that sample a token, and the choices on their way."""
+
+    seqs: list[Sequence]
+    sample: PendingSample
+
+    @property
+    def allows_run_ahead(self) -> bool:
+        """Whether the next step may be launched before this one's tokens reach the host."""
+        return not any(seq.needs_host_tokens for seq in self.seqs)
 
 
 class ModelRunner:
@@ -49,6 +56,10 @@ class ModelRunner:
         self.sampler = Sampler(torch.Generator(device=device).manual_seed(config.seed), config.seed)
         self.num_blocks = config.num_kv_blocks or self._pool_size()
         self.k_caches, self.v_caches = self._allocate_cache(self.num_blocks)
+        # the last launched step's sampled ids on the device, and each sampling sequence's row in them: a
+        # decode token still pending on the host is read from there
+        self.last_ids: torch.Tensor | None = None
+        self.last_rows: dict[int, int] = {}
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.graph_outputs: dict[int, torch.Tensor] = {}
         self.graph_sizes: list[int] = []
@@ -120,10 +131,11 @@ class ModelRunner:
         return int(budget // self.block_bytes)
 
     # -- one step --------------------------------------------------------------------------------
-    def execute(self, batch: ScheduledBatch, eos_token_ids: list[int]) -> StepResult:
-        """Run the batch's new tokens; returns the sampled tokens (prompt logprobs go to the requests)."""
+    def launch(self, batch: ScheduledBatch, eos_token_ids: list[int]) -> LaunchedStep:
+        """Queue the batch's new tokens and the sampling on the device (prompt logprobs go to the requests)."""
         bs = self.block_size
         ids: list[int] = []
+        pending_rows, source_rows = [], []  # decode inputs still on the device: row here <- row of last step
         positions: list[int] = []
         slots: list[int] = []
         cu, seq_lens, tables = [0], [], []
@@ -134,7 +146,12 @@ class ModelRunner:
             c, offset = seq.num_computed_tokens, cu[-1]
             table = seq.block_table
             if n == 1:  # a decode token (the common case, spelled out: no slices or generators)
-                ids.append(seq.token_ids[c])
+                if c < len(seq.token_ids):
+                    ids.append(seq.token_ids[c])
+                else:  # sampled by the step still running
+                    pending_rows.append(offset)
+                    source_rows.append(self.last_rows[seq.seq_id])
+                    ids.append(0)
                 positions.append(c)
                 slots.append(table[c // bs] * bs + c % bs)
             else:
@@ -153,7 +170,11 @@ class ModelRunner:
                 for q in range(max(c, first - 1), min(c + n, seq.num_prompt_tokens - 1)):
                     prompt_rows.append(offset + q - c)  # the logits at q score the token at q + 1
                     prompt_targets.append((request, q + 1))
-        hidden = self._forward(ids, positions, slots, cu, seq_lens, tables, batch.is_decode)
+        pending = None
+        if pending_rows:
+            rows = torch.tensor([pending_rows, source_rows]).to(self.device, non_blocking=True)
+            pending = (rows[0], self.last_ids[rows[1]])
+        hidden = self._forward(ids, positions, slots, cu, seq_lens, tables, batch.is_decode, pending)
         if prompt_rows:
             self._score_prompt(hidden, prompt_rows, prompt_targets)
         if len(sample_rows) == hidden.shape[0]:  # a decode step samples every row: no gather
@@ -161,12 +182,16 @@ class ModelRunner:
         else:  # a copy with device= would wait here for the forward; non_blocking queues it behind it
             sampled = hidden[torch.tensor(sample_rows, dtype=torch.long).to(self.device, non_blocking=True)]
         logits = self.model.compute_logits(sampled)
-        return StepResult(sample_seqs, self.sampler(logits, sample_seqs, eos_token_ids))
+        sample = self.sampler.launch(logits, sample_seqs, eos_token_ids)
+        self.last_ids, self.last_rows = sample.token_ids, {seq.seq_id: r for r, seq in enumerate(sample_seqs)}
+        return LaunchedStep(sample_seqs, sample)
 
-    def _forward(self, ids, positions, slots, cu, seq_lens, tables, is_decode: bool) -> torch.Tensor:
+    def _forward(self, ids, positions, slots, cu, seq_lens, tables, is_decode: bool,
+                 pending: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        """The model on the step's tokens; `pending` = (rows, ids) to write into the input ids on the device."""
         graph_bs = next((b for b in self.graph_sizes if b >= len(ids)), None) if is_decode and self.graphs else None
         if graph_bs is not None:
-            return self._replay(graph_bs, ids, positions, slots, seq_lens, tables)
+            return self._replay(graph_bs, ids, positions, slots, seq_lens, tables, pending)
         width = max(len(t) for t in tables)
         dev = self.device
         meta = AttentionMetadata(
@@ -175,9 +200,11 @@ class ModelRunner:
             seq_lens=torch.tensor(seq_lens, dtype=torch.int32).to(dev, non_blocking=True),
             block_tables=padded_tables(tables, width).to(dev, non_blocking=True),
             max_query_len=max(b - a for a, b in zip(cu, cu[1:])), max_seq_len=max(seq_lens))
+        input_ids = torch.tensor(ids, dtype=torch.long).to(dev, non_blocking=True)
+        if pending is not None:
+            input_ids[pending[0]] = pending[1]
         with torch.inference_mode(), step_context(meta):
-            return self.model(torch.tensor(ids, dtype=torch.long).to(dev, non_blocking=True),
-                              torch.tensor(positions, dtype=torch.long).to(dev, non_blocking=True))
+            return self.model(input_ids, torch.tensor(positions, dtype=torch.long).to(dev, non_blocking=True))
 
     def _score_prompt(self, hidden: torch.Tensor, rows: list[int], targets: list[tuple]) -> None:
         for start in range(0, len(rows), PROMPT_LOGITS_CHUNK):
@@ -224,11 +251,13 @@ class ModelRunner:
         self.graph_sizes = sorted(self.graphs)
         torch.cuda.synchronize()
 
-    def _replay(self, b: int, ids, positions, slots, seq_lens, tables) -> torch.Tensor:
+    def _replay(self, b: int, ids, positions, slots, seq_lens, tables, pending) -> torch.Tensor:
         s, n = self.static, len(ids)
         s["slots"][:b].fill_(-1)
         s["seq_lens"][:b].fill_(1)
         s["ids"][:n].copy_(torch.tensor(ids), non_blocking=True)
+        if pending is not None:
+            s["ids"][pending[0]] = pending[1]
         s["positions"][:n].copy_(torch.tensor(positions), non_blocking=True)
         s["slots"][:n].copy_(torch.tensor(slots), non_blocking=True)
         s["seq_lens"][:n].copy_(torch.tensor(seq_lens, dtype=torch.int32), non_blocking=True)

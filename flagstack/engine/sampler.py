@@ -21,6 +21,24 @@ class SampleOutput:
     chosen_logprobs: list[float]  # raw logprob of each chosen token (for cumulative_logprob)
 
 
+@dataclass
+class PendingSample:
+    """A step's choices on their way to the host: the copy is queued behind the step on the GPU, so the
+    host can launch the next step (whose inputs read `token_ids` on the device) before waiting for it."""
+
+    token_ids: torch.Tensor  # int64 [B] on the logits' device
+    host: torch.Tensor  # float64 [2, B]: ids and chosen logprobs, filled when `ready` has passed
+    ready: torch.cuda.Event | None  # None on CPU: host is already filled
+    logprobs: list[Logprobs | None]
+
+    def resolve(self) -> SampleOutput:
+        """Wait for the copy and read the choices (one synchronization per step)."""
+        if self.ready is not None:
+            self.ready.synchronize()
+        ids, chosen_lp = self.host.tolist()
+        return SampleOutput([int(t) for t in ids], self.logprobs, chosen_lp)
+
+
 def logprob_dicts(logprobs: torch.Tensor, chosen: torch.Tensor, top_n: list[int]) -> list[Logprobs]:
     """Per row: the top_n[row] most likely tokens and the chosen token, id -> logprob."""
     k = max(top_n, default=0)
@@ -65,12 +83,17 @@ class Sampler:
 
     def __call__(self, logits: torch.Tensor, seqs: list[Sequence], eos_token_ids: list[int]) -> SampleOutput:
         """Choose one token per row of logits [B, V] (fp32, not modified) for seqs[row]."""
+        return self.launch(logits, seqs, eos_token_ids).resolve()
+
+    def launch(self, logits: torch.Tensor, seqs: list[Sequence], eos_token_ids: list[int]) -> PendingSample:
+        """Queue the choice of one token per row; the host reads them with resolve()."""
         params = [s.params for s in seqs]
         work = logits
         if any(p.has_penalties for p in params):
             work = logits.clone()
             apply_penalties(work, seqs)
-        banned = [r for r, s in enumerate(seqs) if s.num_output_tokens < s.params.min_tokens]
+        # tokens before this one: those the host has and those still on their way (num_pending)
+        banned = [r for r, s in enumerate(seqs) if s.num_output_tokens + s.num_pending < s.params.min_tokens]
         if banned:
             work = work.clone() if work is logits else work
             for r in banned:
@@ -97,9 +120,15 @@ class Sampler:
                 dicts[r] = d
         # the chosen tokens' logprobs without a full log_softmax: logit - logsumexp(row)
         chosen_lp = logits.gather(1, chosen[:, None])[:, 0] - logits.logsumexp(-1)
-        # one device-to-host copy (and sync) for both: float64 holds every token id exactly
-        ids, chosen_lp = torch.stack((chosen.double(), chosen_lp.double())).tolist()
-        return SampleOutput([int(t) for t in ids], dicts, chosen_lp)
+        # one device-to-host copy for both: float64 holds every token id exactly
+        packed = torch.stack((chosen.double(), chosen_lp.double()))
+        if packed.device.type != "cuda":
+            return PendingSample(chosen, packed, None, dicts)
+        host = torch.empty(packed.shape, dtype=packed.dtype, pin_memory=True)
+        host.copy_(packed, non_blocking=True)
+        ready = torch.cuda.Event()
+        ready.record()
+        return PendingSample(chosen, host, ready, dicts)
 
     def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
         """flagstack.ops.sample with per-row settings; a seeded request draws each step's row seed from

@@ -34,8 +34,8 @@ class ScheduledBatch:
 
 
 class Scheduler:
-    def __init__(self, config: EngineConfig, blocks: BlockManager) -> None:
-        self.config, self.blocks = config, blocks
+    def __init__(self, config: EngineConfig, blocks: BlockManager, max_model_len: int | None = None) -> None:
+        self.config, self.blocks, self.max_model_len = config, blocks, max_model_len
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.num_preemptions = 0
@@ -66,7 +66,7 @@ class Scheduler:
         while queue:
             seq = queue.popleft()
             n = min(seq.num_uncomputed_tokens, budget)
-            if n == 0 or (not chunked and n < seq.num_uncomputed_tokens):
+            if n == 0 or (not chunked and n < seq.num_uncomputed_tokens) or seq.ends_with_pending(self.max_model_len):
                 kept.append(seq)
                 continue
             fits = seq.num_computed_tokens + n <= len(seq.block_table) * bs  # most decode steps
@@ -129,17 +129,26 @@ class Scheduler:
         self.num_preemptions += 1
         self.waiting.appendleft(seq)
 
-    def after_step(self, batch: ScheduledBatch) -> None:
-        """Mark the step's tokens computed and publish newly full blocks to the prefix cache."""
+    def after_launch(self, batch: ScheduledBatch) -> list[int]:
+        """Mark the step's tokens computed (the GPU runs them in order, so the next step may build on
+        them); returns each sequence's computed count before the step, for commit()."""
         stats = self.blocks.stats
-        bs = self.blocks.block_size
+        before = []
         for seq, n in zip(batch.seqs, batch.num_new_tokens):
             old = seq.num_computed_tokens
+            before.append(old)
             seq.num_computed_tokens = old + n
             if old < seq.num_prompt_tokens:
                 stats.prompt_tokens_computed += min(old + n, seq.num_prompt_tokens) - old
-            if (old + n) // bs != old // bs:  # a block became full
-                self.blocks.commit_full_blocks(seq, old)
+        return before
+
+    def commit(self, batch: ScheduledBatch, before: list[int]) -> None:
+        """Once the step's input token ids are all on the host: publish its newly full blocks to the
+        prefix cache (not for sequences preempted or finished since the launch)."""
+        bs = self.blocks.block_size
+        for seq, n, old in zip(batch.seqs, batch.num_new_tokens, before):
+            if (old + n) // bs != old // bs and seq.status is Status.RUNNING:  # a block became full
+                self.blocks.commit_full_blocks(seq, old, old + n)
 
     def finish(self, seq: Sequence) -> None:
         """Drop a finished or aborted sequence from the queues and free its blocks."""

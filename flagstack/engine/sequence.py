@@ -56,6 +56,9 @@ class Sequence:
         self.status = Status.WAITING
         self.block_table: list[int] = []
         self.num_computed_tokens = 0  # tokens whose K/V are in the cache
+        # tokens sampled on the GPU whose ids the host has not read yet (the engine schedules and
+        # launches the next step first): they count in len(seq), not in token_ids
+        self.num_pending = 0
         self.num_cached_tokens = 0  # of those, served by the prefix cache at admission
         self.num_preemptions = 0
         self.inflight_hashes: list[int] = []  # prompt blocks this sequence announced it is computing
@@ -70,7 +73,7 @@ class Sequence:
         self.constraint = factory() if factory is not None else None  # structured output state
 
     def __len__(self) -> int:
-        return len(self.token_ids)
+        return len(self.token_ids) + self.num_pending
 
     @property
     def params(self) -> SamplingParams:
@@ -86,7 +89,21 @@ class Sequence:
 
     @property
     def num_uncomputed_tokens(self) -> int:
-        return len(self.token_ids) - self.num_computed_tokens
+        return len(self) - self.num_computed_tokens
+
+    @property
+    def needs_host_tokens(self) -> bool:
+        """Its next step needs the ids of every token so far on the host (penalties count them, a grammar
+        advances on them), so the engine cannot launch that step before reading the last one back."""
+        return self.params.has_penalties or self.constraint is not None
+
+    def ends_with_pending(self, max_model_len: int | None) -> bool:
+        """Its pending token is certain to end it (max_tokens or the context reached): nothing to schedule."""
+        if not self.num_pending:
+            return False
+        limit = self.params.max_tokens
+        return ((limit is not None and self.num_output_tokens + self.num_pending >= limit)
+                or (max_model_len is not None and len(self) >= max_model_len))
 
     @property
     def in_prompt(self) -> bool:

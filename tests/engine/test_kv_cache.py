@@ -18,7 +18,7 @@ def compute(blocks: BlockManager, seq: Sequence, n: int) -> None:
     blocks.allocate(seq, n)
     old = seq.num_computed_tokens
     seq.num_computed_tokens += n
-    blocks.commit_full_blocks(seq, old)
+    blocks.commit_full_blocks(seq, old, old + n)
 
 
 def test_allocate_and_free_counts():
@@ -123,7 +123,7 @@ def test_in_flight_prefix_blocks():
     assert blocks.count_hits(same, 9) == (0, 0, True)  # first is computing the same 2 full blocks
     assert blocks.count_hits(first, 9)[2] is False  # a sequence never waits for itself
     first.num_computed_tokens = 10
-    blocks.commit_full_blocks(first, 0)
+    blocks.commit_full_blocks(first, 0, 10)
     assert blocks.count_hits(same, 9) == (2, 0, False) and blocks.inflight == {}
     other = make_seq([50] * 10)
     blocks.admit(other, 9)

@@ -81,6 +81,9 @@ def test_greedy_matches_hf(tiny):
     dict(enable_chunked_prefill=False, max_num_batched_tokens=24),
     dict(num_kv_blocks=16),  # 64 slots for 5 sequences growing to ~50 tokens: forced preemption
     dict(max_num_seqs=2),
+    dict(async_scheduling=True),  # run-ahead: each step launched before the previous one's tokens are read
+    dict(async_scheduling=True, num_kv_blocks=16),
+    dict(async_scheduling=True, max_num_batched_tokens=8),
 ])
 def test_scheduling_variants_give_the_same_tokens(tiny, variant):
     _, path, prompts, reference = tiny
@@ -89,6 +92,65 @@ def test_scheduling_variants_give_the_same_tokens(tiny, variant):
     if "num_kv_blocks" in variant:
         assert llm.get_stats()["num_preemptions"] > 0
     assert llm.get_stats()["kv_cache_usage"] == 0.0  # every block released
+
+
+def mixed_params(stop_word: str, stop_id: int) -> list[SamplingParams]:
+    """One request of each kind whose bookkeeping run-ahead delays: stops by token, string and length
+    (some after 1-2 tokens), min_tokens, logprobs, seeded sampling with n > 1, penalties."""
+    return [
+        SamplingParams(temperature=0, max_tokens=STEPS, stop_token_ids=[stop_id]),
+        SamplingParams(temperature=0, max_tokens=STEPS, stop=[stop_word]),
+        SamplingParams(temperature=0, max_tokens=1, ignore_eos=True),
+        SamplingParams(temperature=0, max_tokens=STEPS, min_tokens=6, stop_token_ids=[stop_id], logprobs=1),
+        SamplingParams(n=2, temperature=1.0, seed=3, max_tokens=9, ignore_eos=True),
+        SamplingParams(temperature=0, max_tokens=7, repetition_penalty=1.5, presence_penalty=0.5, ignore_eos=True),
+        SamplingParams(temperature=0, max_tokens=2, ignore_eos=True, logprobs=0),
+    ]
+
+
+def summary(outputs) -> tuple[list, list]:
+    """What must match exactly, and the logprobs (batch composition moves them in the last float bits)."""
+    exact = [[(c.token_ids, c.text, c.finish_reason, c.stop_reason, [sorted(d) for d in c.logprobs or []])
+              for c in o.outputs] for o in outputs]
+    floats = [v for o in outputs for c in o.outputs
+              for v in [c.cumulative_logprob, *(x for d in c.logprobs or [] for x in d.values())]]
+    return exact, floats
+
+
+@pytest.mark.parametrize("variant", [{}, dict(num_kv_blocks=16), dict(max_num_batched_tokens=8)])
+def test_run_ahead_matches_step_by_step(tiny, variant):
+    """Every request kind gives the same outputs whether each step waits for the last one's tokens or not,
+    run-ahead really happens, and every block comes back."""
+    _, path, prompts, reference = tiny
+    stop_id = reference[0][4]
+    params = mixed_params(f"w{reference[1][3]}", stop_id)
+    batch = [prompts[i % len(prompts)] for i in range(len(params))]
+    expected, expected_logprobs = summary(cpu_llm(path, **variant).generate(batch, params))
+    llm = cpu_llm(path, async_scheduling=True, **variant)
+    ran_ahead = []
+    step = llm.engine.step
+    llm.engine.step = lambda: (step(), ran_ahead.append(llm.engine.inflight is not None))[0]
+    got, logprobs = summary(llm.generate(batch, params))
+    assert got == expected and logprobs == pytest.approx(expected_logprobs, abs=1e-4)
+    assert sum(ran_ahead) >= 2  # not while the penalized request samples: penalties count every token
+    assert llm.get_stats()["kv_cache_usage"] == 0.0 and not llm.engine.has_unfinished()
+
+
+def test_run_ahead_abort_mid_flight(tiny):
+    _, path, prompts, reference = tiny
+    llm = cpu_llm(path, async_scheduling=True)
+    core = llm.engine
+    for i, p in enumerate(prompts):
+        core.add_request(f"r{i}", p, GREEDY)
+    for _ in range(4):
+        core.step()
+    assert core.inflight is not None and core.abort("r1")  # r1 has a row in the launched step
+    done = {}
+    while core.has_unfinished():
+        for request in core.step():
+            done[request.request_id] = request.sequences[0].output_token_ids
+    assert {k: v for k, v in done.items() if k != "r1"} == {f"r{i}": reference[i] for i in (0, 2, 3, 4)}
+    assert core.blocks.usage == 0.0 and "r1" not in done
 
 
 def test_batch_of_one_and_prefix_reuse(tiny):
@@ -277,9 +339,9 @@ def test_cuda_greedy_matches_hf_with_and_without_graphs(arch, tmp_path):
     with torch.no_grad():
         reference = [hf.generate(torch.tensor([p], device="cuda"), max_new_tokens=STEPS, do_sample=False,
                                  eos_token_id=None, pad_token_id=0)[0, len(p):].tolist() for p in prompts]
-    for eager in (True, False):
+    for eager, run_ahead in ((True, True), (False, True), (False, False)):
         llm = LLM(str(tmp_path), device="cuda", dtype="float32", block_size=16, enforce_eager=eager,
-                  max_num_seqs=8, gpu_memory_utilization=0.3)
+                  max_num_seqs=8, gpu_memory_utilization=0.3, async_scheduling=run_ahead)
         assert bool(llm.engine.runner.graphs) is not eager
         assert tokens(llm.generate(prompts, GREEDY)) == reference
         assert tokens(llm.generate(prompts[0], GREEDY)) == reference[:1]  # graph of a padded batch

@@ -15,7 +15,7 @@ def make_scheduler(num_blocks=64, block_size=4, **kw) -> Scheduler:
 def run_step(sched: Scheduler) -> list[tuple[int, int]]:
     """One step: schedule, mark computed, and sample a token for finished prompts; (seq_id, n) pairs."""
     batch = sched.schedule()
-    sched.after_step(batch)
+    sched.commit(batch, sched.after_launch(batch))
     for seq in batch.seqs:
         if seq.num_computed_tokens == len(seq):
             seq.token_ids.append(0)

@@ -20,12 +20,12 @@ def tiny_dir(tmp_path_factory):
 
 def record_steps(llm: LLM) -> list[list[tuple[int, int]]]:
     """Wrap the runner so every step's (tokens already computed, new tokens) per sequence is recorded."""
-    steps, execute = [], llm.engine.runner.execute
+    steps, launch = [], llm.engine.runner.launch
 
     def recording(batch, eos):
         steps.append([(s.num_computed_tokens, n) for s, n in zip(batch.seqs, batch.num_new_tokens)])
-        return execute(batch, eos)
-    llm.engine.runner.execute = recording
+        return launch(batch, eos)
+    llm.engine.runner.launch = recording
     return steps
 
 
