@@ -104,7 +104,9 @@ class Sampler:
             work = work.clone() if work is logits else work
             for r in constrained:
                 seqs[r].constraint.mask_logits(work[r])
-        chosen = work.argmax(dim=-1)
+        # greedy choice and the logsumexp for the chosen tokens' logprobs in one read of the logits
+        greedy, lse = ops.argmax_logsumexp(logits)
+        chosen = greedy if work is logits else work.argmax(dim=-1)
         random_rows = [r for r, p in enumerate(params) if not p.greedy]
         if random_rows:
             chosen[random_rows] = self._sample(work[random_rows], [seqs[r] for r in random_rows])
@@ -119,7 +121,7 @@ class Sampler:
                     d.update(zip(extra, raw[k, extra].tolist()))
                 dicts[r] = d
         # the chosen tokens' logprobs without a full log_softmax: logit - logsumexp(row)
-        chosen_lp = logits.gather(1, chosen[:, None])[:, 0] - logits.logsumexp(-1)
+        chosen_lp = logits.gather(1, chosen[:, None])[:, 0] - lse
         # one device-to-host copy for both: float64 holds every token id exactly
         packed = torch.stack((chosen.double(), chosen_lp.double()))
         if packed.device.type != "cuda":
