@@ -1,12 +1,22 @@
 """gcd: the greatest common divisor, elementwise with broadcasting (torch.gcd, gcd_, gcd(out=)).
 
-Memory traffic: read 2n, write n integers (4096^2 int32: 201 MB, ~67 us at 3.0 TB/s), but the
-Euclid loop's integer divisions make it compute-bound. ATen's algorithm, step for step (so that
-gcd(0, INT_MIN) = INT_MIN as in ATen): a, b = |a|, |b|; while a != 0: a, b = b % a, a; return b.
-A block loops until all its lanes are done; finished lanes just keep a = 0. On a GPU a block is
-128 pairs on one warp: the loop test is then a warp-local reduction (no barrier) and the slowest of
-128 pairs sets the trip count, not the slowest of 2048 (0.76x torch with 2048 pairs on 4 warps). The
-CPU interpreter pays per program, so there the block stays 2048 wide.
+Memory traffic: read 2n, write n integers (4096^2 int32: 201 MB, ~67 us at 3.0 TB/s); the step loop
+makes it compute-bound. ATen runs Euclid (a, b = |a|, |b|; while a != 0: a, b = b % a, a; return b),
+whose integer remainder is a long sequence on a GPU. We run binary GCD (Stein) instead: the same
+results wherever |x| fits the dtype, with a shift, a float conversion, compares and a subtraction
+per step. Lanes holding MIN, where |MIN| overflows and ATen returns odd values (gcd(INT_MIN, 6) = -2),
+take ATen's own Euclid loop, which costs one loop test per block that holds none.
+
+Instructions per pair and step, sm90 SASS of the loop bodies (128 pairs on one warp, 4 per thread,
+loop test shared): Euclid int32 ~27, three of them quarter-rate (I2F, MUFU.RCP, F2I of the reciprocal
+division); Stein int32 ~10 (OR, negate, AND, I2FP, LEA.HI, SHF, 2 IMNMX, IADD; test); Euclid int64
+~100 (26 plus a call to the 78-instruction 64-bit remainder routine); Stein int64 ~26 (one I2F.F64).
+Trip counts are alike: the slowest of 128 random full-range pairs needs ~27 steps either way
+(Stein's count varies less); int64 pairs take ~28 steps in 64-bit, then ~26 in 32-bit. A block loops
+until all its lanes are done; finished lanes step on harmlessly. On a GPU a block is 128 pairs on one
+warp: the loop test is then a warp-local reduction (one REDUX, no barrier) and the slowest of 128
+pairs sets the trip count, not the slowest of 2048. The CPU interpreter pays per program, so there
+blocks stay 2048 wide.
 """
 from __future__ import annotations
 
@@ -20,19 +30,70 @@ from flagstack.ops.registry import BenchCase, register, register_aten
 
 
 @triton.jit
-def _euclid_steps(a, b, STEPS: tl.constexpr):
-    """STEPS Euclid steps on the lanes still running (a != 0); finished lanes keep a = 0."""
+def _ctz(x):
+    """Trailing zero bits of x >= 0, capped at 30 (int32) or 62 (int64) so that ctz(0) is defined."""
+    # x & -x keeps the lowest set bit, a power of two: exact as a float, whose exponent field is the
+    # bit's index (one conversion, no loop; Triton has no ctz that also runs in the interpreter).
+    # The cap bit changes no count of a non-negative x != 0 and turns ctz(0) into a valid shift.
+    if x.dtype == tl.int64:
+        x = x | (1 << 62)
+        return ((x & -x).to(tl.float64).to(tl.int64, bitcast=True) >> 52) - 1023
+    else:
+        x = x | (1 << 30)
+        return ((x & -x).to(tl.float32).to(tl.int32, bitcast=True) >> 23) - 127
+
+
+@triton.jit
+def _stein_steps(a, b, STEPS: tl.constexpr):
+    """STEPS binary-GCD steps on (a odd, b): strip b's twos, then (a, b) = (min, |difference|).
+
+    A lane ends at (g, 0), which one more step turns into (0, g), a fixed point (g is odd)."""
     for _ in tl.static_range(STEPS):
-        running = a != 0
-        remainder = b % tl.where(running, a, 1)
-        b = tl.where(running, a, b)
-        a = tl.where(running, remainder, 0)
+        b = b >> _ctz(b)
+        low, high = tl.minimum(a, b), tl.maximum(a, b)
+        a, b = low, high - low
     return a, b
 
 
 @triton.jit
-def _fits_int32(x):
-    return (x >= -2147483648) & (x <= 2147483647)
+def _stein_loop(a, b, STEPS: tl.constexpr):
+    """Steps until every lane of the block has reached (g, 0) or (0, g); returns g."""
+    while tl.max(tl.minimum(a, b), axis=0) > 0:
+        a, b = _stein_steps(a, b, STEPS)
+    return tl.maximum(a, b)
+
+
+@triton.jit
+def _binary_gcd(a, b):
+    """gcd of non-negative a, b (Stein): only shifts, compares and subtractions, no division."""
+    shift = _ctz(a | b)  # the common factor 2^shift, put back at the end (gcd(0, 0) = 0 << cap = 0)
+    a, b = a >> shift, b >> shift
+    # a odd (or 0: then b is the gcd at once), so each difference below is even and loses a bit
+    # (an even a could take b down by only a per step).
+    a = a >> _ctz(a)
+    if a.dtype == tl.int64:
+        # A 64-bit step is ~2.5x the instructions of a 32-bit one, and random 63-bit pairs fit in 31
+        # bits after about half their steps: step in int64 only while a running lane needs it, then
+        # finish in int32. A lane still too wide for int32 has finished and keeps its 64-bit result.
+        while tl.max(((tl.minimum(a, b) > 0) & ((a | b) > 2147483647)).to(tl.int32), axis=0) > 0:
+            a, b = _stein_steps(a, b, 2)
+        narrow = (a | b) <= 2147483647
+        g32 = _stein_loop(tl.where(narrow, a, 0).to(tl.int32), tl.where(narrow, b, 0).to(tl.int32), 2)
+        g = tl.where(narrow, g32.to(tl.int64), tl.maximum(a, b))
+    else:
+        g = _stein_loop(a, b, 2)
+    return g << shift
+
+
+@triton.jit
+def _aten_euclid(a, b):
+    """ATen's loop, step for step: while a != 0: a, b = b % a, a; return b (its signs included)."""
+    while tl.max((a != 0).to(tl.int32), axis=0) > 0:
+        running = a != 0
+        remainder = b % tl.where(running, a, 1)
+        b = tl.where(running, a, b)
+        a = tl.where(running, remainder, 0)
+    return b
 
 
 @triton.jit
@@ -40,27 +101,19 @@ def _gcd_kernel(a_ptr, b_ptr, out_ptr, n, BLOCK: tl.constexpr):
     offsets, mask = flat_offsets(n, BLOCK)
     a = tl.load(a_ptr + offsets, mask=mask, other=0).to(out_ptr.dtype.element_ty)
     b = tl.load(b_ptr + offsets, mask=mask, other=0).to(out_ptr.dtype.element_ty)
-    if a.dtype.is_int_signed():
+    if a.dtype.is_int_signed():  # |MIN| overflows to MIN in the result dtype, as in ATen
         a = tl.where(a < 0, -a, a)
         b = tl.where(b < 0, -b, b)
-    if a.dtype == tl.int64:
-        # A 64-bit remainder is a long emulated sequence, several times a 32-bit one, and random
-        # 64-bit pairs fall into int32 range after about half their steps: step in int64 only while
-        # a running lane needs it, then finish in int32 (same truncating remainder, so the same
-        # results, INT_MIN quirks included). Lanes already done keep their 64-bit result.
-        while tl.max(((a != 0) & ~(_fits_int32(a) & _fits_int32(b))).to(tl.int32), axis=0) > 0:
-            a, b = _euclid_steps(a, b, 1)
-        done = a == 0
-        a32, b32 = tl.where(done, 0, a).to(tl.int32), tl.where(done, 0, b).to(tl.int32)
-        while tl.max((a32 != 0).to(tl.int32), axis=0) > 0:
-            a32, b32 = _euclid_steps(a32, b32, 2)
-        b = tl.where(done, b, b32.to(tl.int64))
-    else:
-        # Two steps per loop test: the test is a reduction over the block, a step on a finished
-        # lane changes nothing.
-        while tl.max((a != 0).to(tl.int32), axis=0) > 0:
-            a, b = _euclid_steps(a, b, 2)
-    tl.store(out_ptr + offsets, b, mask=mask)
+    wide = tl.int64 if a.dtype == tl.int64 else tl.int32  # narrow dtypes: 32-bit registers anyway
+    a, b = a.to(wide), b.to(wide)
+    # A lane holding MIN (still negative here) follows ATen's Euclid, whose result there can be
+    # negative (gcd(INT_MIN, 6) = -2, gcd(0, INT_MIN) = INT_MIN): its sign depends on the parity of
+    # the Euclid step count, which binary GCD does not have. That loop trips once per block
+    # unless the block holds a MIN; binary GCD sees 0 in those lanes.
+    quirk = (a | b) < 0
+    aten = _aten_euclid(tl.where(quirk, a, 0), tl.where(quirk, b, 0))
+    stein = _binary_gcd(tl.where(quirk, 0, a), tl.where(quirk, 0, b))
+    tl.store(out_ptr + offsets, tl.where(quirk, aten, stein), mask=mask)
 
 
 def _launch_config(t: torch.Tensor) -> dict:

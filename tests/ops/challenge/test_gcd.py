@@ -44,6 +44,44 @@ def test_special_values():
     check(gcd_triton(a, b), torch.gcd(a, b), exact=True)
 
 
+def edge_values(dtype):
+    """A dtype's edge values: 0, +-1, MIN, MIN + 1, MAX, MAX - 1, powers of two up to the top bit (where
+    binary GCD caps its trailing-zero count), odd multiples of large powers of two, small primes."""
+    info = torch.iinfo(dtype)
+    top = info.bits - 1 if info.min < 0 else info.bits  # value bits below the sign
+    candidates = [0, 1, -1, 2, 3, 6, -12, 7, 97, 2 ** (top // 2), -(3 * 2 ** (top // 2)), 2 ** (top - 1),
+                  -(2 ** (top - 1)), 3 * 2 ** (top - 2), info.max, info.max - 1, info.min, info.min + 1]
+    in_range = sorted({v for v in candidates if info.min <= v <= info.max})
+    return torch.tensor(in_range, dtype=dtype, device=DEVICE)
+
+
+@covers("params", "int_dtypes")
+@pytest.mark.parametrize("dtype", INT_DTYPES)
+def test_edge_pairs(dtype):
+    """Every ordered pair of edge values (equal values, one zero, MIN with each, MAX with each)."""
+    vals = edge_values(dtype)
+    a, b = vals[:, None].expand(len(vals), len(vals)), vals[None, :].expand(len(vals), len(vals))
+    check(gcd_triton(a, b), torch.gcd(a, b), exact=True)
+
+
+@covers("params")
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
+def test_common_factors_and_quirk_lanes(dtype):
+    """Pairs sharing 2^k and a large odd factor, a MIN lane among them (ATen's Euclid runs in that
+    block, binary GCD in the others' lanes), and for int64 wide results next to lanes that finish in
+    32-bit steps."""
+    info = torch.iinfo(dtype)
+    n = 3000
+    odd_factor = torch.randint(1, 2 ** 10, (n,), dtype=dtype, device=DEVICE) * 2 + 1
+    if dtype == torch.int64:
+        odd_factor[::3] = 2 ** 40 + 15  # 2^40 + 15 is odd: gcds that stay wider than int32
+    twos = torch.randint(0, 8, (n,), dtype=dtype, device=DEVICE)
+    a = ints((n,), dtype, 2 ** 12) * odd_factor << twos
+    b = ints((n,), dtype, 2 ** 12) * odd_factor << twos
+    a[7], b[100], a[2999], b[2999] = info.min, info.min, info.min, 6
+    check(gcd_triton(a, b), torch.gcd(a, b), exact=True)
+
+
 @covers("broadcast", "params", "int_dtypes")
 @pytest.mark.parametrize("shapes", [((3, 1, 5), (4, 1)), ((), (4, 5)), ((6, 1), (1, 7))])
 def test_broadcasting_and_promotion(shapes):
