@@ -104,12 +104,14 @@ def _gcd_kernel(a_ptr, b_ptr, out_ptr, n, BLOCK: tl.constexpr):
     if a.dtype.is_int_signed():  # |MIN| overflows to MIN in the result dtype, as in ATen
         a = tl.where(a < 0, -a, a)
         b = tl.where(b < 0, -b, b)
-    wide = tl.int64 if a.dtype == tl.int64 else tl.int32  # narrow dtypes: 32-bit registers anyway
+    # Narrow dtypes step in 32-bit registers anyway; a widened int8 -128 stays negative, and its
+    # Euclid below gives int8's results, every value staying in int8's range.
+    wide = tl.int64 if a.dtype == tl.int64 else tl.int32
     a, b = a.to(wide), b.to(wide)
     # A lane holding MIN (still negative here) follows ATen's Euclid, whose result there can be
     # negative (gcd(INT_MIN, 6) = -2, gcd(0, INT_MIN) = INT_MIN): its sign depends on the parity of
-    # the Euclid step count, which binary GCD does not have. That loop trips once per block
-    # unless the block holds a MIN; binary GCD sees 0 in those lanes.
+    # the Euclid step count, which binary GCD does not have. In a block without MIN that loop
+    # stops at its first test; binary GCD sees 0 in the MIN lanes.
     quirk = (a | b) < 0
     aten = _aten_euclid(tl.where(quirk, a, 0), tl.where(quirk, b, 0))
     stein = _binary_gcd(tl.where(quirk, 0, a), tl.where(quirk, 0, b))
@@ -121,7 +123,7 @@ def _launch_config(t: torch.Tensor) -> dict:
 
 
 def gcd_triton(a: torch.Tensor, b: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Greatest common divisor (non-negative, gcd(0, 0) = 0) of integer tensors, with broadcasting."""
+    """Greatest common divisor of integer tensors with broadcasting (gcd(0, 0) = 0; ATen's signs at MIN)."""
     result = torch.result_type(a, b)
     check_kernel_dtype("gcd", result, INT_DTYPES, a.device)
     return launch_elementwise(_gcd_kernel, [a, b], result, out, **_launch_config(a))
