@@ -9,7 +9,7 @@ take ATen's own Euclid loop, which costs one loop test per block that holds none
 
 Instructions per pair and step, sm90 SASS of the loop bodies (128 pairs on one warp, 4 per thread,
 loop test shared): Euclid int32 ~27, three of them quarter-rate (I2F, MUFU.RCP, F2I of the reciprocal
-division); Stein int32 ~10 (OR, negate, AND, I2FP, LEA.HI, SHF, 2 IMNMX, IADD; test); Euclid int64
+division); Stein int32 ~9 (negate, AND, I2FP, LEA.HI, SHF, 2 IMNMX, IADD; test); Euclid int64
 ~100 (26 plus a call to the 78-instruction 64-bit remainder routine); Stein int64 ~26 (one I2F.F64).
 Trip counts are alike: the slowest of 128 random full-range pairs needs ~27 steps either way
 (Stein's count varies less); int64 pairs take ~28 steps in 64-bit, then ~26 in 32-bit. A block loops
@@ -31,16 +31,15 @@ from flagstack.ops.registry import BenchCase, register, register_aten
 
 @triton.jit
 def _ctz(x):
-    """Trailing zero bits of x >= 0, capped at 30 (int32) or 62 (int64) so that ctz(0) is defined."""
+    """Trailing zero bits of x > 0; for x = 0 a valid shift amount (1)."""
     # x & -x keeps the lowest set bit, a power of two: exact as a float, whose exponent field is the
     # bit's index (one conversion, no loop; Triton has no ctz that also runs in the interpreter).
-    # The cap bit changes no count of a non-negative x != 0 and turns ctz(0) into a valid shift.
+    # The mask turns ctz(0) (exponent field 0) into 1, not an out-of-range shift; in int32 it is
+    # free on sm90, where ptxas folds it into a wrapping shift (SHF.R.W) and the bias into LEA.HI.
     if x.dtype == tl.int64:
-        x = x | (1 << 62)
-        return ((x & -x).to(tl.float64).to(tl.int64, bitcast=True) >> 52) - 1023
+        return (((x & -x).to(tl.float64).to(tl.int64, bitcast=True) >> 52) - 1023) & 63
     else:
-        x = x | (1 << 30)
-        return ((x & -x).to(tl.float32).to(tl.int32, bitcast=True) >> 23) - 127
+        return (((x & -x).to(tl.float32).to(tl.int32, bitcast=True) >> 23) - 127) & 31
 
 
 @triton.jit
@@ -66,7 +65,7 @@ def _stein_loop(a, b, STEPS: tl.constexpr):
 @triton.jit
 def _binary_gcd(a, b):
     """gcd of non-negative a, b (Stein): only shifts, compares and subtractions, no division."""
-    shift = _ctz(a | b)  # the common factor 2^shift, put back at the end (gcd(0, 0) = 0 << cap = 0)
+    shift = _ctz(a | b)  # the common factor 2^shift, put back at the end (gcd(0, 0): 0 << 1 = 0)
     a, b = a >> shift, b >> shift
     # a odd (or 0: then b is the gcd at once), so each difference below is even and loses a bit
     # (an even a could take b down by only a per step).
