@@ -7,8 +7,8 @@ and the tensors are on CUDA: an out= of another dtype is computed as ATen's CUDA
 d in out's dtype), and the backward at d = 0, beta = 0 is 0 / 0 = nan there (-grad on CPU).
 
 The reduced forms never write the elementwise loss: each of a few programs per SM sums its grid-strided
-blocks in fp32 and torch adds the <= 1024 partial sums, so 4096^2 fp32 reads 134 MB and writes 4 KB
-(~45 us at 3.0 TB/s). The backward of a reduced loss reads its 0-dim grad once per program
+blocks in fp32 and a second one-program launch adds the partial sums, so 4096^2 fp32 reads 134 MB and
+writes 4 bytes (~45 us at 3.0 TB/s). The backward of a reduced loss reads its 0-dim grad once per program
 instead of broadcasting it to n elements.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ import triton.language as tl
 from flagstack.ops.challenge.pointwise import (FLOAT_DTYPES, check_kernel_dtype, check_out_dtype, flat_offsets,
                                                launch_elementwise, resize_out, same_dense_layout,
                                                to_compute_dtype)
-from flagstack.ops.host import cdiv, sm_count
+from flagstack.ops.host import cdiv, next_power_of_2, sm_count
 from flagstack.ops.registry import BenchCase, register, register_aten
 
 REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}  # ATen's Reduction enum
@@ -62,6 +62,13 @@ def _partial_sum_kernel(x_ptr, y_ptr, partial_ptr, n, beta, BLOCK: tl.constexpr)
         loss = _loss(_diff(tl.load(x_ptr + offsets, mask=mask), tl.load(y_ptr + offsets, mask=mask)), beta)
         acc += tl.where(mask, loss, 0.0)
     tl.store(partial_ptr + pid, tl.sum(acc, axis=0))
+
+
+@triton.jit
+def _finish_kernel(partial_ptr, out_ptr, n_partials, scale, BLOCK_P: tl.constexpr):
+    offsets = tl.arange(0, BLOCK_P)
+    total = tl.sum(tl.load(partial_ptr + offsets, mask=offsets < n_partials, other=0.0), axis=0)
+    tl.store(out_ptr, (total * scale).to(out_ptr.dtype.element_ty))
 
 
 @triton.jit
@@ -113,9 +120,8 @@ def _check_beta(beta: float) -> float:
     return float(beta)
 
 
-def _reduce(x: torch.Tensor, y: torch.Tensor, beta: float, mean: bool, result: torch.dtype,
-            out: torch.Tensor | None) -> torch.Tensor:
-    """Sum (or mean) of the elementwise loss of broadcast x, y: a 0-dim `result` tensor, or written into out."""
+def _reduce(x: torch.Tensor, y: torch.Tensor, beta: float, mean: bool, out: torch.Tensor) -> torch.Tensor:
+    """Sum (or mean) of the elementwise loss of broadcast x, y into the 0-dim `out`."""
     # Host time decides the small shapes (the GPU part of 1024^2 takes a few us): no broadcast_shapes
     # (~40 us) or triton.cdiv (~10 us) on the common path of two contiguous tensors of one shape.
     if x.shape != y.shape:
@@ -125,19 +131,15 @@ def _reduce(x: torch.Tensor, y: torch.Tensor, beta: float, mean: bool, result: t
         x, y = x.contiguous(), y.contiguous()
     n = x.numel()
     if n == 0:  # torch: the mean of nothing is nan, the sum 0
-        total = torch.full((), float("nan") if mean else 0.0, dtype=result, device=x.device)
-    else:
-        acc_dtype = torch.float64 if torch.float64 in (x.dtype, y.dtype) else torch.float32
-        # Enough blocks in flight to fill the GPU (4 programs of 8 warps per SM), at most 1024 partials.
-        programs = min(cdiv(n, BLOCK), 4 * sm_count(x.device, cpu=2), 1024)
-        partial = torch.empty(programs, dtype=acc_dtype, device=x.device)
-        _partial_sum_kernel[(programs,)](x, y, partial, n, beta, BLOCK=BLOCK, num_warps=8)
-        # The second stage adds <= 1024 partials on the GPU through torch: one ATen call costs the host
-        # a fraction of a second Triton launch, and the 1024^2 call is made of host time.
-        total = partial.sum()
-        if mean:
-            total = total.div_(n)
-    return total.to(result) if out is None else out.copy_(total)
+        return out.fill_(float("nan") if mean else 0.0)
+    acc_dtype = torch.float64 if torch.float64 in (x.dtype, y.dtype) else torch.float32
+    # Enough blocks in flight to fill the GPU (4 programs of 8 warps per SM), at most 1024 partials.
+    programs = min(cdiv(n, BLOCK), 4 * sm_count(x.device, cpu=2), 1024)
+    partial = torch.empty(programs, dtype=acc_dtype, device=x.device)
+    _partial_sum_kernel[(programs,)](x, y, partial, n, beta, BLOCK=BLOCK, num_warps=8)
+    _finish_kernel[(1,)](partial, out, programs, 1.0 / n if mean else 1.0, BLOCK_P=next_power_of_2(programs),
+                         num_warps=4)
+    return out
 
 
 def smooth_l1_loss_triton(x: torch.Tensor, target: torch.Tensor, reduction: int | str = 1, beta: float = 1.0, *,
@@ -153,10 +155,12 @@ def smooth_l1_loss_triton(x: torch.Tensor, target: torch.Tensor, reduction: int 
             check_out_dtype(result, out)
         return launch_elementwise(_loss_kernel, [x, target], out.dtype if in_out_dtype else result, out,
                                   scalars=(beta, in_out_dtype))
-    if out is not None:
+    if out is None:
+        out = torch.empty((), dtype=result, device=x.device)
+    else:
         check_out_dtype(result, out)
         resize_out(out, ())
-    return _reduce(x, target, beta, reduction == REDUCTIONS["mean"], result, out)
+    return _reduce(x, target, beta, reduction == REDUCTIONS["mean"], out)
 
 
 def smooth_l1_loss_backward_triton(grad_output: torch.Tensor, x: torch.Tensor, target: torch.Tensor,
