@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from flagstack.engine.config import SamplingParams
+from flagstack.engine.tokenizer import fast_decoder
 
 
 class Status(enum.Enum):
@@ -127,8 +128,9 @@ class IncrementalDetokenizer:
 
     def step(self, tokenizer, token_ids: list[int], skip_special_tokens: bool) -> str:
         """The new text that the tokens past `read` add."""
-        before = tokenizer.decode(token_ids[self.prefix:self.read], skip_special_tokens=skip_special_tokens)
-        after = tokenizer.decode(token_ids[self.prefix:], skip_special_tokens=skip_special_tokens)
+        decode = fast_decoder(tokenizer)
+        before = decode(token_ids[self.prefix:self.read], skip_special_tokens=skip_special_tokens)
+        after = decode(token_ids[self.prefix:], skip_special_tokens=skip_special_tokens)
         if len(after) <= len(before) or after.endswith("\ufffd"):
             return ""
         self.prefix, self.read = self.read, len(token_ids)

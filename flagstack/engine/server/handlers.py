@@ -32,24 +32,44 @@ class Choice:
     stop_reason: int | str | None = None  # the stop string or token id that ended it
 
 
+async def engine_outputs(ctx, ids: list[int], params: SamplingParams,
+                         request_id: str) -> AsyncIterator[RequestOutput]:
+    """One prompt's delta RequestOutputs; metrics recorded at finish, an abort counted if the consumer leaves;
+    engine errors become ApiErrors (a bad prompt 400, a failed engine 503)."""
+    generated = 0
+    stream = ctx.engine.generate(ids, params, request_id)
+    try:
+        async for out in stream:
+            generated += sum(len(c.token_ids) for c in out.outputs)
+            if out.finished:
+                ctx.metrics.observe(out, generated)
+            yield out
+    except (asyncio.CancelledError, GeneratorExit):  # the client left
+        ctx.metrics.finished.labels("abort").inc(params.n)
+        raise
+    except ValueError as err:
+        raise ApiError(str(err), "prompt") from err
+    except Exception as err:  # noqa: BLE001 - answered as an error response or event
+        raise ApiError(f"the engine failed: {err}", None, 503, "server_error") from err
+    finally:
+        await stream.aclose()  # now, not at garbage collection: AsyncLLM.generate aborts an unfinished request
+
+
 async def merged_outputs(ctx, prompts: list[list[int]], params: SamplingParams,
                          request_id: str) -> AsyncIterator[tuple[int, RequestOutput]]:
-    """(prompt index, delta RequestOutput) of every prompt as they come; metrics recorded at finish."""
+    """(prompt index, delta RequestOutput) of every prompt as they come."""
+    if len(prompts) == 1:  # the common case, without a task and a queue per streamed token
+        async for out in engine_outputs(ctx, prompts[0], params, f"{request_id}-0"):
+            yield 0, out
+        return
     queue: asyncio.Queue = asyncio.Queue()
 
     async def pump(i: int, ids: list[int]) -> None:
-        generated = 0
         try:
-            async for out in ctx.engine.generate(ids, params, f"{request_id}-{i}"):
-                generated += sum(len(c.token_ids) for c in out.outputs)
-                if out.finished:
-                    ctx.metrics.observe(out, generated)
+            async for out in engine_outputs(ctx, ids, params, f"{request_id}-{i}"):
                 queue.put_nowait((i, out))
             queue.put_nowait((i, None))
-        except asyncio.CancelledError:  # the client left: AsyncLLM.generate aborted the request
-            ctx.metrics.finished.labels("abort").inc(params.n)
-            raise
-        except Exception as err:  # noqa: BLE001 - handed to the consumer, which answers with an error
+        except ApiError as err:  # handed to the consumer, which answers with it
             queue.put_nowait((i, err))
 
     tasks = [asyncio.create_task(pump(i, ids)) for i, ids in enumerate(prompts)]
@@ -59,10 +79,8 @@ async def merged_outputs(ctx, prompts: list[list[int]], params: SamplingParams,
             i, item = await queue.get()
             if item is None:
                 remaining -= 1
-            elif isinstance(item, Exception):
-                if isinstance(item, ValueError):
-                    raise ApiError(str(item), "prompt") from item
-                raise ApiError(f"the engine failed: {item}", None, 503, "server_error") from item
+            elif isinstance(item, ApiError):
+                raise item
             else:
                 yield i, item
     finally:
