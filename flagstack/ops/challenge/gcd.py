@@ -24,8 +24,8 @@ import torch
 import triton
 import triton.language as tl
 
-from flagstack.ops.challenge.pointwise import (BLOCK, INT_DTYPES, check_kernel_dtype, check_out_dtype,
-                                               flat_offsets, launch_elementwise, resize_out)
+from flagstack.ops.challenge.pointwise import (BLOCK, INT_DTYPES, check_kernel_dtype, flat_offsets,
+                                               launch_elementwise)
 from flagstack.ops.registry import BenchCase, register, register_aten
 
 
@@ -100,13 +100,19 @@ def _gcd_kernel(a_ptr, b_ptr, out_ptr, n, BLOCK: tl.constexpr):
     offsets, mask = flat_offsets(n, BLOCK)
     a = tl.load(a_ptr + offsets, mask=mask, other=0).to(out_ptr.dtype.element_ty)
     b = tl.load(b_ptr + offsets, mask=mask, other=0).to(out_ptr.dtype.element_ty)
-    if a.dtype.is_int_signed():  # |MIN| overflows to MIN in the result dtype, as in ATen
-        a = tl.where(a < 0, -a, a)
-        b = tl.where(b < 0, -b, b)
-    # Narrow dtypes step in 32-bit registers anyway; a widened int8 -128 stays negative, and its
-    # Euclid below gives int8's results, every value staying in int8's range.
+    # Narrow dtypes step in 32-bit registers anyway. |MIN| is MIN again in the result dtype, as in ATen;
+    # for int8/int16 that wrap is spelled out in 32 bits: a 16-bit negation compiled for the H100 did
+    # not wrap (gcd(-32768, -32767) came out 1, ATen's -1), while the CPU interpreter's did.
+    signed, narrow = a.dtype.is_int_signed(), a.dtype == tl.int8 or a.dtype == tl.int16
+    top = 128 if a.dtype == tl.int8 else 32768  # |MIN| of a narrow signed dtype
     wide = tl.int64 if a.dtype == tl.int64 else tl.int32
     a, b = a.to(wide), b.to(wide)
+    if signed:
+        a = tl.where(a < 0, -a, a)
+        b = tl.where(b < 0, -b, b)
+        if narrow:
+            a = tl.where(a == top, -top, a)
+            b = tl.where(b == top, -top, b)
     # A lane holding MIN (still negative here) follows ATen's Euclid, whose result there can be
     # negative (gcd(INT_MIN, 6) = -2, gcd(0, INT_MIN) = INT_MIN): its sign depends on the parity of
     # the Euclid step count, which binary GCD does not have. In a block without MIN that loop
@@ -121,38 +127,18 @@ def _launch_config(t: torch.Tensor) -> dict:
     return dict(block=128, num_warps=1) if t.is_cuda else dict(block=BLOCK, num_warps=4)
 
 
-def _widen_cuda_int16(a: torch.Tensor, b: torch.Tensor, result: torch.dtype) -> tuple[list, torch.dtype]:
-    """ATen's CUDA gcd takes an int16 |x| in 32 bits and casts the result back (on an H100: gcd(-32768,
-    24576) = 8192, where the CPU's wrapping |-32768| gives -8192); int8 wraps on both. So on CUDA an int16
-    gcd runs on int32 inputs, its result cast into the int16 output."""
-    if result == torch.int16 and a.is_cuda:
-        return [a.to(torch.int32), b.to(torch.int32)], torch.int32
-    return [a, b], result
-
-
 def gcd_triton(a: torch.Tensor, b: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
     """Greatest common divisor of integer tensors with broadcasting (gcd(0, 0) = 0; ATen's signs at MIN)."""
     result = torch.result_type(a, b)
     check_kernel_dtype("gcd", result, INT_DTYPES, a.device)
-    inputs, kernel_dtype = _widen_cuda_int16(a, b, result)
-    if kernel_dtype != result:
-        value = launch_elementwise(_gcd_kernel, inputs, kernel_dtype, None, **_launch_config(a)).to(result)
-        if out is None:
-            return value
-        check_out_dtype(result, out)
-        resize_out(out, value.shape)
-        return out.copy_(value)
-    return launch_elementwise(_gcd_kernel, inputs, result, out, **_launch_config(a))
+    return launch_elementwise(_gcd_kernel, [a, b], result, out, **_launch_config(a))
 
 
 def gcd_inplace(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """In-place gcd_ (aten::gcd_): `a` must already have the broadcast shape."""
     result = torch.result_type(a, b)
     check_kernel_dtype("gcd", result, INT_DTYPES, a.device)
-    inputs, kernel_dtype = _widen_cuda_int16(a, b, result)
-    if kernel_dtype != result:
-        return a.copy_(launch_elementwise(_gcd_kernel, inputs, kernel_dtype, None, **_launch_config(a)))
-    return launch_elementwise(_gcd_kernel, inputs, result, a, inplace=True, **_launch_config(a))
+    return launch_elementwise(_gcd_kernel, [a, b], result, a, inplace=True, **_launch_config(a))
 
 
 def gcd_reference(a: torch.Tensor, b: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
