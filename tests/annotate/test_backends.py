@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from flagstack.annotate.backends.engine import EngineBackend, prefix_leaders
+from flagstack.annotate.backends.engine import EngineBackend
 from flagstack.annotate.backends.hf import HFBackend
 from flagstack.annotate.backends.openai import OpenAIBackend
 from tests.annotate.fakes import ByteTokenizer
@@ -63,12 +63,10 @@ def test_engine_backend_single_token_labels_in_one_sequence_per_item(tiny):
     want = np.array([[_reference(model, p, c) for c in cands] for p in prompts])
     backend = EngineBackend(path, block_size=4, dtype="float32")
     np.testing.assert_allclose(backend.score(prompts, cands), want, rtol=1e-4, atol=1e-4)
-    assert backend.stats()["requests"] == len(prompts)
-
-
-def test_prefix_leaders():
-    a = list(range(40))
-    assert prefix_leaders([a + [1], a + [2], [5] * 40, [5] * 40 + [1]]) == [True, False, True, False]
+    stats = backend.stats()
+    assert stats["requests"] == len(prompts)
+    # sent together, the 40 shared tokens (10 blocks of 4) are computed once: 40 + the three tails + [11, 12, 13]
+    assert stats["prompt_tokens_computed"] == 40 + (3 + 9 + 17) + 3
 
 
 def test_openai_backend_echo_and_choice():
