@@ -77,14 +77,21 @@ def offline_throughput(llm, requests: list[BenchRequest]) -> dict:
                                           for o, r in zip(outs, requests))}
 
 
-async def one_request(client, model_name: str, req: BenchRequest, delay: float, index: int) -> dict:
-    """Stream one completion; times of send, first chunk, end, and the token count from usage."""
+async def one_request(client, model_name: str, req: BenchRequest, delay: float, index: int,
+                      stream: bool = True) -> dict:
+    """One completion, streamed (times of send, first chunk, end, and the token count from usage) or whole
+    (no first-chunk time)."""
     await asyncio.sleep(delay)
     body = {"model": model_name, "prompt": req.prompt, "max_tokens": req.output_len, "ignore_eos": True,
-            "temperature": 1.0, "stream": True, "stream_options": {"include_usage": True}}
+            "temperature": 1.0, "stream": stream, **({"stream_options": {"include_usage": True}} if stream else {})}
     sent = time.perf_counter()
     first, tokens, ok = None, 0, False
     try:
+        if not stream:
+            response = await client.post("/v1/completions", json=body)
+            end = time.perf_counter()
+            tokens = response.json()["usage"]["completion_tokens"]
+            return {"sent": sent, "first": end, "end": end, "tokens": tokens, "ok": tokens == req.output_len}
         async with client.stream("POST", "/v1/completions", json=body) as response:
             async for line in response.aiter_lines():
                 if not line.startswith("data: "):
@@ -103,20 +110,22 @@ async def one_request(client, model_name: str, req: BenchRequest, delay: float, 
             "ok": ok and first is not None and tokens == req.output_len}
 
 
-async def run_rate(url: str, model_name: str, requests: list[BenchRequest], rate: float, seed: int) -> dict:
+async def run_rate(url: str, model_name: str, requests: list[BenchRequest], rate: float, seed: int,
+                   stream: bool = True) -> dict:
     import httpx
 
     times = arrival_times(len(requests), rate, seed)
     limits = httpx.Limits(max_connections=len(requests), max_keepalive_connections=len(requests))
     async with httpx.AsyncClient(base_url=url, timeout=None, limits=limits) as client:
         start = time.perf_counter()
-        results = await asyncio.gather(*(one_request(client, model_name, r, t, i)
+        results = await asyncio.gather(*(one_request(client, model_name, r, t, i, stream)
                                          for i, (r, t) in enumerate(zip(requests, times))))
     done = [r for r in results if r["ok"]]
     duration = max(r["end"] for r in results) - start
-    ttft = [1e3 * (r["first"] - r["sent"]) for r in done]
-    tpot = [1e3 * (r["end"] - r["first"]) / (r["tokens"] - 1) for r in done if r["tokens"] > 1]
-    return {"mode": "server", "rate": "inf" if math.isinf(rate) else rate, "requests": len(requests),
+    ttft = [1e3 * (r["first"] - r["sent"]) for r in done] if stream else []
+    tpot = [1e3 * (r["end"] - r["first"]) / (r["tokens"] - 1) for r in done if r["tokens"] > 1] if stream else []
+    return {"mode": "server" if stream else "server, whole responses", "rate": "inf" if math.isinf(rate) else rate,
+            "requests": len(requests),
             "duration_s": duration, "req_per_s": len(done) / duration,
             "output_tok_per_s": sum(r["tokens"] for r in done) / duration,
             "ttft_p50_ms": percentile(ttft, 50), "ttft_p99_ms": percentile(ttft, 99),
@@ -203,6 +212,13 @@ def run(args: argparse.Namespace) -> None:
             print(f"rate {row['rate']}: {row['output_tok_per_s']:.0f} output tok/s "
                   f"({row['vs_offline']:.0%} of offline), TTFT p50 {row['ttft_p50_ms']:.0f} ms, "
                   f"TPOT p50 {row['tpot_p50_ms']:.1f} ms, failed {row['failed']}", flush=True)
+        # the same requests at once without streaming: the server's rate without per-token events (nor a
+        # client that may lag reading them)
+        row = asyncio.run(run_rate(url, "bench", requests, math.inf, args.seed, stream=False))
+        row["vs_offline"] = row["output_tok_per_s"] / anchor["output_tok_per_s"]
+        results.add(row)
+        print(f"whole responses: {row['output_tok_per_s']:.0f} output tok/s ({row['vs_offline']:.0%} of offline)",
+              flush=True)
     finally:
         proc.terminate()
         proc.wait(120)
