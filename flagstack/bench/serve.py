@@ -3,8 +3,9 @@
 One seeded request set (token-id prompts of uniform random length, uniform random output lengths,
 ignore_eos so every request produces exactly its output length) is run twice:
 1. offline: LLM.generate on all requests at once in this process (the anchor; then freed);
-2. online: `flagstack serve` with the same engine flags in a subprocess, fed by streaming clients
-   whose arrivals are a Poisson process at each rate ('inf': all at once).
+2. online: `flagstack serve` with the same engine flags in a subprocess, fed by streaming clients in
+   --client-procs processes whose arrivals are a Poisson process at each rate ('inf': all at once),
+   then once more at once with whole (non-streamed) responses.
 Per rate: request and output-token throughput, TTFT and TPOT p50/p99, e2e p50, and the share of the
 offline throughput kept. JSON + markdown through bench.common.ResultsFile.
 """
@@ -110,16 +111,48 @@ async def one_request(client, model_name: str, req: BenchRequest, delay: float, 
             "ok": ok and first is not None and tokens == req.output_len}
 
 
-async def run_rate(url: str, model_name: str, requests: list[BenchRequest], rate: float, seed: int,
-                   stream: bool = True) -> dict:
+async def _client_part(url: str, model_name: str, requests: list[BenchRequest], start: float,
+                       times: list[float], indices: list[int], stream: bool) -> list[dict]:
+    """One client process's share: each request sent at `start` + its arrival time (a shared monotonic clock)."""
     import httpx
 
-    times = arrival_times(len(requests), rate, seed)
     limits = httpx.Limits(max_connections=len(requests), max_keepalive_connections=len(requests))
     async with httpx.AsyncClient(base_url=url, timeout=None, limits=limits) as client:
-        start = time.perf_counter()
-        results = await asyncio.gather(*(one_request(client, model_name, r, t, i, stream)
-                                         for i, (r, t) in enumerate(zip(requests, times))))
+        now = time.perf_counter()
+        return await asyncio.gather(*(one_request(client, model_name, r, max(0.0, start + t - now), i, stream)
+                                      for r, t, i in zip(requests, times, indices)))
+
+
+def _client_process(job: tuple) -> list[dict]:
+    return asyncio.run(_client_part(*job))
+
+
+def _ready(_: int) -> None:
+    """Warm a client process (imports done, so the timed run does not wait for them)."""
+    import httpx  # noqa: F401
+
+    time.sleep(0.2)
+
+
+def client_pool(procs: int):
+    """The client processes: one Python process reading a hundred event streams fell behind the server
+    (TTFT and end times then measure the client), so the streams are spread over several."""
+    import multiprocessing
+
+    pool = multiprocessing.get_context("spawn").Pool(procs)
+    pool.map(_ready, range(procs), chunksize=1)
+    return pool
+
+
+def run_rate(pool, procs: int, url: str, model_name: str, requests: list[BenchRequest], rate: float, seed: int,
+             stream: bool = True) -> dict:
+    """Send the requests at Poisson arrivals from the pool's `procs` processes (round-robin); one result row."""
+    times = arrival_times(len(requests), rate, seed)
+    groups = [list(range(p, len(requests), procs)) for p in range(procs)]
+    start = time.perf_counter() + 0.1
+    parts = pool.map(_client_process, [(url, model_name, [requests[i] for i in g], start, [times[i] for i in g],
+                                        g, stream) for g in groups if g], chunksize=1)
+    results = [r for part in parts for r in part]
     done = [r for r in results if r["ok"]]
     duration = max(r["end"] for r in results) - start
     ttft = [1e3 * (r["first"] - r["sent"]) for r in done] if stream else []
@@ -188,7 +221,7 @@ def run(args: argparse.Namespace) -> None:
             "num_requests": args.num_requests, "input_len": f"uniform[{args.input_len[0]}, {args.input_len[1]}]",
             "output_len": f"uniform[{args.output_len[0]}, {args.output_len[1]}] (ignore_eos)",
             "arrivals": f"Poisson, seed {args.seed}", "sampling": "temperature 1.0, unseeded",
-            "engine": " ".join(engine_argv(args)), **torch_versions()}
+            "engine": " ".join(engine_argv(args)), "client processes": args.client_procs, **torch_versions()}
     results = ResultsFile("serve", meta, key=("mode", "rate"), out_dir=args.out_dir, columns=COLUMNS)
     anchor = offline_throughput(llm, requests)
     results.add(anchor)
@@ -201,12 +234,13 @@ def run(args: argparse.Namespace) -> None:
     url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen([sys.executable, "-m", "flagstack.cli", "serve", *([args.model] if args.model else []),
                              "--port", str(port), "--served-model-name", "bench", *engine_argv(args)])
+    pool = client_pool(args.client_procs)
     try:
         wait_healthy(url, proc)
         warm = [BenchRequest(r.prompt, 4) for r in requests[:8]]  # first-call compilation / autotuning
-        asyncio.run(run_rate(url, "bench", warm, math.inf, args.seed))
+        run_rate(pool, args.client_procs, url, "bench", warm, math.inf, args.seed)
         for rate in args.rates:
-            row = asyncio.run(run_rate(url, "bench", requests, rate, args.seed))
+            row = run_rate(pool, args.client_procs, url, "bench", requests, rate, args.seed)
             row["vs_offline"] = row["output_tok_per_s"] / anchor["output_tok_per_s"]
             results.add(row)
             print(f"rate {row['rate']}: {row['output_tok_per_s']:.0f} output tok/s "
@@ -214,12 +248,13 @@ def run(args: argparse.Namespace) -> None:
                   f"TPOT p50 {row['tpot_p50_ms']:.1f} ms, failed {row['failed']}", flush=True)
         # the same requests at once without streaming: the server's rate without per-token events (nor a
         # client that may lag reading them)
-        row = asyncio.run(run_rate(url, "bench", requests, math.inf, args.seed, stream=False))
+        row = run_rate(pool, args.client_procs, url, "bench", requests, math.inf, args.seed, stream=False)
         row["vs_offline"] = row["output_tok_per_s"] / anchor["output_tok_per_s"]
         results.add(row)
         print(f"whole responses: {row['output_tok_per_s']:.0f} output tok/s ({row['vs_offline']:.0%} of offline)",
               flush=True)
     finally:
+        pool.terminate()
         proc.terminate()
         proc.wait(120)
     print("wrote " + ", ".join(str(p) for p in results.paths))
@@ -233,6 +268,12 @@ def _length_range(text: str) -> list[int]:
     if not 1 <= lo <= hi:
         raise argparse.ArgumentTypeError(f"expected 1 <= MIN <= MAX, got '{text}'")
     return [lo, hi]
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got '{text}'")
+    return int(text)
 
 
 def _rates(text: str) -> list[float]:
@@ -256,5 +297,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-requests", type=int, default=200)
     p.add_argument("--input-len", type=_length_range, default=[100, 1024], help="MIN,MAX prompt tokens (uniform)")
     p.add_argument("--output-len", type=_length_range, default=[100, 512], help="MIN,MAX output tokens (uniform)")
+    p.add_argument("--client-procs", type=_positive, default=4, help="client processes sharing the streams")
     p.add_argument("--out-dir", default="bench/results")
     add_engine_flags(p)
