@@ -3,7 +3,7 @@
 # own time limit; logs and result files are packed into $OUT/results.tgz (the device tool returns at most
 # 8 files), with a short summary printed last.
 # Stages: ops-tests challenge-tests challenge-new engine-tests attention attn-sweep annotate serve engine
-# engine-nohf ops-llm ops-challenge score score-speed profile gemv-sweep gdr-sweep
+# engine-nohf ops-llm ops-challenge score score-speed profile gemv-sweep gdr-sweep decode-short
 source scripts/gpu-env.sh
 OUT=${OUT:-/tmp/out}; RES=/tmp/res; rm -rf "$RES"; mkdir -p "$OUT" "$RES"  # a warm machine keeps /tmp
 summary=()
@@ -35,6 +35,7 @@ for spec in "$@"; do
     profile) run_stage $name $secs python3 scripts/profile_decode.py ;;
     gemv-sweep) run_stage $name $secs python3 -m flagstack.ops.gemv "$RES/gemv-sweep.json" ;;
     gdr-sweep) run_stage $name $secs python3 scripts/gdr_state_sweep.py "$RES/gdr-sweep.json" ;;
+    decode-short) run_stage $name $secs python3 scripts/decode_short_sweep.py ;;
     *) summary+=("$name: unknown stage") ;;
   esac
   tar czf "$OUT/results.tgz" -C "$RES" .
