@@ -14,7 +14,8 @@ m.dot_precision = lambda dtype, bk: dot
 m.state_kernel_config = lambda bk, bv, d="ieee": dict(cfg)
 torch.manual_seed(0)
 args, s0 = inputs(2, 1000, 8, 16, 128, 128, dtype=torch.bfloat16, state=True)
-out, state = m.chunk_gated_delta_rule_triton(*args, initial_state=s0, output_final_state=True, use_qk_l2norm_in_kernel=True)
+out, state = m.chunk_gated_delta_rule_triton(*args, initial_state=s0, output_final_state=True,
+                                             use_qk_l2norm_in_kernel=True)
 torch.cuda.synchronize()
 ref_out, ref_state = exact(args, s0, use_qk_l2norm_in_kernel=True)
 err_o = (out.double() - ref_out).abs().max().item(); err_s = (state.double() - ref_state).abs().max().item()
