@@ -162,7 +162,7 @@ class EngineCore:
             seq.finish("stop")
         elif n_out >= p.min_tokens and token in p.stop_token_ids:
             seq.finish("stop", token)
-        elif (p.max_tokens is not None and n_out >= p.max_tokens) or len(seq.token_ids) >= self.max_model_len:
+        elif seq.reaches_length_limit(self.max_model_len):
             seq.finish("length")
         if seq.constraint is not None and seq.constraint.accept(token) and seq.status is not Status.FINISHED:
             seq.finish("stop")  # the grammar is complete (or rejected the token)

@@ -98,13 +98,15 @@ class Sequence:
         advances on them), so the engine cannot launch that step before reading the last one back."""
         return self.params.has_penalties or self.constraint is not None
 
+    def reaches_length_limit(self, max_model_len: int | None, pending: int = 0) -> bool:
+        """Whether its tokens, plus `pending` more, reach max_tokens or the context (it ends by length)."""
+        limit = self.params.max_tokens
+        return ((limit is not None and self.num_output_tokens + pending >= limit)
+                or (max_model_len is not None and len(self.token_ids) + pending >= max_model_len))
+
     def ends_with_pending(self, max_model_len: int | None) -> bool:
         """Its pending token is certain to end it (max_tokens or the context reached): nothing to schedule."""
-        if not self.num_pending:
-            return False
-        limit = self.params.max_tokens
-        return ((limit is not None and self.num_output_tokens + self.num_pending >= limit)
-                or (max_model_len is not None and len(self) >= max_model_len))
+        return self.num_pending > 0 and self.reaches_length_limit(max_model_len, self.num_pending)
 
     @property
     def in_prompt(self) -> bool:
