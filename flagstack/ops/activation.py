@@ -18,6 +18,7 @@ for every z and needs no tanh (the Triton interpreter has no libdevice).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -28,22 +29,60 @@ from flagstack.ops.host import cdiv
 from flagstack.ops.registry import BenchCase, register, register_aten
 
 APPROXIMATIONS = ("none", "tanh")
-_ACT_ID = {"silu": 0, "gelu_none": 1, "gelu_tanh": 2}
+_ACT_ID = {"silu": 0, "gelu_none": 1, "gelu_tanh": 2, "gelu_fast_erf": 3}
 # elements per program: 4 warps x 32 threads x 8 (one 16-byte vector of bf16 per thread and operand);
 # on an H100 at 4096 and 32768 x 9728 this matched or beat 2048-4096 elements at 8 warps (by up to 1%)
 _BLOCK, _WARPS = 1024, 4
+INT32_MAX_ELEMENTS = 2 ** 31 - 2 ** 20  # int32 offsets stay valid below this (plus one block of slack)
+
+
+@dataclass(frozen=True)
+class ActConfig:
+    """Launch choices, for scripts/llm_ops_sweep.py; the defaults are the measured ones.
+
+    Exact GELU costs ~20 more instructions per element (erf) than SiLU, and the plain kernel moves
+    only 4 bytes per element, so it may be instruction-bound rather than memory-bound: these trim
+    the per-element integer work. unmasked: no bounds masks when the element count is a multiple of
+    `block` (checked per call; other counts keep the masks). int32: 32-bit offsets (and a 32-bit
+    division in the gated kernel) when the tensor has fewer than ~2^31 elements.
+    """
+
+    block: int = _BLOCK
+    warps: int = _WARPS
+    unmasked: bool = False
+    int32: bool = False
+    fast_erf: bool = False  # exact GELU through _normal_cdf (within tolerance, not libdevice's erff)
+
+
+DEFAULT_CONFIG = ActConfig()
 
 
 @triton.jit
 def _activate(x, ACT: tl.constexpr):
-    """fp32 activation: 0 = silu, 1 = exact gelu (erf), 2 = tanh-approximated gelu."""
+    """fp32 activation: 0 = silu, 1 = exact gelu (erf), 2 = tanh-approximated gelu, 3 = exact gelu
+    through a short erfc formula (ActConfig.fast_erf)."""
     if ACT == 0:
         y = x / (1.0 + tl.exp(-x))
     elif ACT == 1:
         y = 0.5 * x * (1.0 + tl.erf(x * 0.7071067811865476))
+    elif ACT == 3:
+        y = x * _normal_cdf(x)
     else:
         y = x * tl.sigmoid(1.5957691216057308 * (x + 0.044715 * x * x * x))  # 2*sqrt(2/pi)
     return y
+
+
+@triton.jit
+def _normal_cdf(x):
+    """Phi(x) = 1 - erfc(x / sqrt 2) / 2 for x >= 0, erfc(-x / sqrt 2) / 2 below, with Abramowitz &
+    Stegun 7.1.26 for erfc(z), z >= 0: t * P(t) * exp(-z^2), t = 1 / (1 + 0.3275911 z), absolute error
+    < 1.5e-7 (GELU's absolute error < 1e-6 for |x| < 10). ~15 instructions where libdevice's erff
+    takes ~30; the negative side comes from the tail directly, without 1 + erf's cancellation."""
+    z = tl.abs(x) * 0.7071067811865476
+    t = tl.fdiv(tl.full(x.shape, 1.0, tl.float32), 1.0 + 0.3275911 * z, ieee_rounding=False)
+    poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
+    half_tail = 0.5 * poly * tl.exp2(-1.4426950408889634 * z * z)
+    return tl.where(x >= 0, 1.0 - half_tail, half_tail)
 
 
 # n is left specialized on purpose: Triton then knows when n is a multiple of 16, so the masked
@@ -51,12 +90,26 @@ def _activate(x, ACT: tl.constexpr):
 # at 1024-element blocks).
 # Token counts never change that property for model widths that are multiples of 16 (9728, 2560).
 @triton.jit
-def _gated_kernel(x_ptr, y_ptr, n, n_cols, x_row_stride, ACT: tl.constexpr, BLOCK: tl.constexpr):
+def _block_offsets(n, BLOCK: tl.constexpr, EVEN: tl.constexpr, INT32: tl.constexpr):
+    """This program's BLOCK flat offsets and their bounds mask."""
+    if INT32:
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    else:
+        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    if EVEN:  # an all-true constant mask: Triton folds it away (no compare per element)
+        mask = tl.full((BLOCK,), 1, tl.int1)
+    else:
+        mask = offs < n
+    return offs, mask
+
+
+@triton.jit
+def _gated_kernel(x_ptr, y_ptr, n, n_cols, x_row_stride, ACT: tl.constexpr, BLOCK: tl.constexpr,
+                  EVEN: tl.constexpr = False, INT32: tl.constexpr = False):
     # Flat over the (contiguous) output: each program streams BLOCK consecutive outputs, reading the
     # matching gate and up elements. Consecutive programs touch consecutive memory, which measured
     # 100% of copy speed on an H100 where 2-D [rows, cols] tiles stayed at 95%.
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n
+    offs, mask = _block_offsets(n, BLOCK, EVEN, INT32)
     row = offs // n_cols
     col = offs - row * n_cols
     gate_ptrs = x_ptr + row * x_row_stride + col
@@ -67,50 +120,69 @@ def _gated_kernel(x_ptr, y_ptr, n, n_cols, x_row_stride, ACT: tl.constexpr, BLOC
 
 
 @triton.jit
-def _pointwise_kernel(x_ptr, y_ptr, n, ACT: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n
+def _pointwise_kernel(x_ptr, y_ptr, n, ACT: tl.constexpr, BLOCK: tl.constexpr, EVEN: tl.constexpr = False,
+                      INT32: tl.constexpr = False):
+    offs, mask = _block_offsets(n, BLOCK, EVEN, INT32)
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     tl.store(y_ptr + offs, _activate(x, ACT).to(y_ptr.dtype.element_ty), mask=mask)
 
 
-def _gated_triton(x: torch.Tensor, act: str) -> torch.Tensor:
+def _variant_flags(n: int, largest_offset: int, config: ActConfig) -> dict:
+    """The kernels' EVEN / INT32 switches for n outputs; {} (the default kernels) when both are off."""
+    flags = {}
+    if config.unmasked and n % config.block == 0:
+        flags["EVEN"] = True
+    if config.int32 and largest_offset < INT32_MAX_ELEMENTS:
+        flags["INT32"] = True
+    return flags
+
+
+def _act_id(act: str, config: ActConfig) -> int:
+    return _ACT_ID["gelu_fast_erf" if act == "gelu_none" and config.fast_erf else act]
+
+
+def _gated_triton(x: torch.Tensor, act: str, config: ActConfig = DEFAULT_CONFIG) -> torch.Tensor:
     rows = rows_view(x)
     n = rows.shape[1] // 2
     out = torch.empty(rows.shape[0], n, dtype=x.dtype, device=x.device)
     if out.numel() > 0:
-        _gated_kernel[(cdiv(out.numel(), _BLOCK),)](rows, out, out.numel(), n, rows.stride(0),
-                                                    ACT=_ACT_ID[act], BLOCK=_BLOCK, num_warps=_WARPS)
+        # the input's largest offset bounds every offset the kernel forms (row * stride + col + n)
+        flags = _variant_flags(out.numel(), rows.shape[0] * rows.stride(0) + 2 * n, config)
+        _gated_kernel[(cdiv(out.numel(), config.block),)](rows, out, out.numel(), n, rows.stride(0),
+                                                          ACT=_act_id(act, config), BLOCK=config.block,
+                                                          num_warps=config.warps, **flags)
     return out.view(*x.shape[:-1], n)
 
 
-def _pointwise_triton(x: torch.Tensor, act: str) -> torch.Tensor:
+def _pointwise_triton(x: torch.Tensor, act: str, config: ActConfig = DEFAULT_CONFIG) -> torch.Tensor:
     x = x.contiguous()
     out = torch.empty_like(x)
     if x.numel() > 0:
-        _pointwise_kernel[(cdiv(x.numel(), _BLOCK),)](x, out, x.numel(), ACT=_ACT_ID[act],
-                                                      BLOCK=_BLOCK, num_warps=_WARPS)
+        _pointwise_kernel[(cdiv(x.numel(), config.block),)](x, out, x.numel(), ACT=_act_id(act, config),
+                                                            BLOCK=config.block, num_warps=config.warps,
+                                                            **_variant_flags(x.numel(), x.numel(), config))
     return out
 
 
-def silu_and_mul_triton(x: torch.Tensor) -> torch.Tensor:
+def silu_and_mul_triton(x: torch.Tensor, *, config: ActConfig = DEFAULT_CONFIG) -> torch.Tensor:
     """silu(x[..., :N]) * x[..., N:] with the Triton kernel."""
-    return _gated_triton(x, "silu")
+    return _gated_triton(x, "silu", config)
 
 
-def gelu_and_mul_triton(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
+def gelu_and_mul_triton(x: torch.Tensor, approximate: str = "none", *,
+                        config: ActConfig = DEFAULT_CONFIG) -> torch.Tensor:
     """gelu(x[..., :N], approximate) * x[..., N:] with the Triton kernel."""
-    return _gated_triton(x, f"gelu_{approximate}")
+    return _gated_triton(x, f"gelu_{approximate}", config)
 
 
-def silu_triton(x: torch.Tensor) -> torch.Tensor:
+def silu_triton(x: torch.Tensor, *, config: ActConfig = DEFAULT_CONFIG) -> torch.Tensor:
     """x * sigmoid(x) elementwise with the Triton kernel (output contiguous)."""
-    return _pointwise_triton(x, "silu")
+    return _pointwise_triton(x, "silu", config)
 
 
-def gelu_triton(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
+def gelu_triton(x: torch.Tensor, approximate: str = "none", *, config: ActConfig = DEFAULT_CONFIG) -> torch.Tensor:
     """GELU elementwise (erf, or the tanh approximation) with the Triton kernel (output contiguous)."""
-    return _pointwise_triton(x, f"gelu_{approximate}")
+    return _pointwise_triton(x, f"gelu_{approximate}", config)
 
 
 def silu_and_mul_reference(x: torch.Tensor) -> torch.Tensor:

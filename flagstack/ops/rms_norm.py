@@ -16,6 +16,7 @@ The residual sum is rounded to the input dtype before it is normalized, as HF st
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -28,13 +29,36 @@ from flagstack.ops.registry import BenchCase, register, register_aten
 MAX_COLS = 65536  # a whole row lives in registers; wider rows would spill
 
 
+@dataclass(frozen=True)
+class NormConfig:
+    """Launch choices of the kernel, for scripts/llm_ops_sweep.py; the defaults are the measured ones.
+
+    early_weight: load the weight before the row. With a residual, the kernel stores the sum before
+    it needs the weight, and a load after a store to a pointer that may alias it is not moved ahead
+    of it, so the weight's load latency adds to each program's (256 rows: latency-bound).
+    """
+
+    num_warps: int | None = None  # None: one warp per 256 elements of the tile, at most 8
+    early_weight: bool = False
+
+
+DEFAULT_CONFIG = NormConfig()
+
+
+@triton.jit
+def _row_weight(w_ptr, cols, n_cols):
+    return tl.load(w_ptr + cols, mask=cols < n_cols, other=0.0).to(tl.float32)[None, :]
+
+
 @triton.jit(do_not_specialize=["n_rows"])  # token count: one compile for all
 def _rms_norm_kernel(x_ptr, r_ptr, w_ptr, y_ptr, n_rows, n_cols, x_row_stride, r_row_stride,
                      y_row_stride, eps, HAS_RESIDUAL: tl.constexpr, HAS_WEIGHT: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                     EARLY_WEIGHT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_N)
     mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
+    if HAS_WEIGHT and EARLY_WEIGHT:
+        w = _row_weight(w_ptr, cols, n_cols)
     x = tl.load(x_ptr + rows[:, None] * x_row_stride + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     if HAS_RESIDUAL:
         r_offs = rows[:, None] * r_row_stride + cols[None, :]
@@ -45,12 +69,14 @@ def _rms_norm_kernel(x_ptr, r_ptr, w_ptr, y_ptr, n_rows, n_cols, x_row_stride, r
     rstd = tl.rsqrt(tl.sum(x * x, axis=1) / n_cols + eps)
     y = x * rstd[:, None]
     if HAS_WEIGHT:
-        y = y * tl.load(w_ptr + cols, mask=cols < n_cols, other=0.0).to(tl.float32)[None, :]
+        if not EARLY_WEIGHT:
+            w = _row_weight(w_ptr, cols, n_cols)
+        y = y * w
     tl.store(y_ptr + rows[:, None] * y_row_stride + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 def _launch(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor | None,
-            out: torch.Tensor, eps: float) -> None:
+            out: torch.Tensor, eps: float, config: NormConfig = DEFAULT_CONFIG) -> None:
     """Run the kernel on 2-D row views (unit stride on the last dim)."""
     n_rows, n_cols = x.shape
     if x.numel() == 0:
@@ -59,13 +85,13 @@ def _launch(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor
     block_m = max(1, min(16, 2048 // block_n))
     # at most 8 warps: 16 for a 2560-wide row (4096 lanes) reached 83-88% of copy speed on an H100,
     # FlagGems ~100%; fewer warps per row halve the cross-warp part of the sum
-    num_warps = min(max(block_m * block_n // 256, 1), 8)
+    num_warps = config.num_warps or min(max(block_m * block_n // 256, 1), 8)
     r = residual if residual is not None else x
     weight = weight.contiguous() if weight is not None else None
     _rms_norm_kernel[(cdiv(n_rows, block_m),)](
         x, r, weight if weight is not None else x, out, n_rows, n_cols, x.stride(0), r.stride(0),
         out.stride(0), eps, HAS_RESIDUAL=residual is not None, HAS_WEIGHT=weight is not None,
-        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps)
+        EARLY_WEIGHT=config.early_weight, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps)
 
 
 def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -77,18 +103,31 @@ def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) ->
 
 
 def add_rms_norm_triton(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
-                        eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
-    """residual += x (in place, rounded to its dtype); returns (rms_norm(residual), residual)."""
+                        eps: float = 1e-6, *, out: torch.Tensor | None = None,
+                        config: NormConfig = DEFAULT_CONFIG) -> tuple[torch.Tensor, torch.Tensor]:
+    """residual += x (in place, rounded to its dtype); returns (rms_norm(residual), residual).
+
+    out: a contiguous tensor shaped like x to write the result into; `out=x` overwrites x (as
+    FlagGems' and vLLM's fused_add_rms_norm do), which saves the output's allocation and L2 lines.
+    """
     x_rows = rows_view(x)
+    if out is not None:
+        _check_out(out, x)
     # The kernel writes the residual through its row stride; a layout that has no 2-D row view
     # (e.g. a transposed tensor) is updated through a contiguous copy written back at the end.
     direct = residual.stride(-1) == 1 and (residual.dim() == 2 or residual.is_contiguous())
     r_rows = residual.view(-1, residual.shape[-1]) if direct else residual.contiguous().view(-1, x.shape[-1])
-    out = torch.empty_like(x_rows)
-    _launch(x_rows, r_rows, weight, out, eps)
+    y = torch.empty_like(x_rows) if out is None else out.view(x_rows.shape)
+    _launch(x_rows, r_rows, weight, y, eps, config)
     if not direct:
         residual.copy_(r_rows.view(residual.shape))
-    return out.view(x.shape), residual
+    return y.view(x.shape), residual
+
+
+def _check_out(out: torch.Tensor, x: torch.Tensor) -> None:
+    if out.shape != x.shape or out.dtype != x.dtype or out.device != x.device or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous {x.dtype} tensor of shape {tuple(x.shape)} on {x.device}, "
+                         f"got {out.dtype} {tuple(out.shape)} on {out.device} (contiguous: {out.is_contiguous()})")
 
 
 def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:

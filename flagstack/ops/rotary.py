@@ -15,6 +15,7 @@ Maths in fp32 with fp32 cos/sin, rounded once to q's dtype.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -26,6 +27,23 @@ from flagstack.ops.registry import BenchCase, register
 
 INT_DTYPES = (torch.int32, torch.int64)
 ROPE_TYPES = ("default", "linear", "llama3")
+
+
+@dataclass(frozen=True)
+class RopeConfig:
+    """Launch choices, for scripts/llm_ops_sweep.py; the defaults are the measured ones.
+
+    all_heads: one program per token rotates every q and k head (Liger's layout), loading all of
+    them before the first store: 10 KB in flight per program at 32 + 8 heads of 128 in bf16, no
+    half-empty k block, one cos/sin read per token. block_h / num_warps: tile of the default grid.
+    """
+
+    all_heads: bool = False
+    block_h: int | None = None  # default: 1024 elements per tile (16 heads of 64 pairs)
+    num_warps: int | None = None  # default: 4 (fewer for small tiles of the default grid)
+
+
+DEFAULT_CONFIG = RopeConfig()
 
 
 @triton.jit
@@ -49,17 +67,33 @@ def rope_cos_sin(cache_ptr, pos_ptr, token, cache_stride, half, BLOCK_D: tl.cons
 
 
 @triton.jit
-def _rope_heads(ptr, token, first_head, n_heads, token_stride, head_stride, cos, sin, half,
-                IS_NEOX: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
+def _rope_load(ptr, token, first_head, n_heads, token_stride, head_stride, half, IS_NEOX: tl.constexpr,
+               BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
+    """A [BLOCK_H, BLOCK_D] tile of heads: (pointers to the first and second elements of each pair,
+    the mask, the two halves in fp32)."""
     heads = first_head + tl.arange(0, BLOCK_H)
     d = tl.arange(0, BLOCK_D)
     off1, off2 = rope_pair_offsets(d, half, IS_NEOX)
     mask = (heads < n_heads)[:, None] & (d < half)[None, :]
     base = ptr + token * token_stride + heads[:, None].to(tl.int64) * head_stride
-    x1 = tl.load(base + off1[None, :], mask=mask, other=0.0).to(tl.float32)
-    x2 = tl.load(base + off2[None, :], mask=mask, other=0.0).to(tl.float32)
-    tl.store(base + off1[None, :], (x1 * cos - x2 * sin).to(ptr.dtype.element_ty), mask=mask)
-    tl.store(base + off2[None, :], (x2 * cos + x1 * sin).to(ptr.dtype.element_ty), mask=mask)
+    p1, p2 = base + off1[None, :], base + off2[None, :]
+    x1 = tl.load(p1, mask=mask, other=0.0).to(tl.float32)
+    x2 = tl.load(p2, mask=mask, other=0.0).to(tl.float32)
+    return p1, p2, mask, x1, x2
+
+
+@triton.jit
+def _rope_store(p1, p2, mask, x1, x2, cos, sin):
+    tl.store(p1, (x1 * cos - x2 * sin).to(p1.dtype.element_ty), mask=mask)
+    tl.store(p2, (x2 * cos + x1 * sin).to(p2.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _rope_heads(ptr, token, first_head, n_heads, token_stride, head_stride, cos, sin, half,
+                IS_NEOX: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
+    p1, p2, mask, x1, x2 = _rope_load(ptr, token, first_head, n_heads, token_stride, head_stride, half, IS_NEOX,
+                                      BLOCK_H, BLOCK_D)
+    _rope_store(p1, p2, mask, x1, x2, cos, sin)
 
 
 @triton.jit
@@ -78,14 +112,29 @@ def _rotary_kernel(pos_ptr, q_ptr, k_ptr, cache_ptr, n_q_heads, n_k_heads, q_tok
                     cos, sin, half, IS_NEOX, BLOCK_H, BLOCK_D)
 
 
+@triton.jit
+def _rotary_token_kernel(pos_ptr, q_ptr, k_ptr, cache_ptr, n_q_heads, n_k_heads, q_token_stride, q_head_stride,
+                         k_token_stride, k_head_stride, cache_stride, half, IS_NEOX: tl.constexpr,
+                         BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr, BLOCK_D: tl.constexpr):
+    """All heads of one token (RopeConfig.all_heads): every load is issued before the first store."""
+    token = tl.program_id(0).to(tl.int64)
+    cos, sin = rope_cos_sin(cache_ptr, pos_ptr, token, cache_stride, half, BLOCK_D)
+    q1p, q2p, q_mask, q1, q2 = _rope_load(q_ptr, token, 0, n_q_heads, q_token_stride, q_head_stride, half,
+                                          IS_NEOX, BLOCK_HQ, BLOCK_D)
+    k1p, k2p, k_mask, k1, k2 = _rope_load(k_ptr, token, 0, n_k_heads, k_token_stride, k_head_stride, half,
+                                          IS_NEOX, BLOCK_HK, BLOCK_D)
+    _rope_store(q1p, q2p, q_mask, q1, q2, cos, sin)
+    _rope_store(k1p, k2p, k_mask, k1, k2, cos, sin)
+
+
 def heads_view(t: torch.Tensor, head_size: int) -> torch.Tensor:
     """[T, H*D] or [T, H, D] as a [T, H, D] view of the same memory (for in-place updates)."""
     return t.unflatten(-1, (-1, head_size)) if t.dim() == 2 else t
 
 
 def rotary_embedding_triton(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
-                            cos_sin_cache: torch.Tensor, head_size: int,
-                            is_neox: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                            cos_sin_cache: torch.Tensor, head_size: int, is_neox: bool = True, *,
+                            config: RopeConfig = DEFAULT_CONFIG) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotate q and k in place with the Triton kernel (one launch); returns (q, k)."""
     qh, kh = heads_view(q, head_size), heads_view(k, head_size)
     tokens, half = qh.shape[0], cos_sin_cache.shape[1] // 2
@@ -93,12 +142,21 @@ def rotary_embedding_triton(positions: torch.Tensor, q: torch.Tensor, k: torch.T
     if tokens == 0 or half == 0:
         return q, k
     block_d = next_power_of_2(half)
+    if config.all_heads:
+        block_hq, block_hk = next_power_of_2(qh.shape[1]), next_power_of_2(kh.shape[1])
+        warps = config.num_warps or 4  # Liger's default for the same tile
+        _rotary_token_kernel[(tokens,)](positions, qh, kh, cos_sin_cache, qh.shape[1], kh.shape[1], qh.stride(0),
+                                        qh.stride(1), kh.stride(0), kh.stride(1), cos_sin_cache.stride(0), half,
+                                        IS_NEOX=is_neox, BLOCK_HQ=block_hq, BLOCK_HK=block_hk, BLOCK_D=block_d,
+                                        num_warps=warps)
+        return q, k
     # 16 heads x 64 pairs over 4 warps: 88% of copy speed on an H100 at 32768 tokens (8 x 64 on 2: 80%)
-    block_h = min(next_power_of_2(max(qh.shape[1], kh.shape[1])), max(1, 1024 // block_d))
+    block_h = config.block_h or min(next_power_of_2(max(qh.shape[1], kh.shape[1])), max(1, 1024 // block_d))
     grid = (tokens, cdiv(qh.shape[1], block_h) + cdiv(kh.shape[1], block_h))
     _rotary_kernel[grid](positions, qh, kh, cos_sin_cache, qh.shape[1], kh.shape[1], qh.stride(0), qh.stride(1),
                          kh.stride(0), kh.stride(1), cos_sin_cache.stride(0), half, IS_NEOX=is_neox,
-                         BLOCK_H=block_h, BLOCK_D=block_d, num_warps=max(1, min(4, block_h * block_d // 256)))
+                         BLOCK_H=block_h, BLOCK_D=block_d,
+                         num_warps=config.num_warps or max(1, min(4, block_h * block_d // 256)))
     return q, k
 
 

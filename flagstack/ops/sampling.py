@@ -47,9 +47,34 @@ CHUNK = 4096  # fused path: columns per candidate program (37 programs per 151,9
 ParamLike = torch.Tensor | float | int | Sequence[float] | None
 
 
+@dataclass(frozen=True)
+class SampleConfig:
+    """Launch choices, for scripts/llm_ops_sweep.py; the defaults are the measured ones.
+
+    At 4096 x 151,936 the candidate kernel is likely the largest cost (an estimate from instruction
+    counts, not yet measured): each 4096-wide slice runs K (the next power of 2 of the largest
+    top-k: 32 for top-k 20) rounds of two block reductions.
+    exact_rounds: run only max(1, largest top-k) rounds (the thresholds read no entry past it, so
+    they are unchanged). bitonic: tl.topk's bitonic network instead of the rounds (~3x fewer
+    compare steps at 4096 x 32, but data moves across lanes). fast_key: the draw's key as
+    x * (log2 e / T) - log2(q), the same argmax (a positive multiple of x / T - ln q) without a
+    division per element. block / warps: the draw kernel's tile.
+    """
+
+    block: int | None = None  # None: BLOCK
+    warps: int | None = None  # None: warps_for(block)
+    chunk: int | None = None  # None: CHUNK
+    exact_rounds: bool = False
+    bitonic: bool = False
+    fast_key: bool = False
+
+
+DEFAULT_CONFIG = SampleConfig()
+
+
 @triton.jit(do_not_specialize=["temp_stride"])  # 0 or 1 per call: one compile
 def _sample_kernel(logits_ptr, noise_ptr, temp_ptr, thr_ptr, val_ptr, idx_ptr, n_cols, logits_row_stride,
-                   temp_stride, span, WRITE_VALUE: tl.constexpr, BLOCK: tl.constexpr):
+                   temp_stride, span, WRITE_VALUE: tl.constexpr, BLOCK: tl.constexpr, FAST_KEY: tl.constexpr = False):
     split, row = tl.program_id(0), tl.program_id(1).to(tl.int64)
     n_splits = tl.num_programs(0)
     lo = split * span
@@ -66,7 +91,10 @@ def _sample_kernel(logits_ptr, noise_ptr, temp_ptr, thr_ptr, val_ptr, idx_ptr, n
         mask = cols < hi
         x = tl.load(logits_ptr + row * logits_row_stride + cols, mask=mask, other=float("-inf")).to(tl.float32)
         q = tl.load(noise_ptr + row * n_cols + cols, mask=cols < noise_hi, other=1.0)
-        key = tl.where(x >= threshold, x / t - tl.log(q), float("-inf"))
+        if FAST_KEY:  # log2 e * (x / T - ln q): same argmax, no division per element
+            key = tl.where(x >= threshold, x * (1.4426950408889634 / t) - tl.log2(q), float("-inf"))
+        else:
+            key = tl.where(x >= threshold, x / t - tl.log(q), float("-inf"))
         best, best_idx, nan_idx = argmax_update(tl.where(greedy, x, key), cols, best, best_idx, nan_idx)
     value, index = argmax_result(best, best_idx, nan_idx)
     if WRITE_VALUE:
@@ -75,14 +103,14 @@ def _sample_kernel(logits_ptr, noise_ptr, temp_ptr, thr_ptr, val_ptr, idx_ptr, n
 
 
 @triton.jit
-def _top_sorted(x, K: tl.constexpr):
-    """The K largest values of a 1-D fp32 block, largest first: K rounds of take the max, drop its
-    first copy (2 block reductions per round; tl.topk's sorting network takes seconds per call in
-    the CPU interpreter, and K <= 64 rounds cost a few microseconds on a GPU)."""
+def _top_sorted(x, K: tl.constexpr, ROUNDS: tl.constexpr):
+    """The ROUNDS (<= K) largest values of a 1-D fp32 block, largest first, -inf after them: rounds
+    of take the max, drop its first copy (2 block reductions per round; tl.topk's sorting network
+    takes seconds per call in the CPU interpreter, and K <= 64 rounds cost a few microseconds on a GPU)."""
     idx = tl.arange(0, x.shape[0])
     j = tl.arange(0, K)
     top = tl.full([K], float("-inf"), tl.float32)
-    for r in range(K):
+    for r in range(ROUNDS):
         m = tl.max(x, axis=0)
         top = tl.where(j == r, m, top)
         first = tl.min(tl.where(x == m, idx, x.shape[0]), axis=0)
@@ -91,23 +119,28 @@ def _top_sorted(x, K: tl.constexpr):
 
 
 @triton.jit
-def _chunk_top_kernel(logits_ptr, cand_ptr, n_cols, logits_row_stride, CHUNK: tl.constexpr, K: tl.constexpr):
-    """cand[row, chunk, :] = the K largest logits (fp32) of one CHUNK-wide slice of a row."""
+def _chunk_top_kernel(logits_ptr, cand_ptr, n_cols, logits_row_stride, CHUNK: tl.constexpr, K: tl.constexpr,
+                      ROUNDS: tl.constexpr, BITONIC: tl.constexpr = False):
+    """cand[row, chunk, :] = the ROUNDS largest logits (fp32) of one CHUNK-wide slice of a row, then
+    -inf (BITONIC: all K largest, by tl.topk)."""
     chunk, row = tl.program_id(0), tl.program_id(1).to(tl.int64)
     cols = chunk * CHUNK + tl.arange(0, CHUNK)
     x = tl.load(logits_ptr + row * logits_row_stride + cols, mask=cols < n_cols, other=float("-inf"))
-    top = _top_sorted(x.to(tl.float32), K)
+    if BITONIC:
+        top = tl.topk(x.to(tl.float32), K)
+    else:
+        top = _top_sorted(x.to(tl.float32), K, ROUNDS)
     tl.store(cand_ptr + (row * tl.num_programs(0) + chunk) * K + tl.arange(0, K), top)
 
 
 @triton.jit(do_not_specialize=["param_stride", "row_stride"])  # vary with rows
 def _threshold_kernel(cand_ptr, params_ptr, thr_ptr, n_cand, param_stride, row_stride,
-                      K: tl.constexpr, N_CAND: tl.constexpr):
+                      K: tl.constexpr, N_CAND: tl.constexpr, ROUNDS: tl.constexpr):
     """thr[row] from the row's top K logits: k-th largest, top-p over the top-k, min-p (the torch
     path's formulas in its order). params: temperature, top_k (0 = off), top_p, min_p."""
     row = tl.program_id(0)
     c = tl.arange(0, N_CAND)
-    top = _top_sorted(tl.load(cand_ptr + row * n_cand + c, mask=c < n_cand, other=float("-inf")), K)
+    top = _top_sorted(tl.load(cand_ptr + row * n_cand + c, mask=c < n_cand, other=float("-inf")), K, ROUNDS)
     t = tl.load(params_ptr + row * row_stride)
     k = tl.load(params_ptr + param_stride + row * row_stride).to(tl.int32)
     top_p = tl.load(params_ptr + 2 * param_stride + row * row_stride)
@@ -264,25 +297,29 @@ def _fused_params(logits: torch.Tensor, temperature: ParamLike, top_k: ParamLike
     return params, int(max(ks))
 
 
-def _fused_thresholds(logits: torch.Tensor, params: torch.Tensor, k_max: int) -> torch.Tensor:
+def _fused_thresholds(logits: torch.Tensor, params: torch.Tensor, k_max: int,
+                      config: SampleConfig = DEFAULT_CONFIG) -> torch.Tensor:
     """Per-row thresholds from the two candidate kernels (see the module docstring)."""
     rows, vocab = logits.shape
-    chunk = min(CHUNK, max(2, next_power_of_2(vocab)))
+    chunk = min(config.chunk or CHUNK, max(2, next_power_of_2(vocab)))
     k = max(2, next_power_of_2(k_max))  # k <= chunk since k_max < vocab
+    rounds = max(1, k_max) if config.exact_rounds else k  # entries past k_max are never read
     n_chunks = cdiv(vocab, chunk)
     cand = torch.empty(rows, n_chunks * k, dtype=torch.float32, device=logits.device)
-    _chunk_top_kernel[(n_chunks, rows)](logits, cand, vocab, logits.stride(0), CHUNK=chunk, K=k,
-                                        num_warps=8 if chunk >= 2048 else 4)
+    _chunk_top_kernel[(n_chunks, rows)](logits, cand, vocab, logits.stride(0), CHUNK=chunk, K=k, ROUNDS=rounds,
+                                        num_warps=8 if chunk >= 2048 else 4,
+                                        **({"BITONIC": True} if config.bitonic else {}))
     threshold = torch.empty(rows, dtype=torch.float32, device=logits.device)
     _threshold_kernel[(rows,)](cand, params, threshold, n_chunks * k, params.stride(0),
                                params.stride(1) if params.shape[1] > 1 else 0, K=k,
-                               N_CAND=next_power_of_2(n_chunks * k), num_warps=4)
+                               N_CAND=next_power_of_2(n_chunks * k), ROUNDS=rounds, num_warps=4)
     return threshold
 
 
 def sample_triton(logits: torch.Tensor, temperature: ParamLike = 1.0, top_k: ParamLike = None,
                   top_p: ParamLike = None, min_p: ParamLike = None, *, generator: torch.Generator | None = None,
-                  seeds: Sequence[int] | torch.Tensor | None = None) -> torch.Tensor:
+                  seeds: Sequence[int] | torch.Tensor | None = None,
+                  config: SampleConfig = DEFAULT_CONFIG) -> torch.Tensor:
     """Sample one token id per row (int64 [B]) with the fused Triton kernel."""
     logits = logits if logits.stride(-1) == 1 else logits.contiguous()
     fused = _fused_params(logits, temperature, top_k, top_p, min_p)
@@ -291,13 +328,13 @@ def sample_triton(logits: torch.Tensor, temperature: ParamLike = 1.0, top_k: Par
         temps = params[0].expand(logits.shape[0])  # stride 0 when one value serves every row
         if isinstance(seeds, torch.Tensor):
             seeds = seeds.tolist()
-        plan = _Plan(temps, _fused_thresholds(logits, params, k_max), _noise(logits, generator, seeds))
+        plan = _Plan(temps, _fused_thresholds(logits, params, k_max, config), _noise(logits, generator, seeds))
     else:
         plan = _plan(logits, temperature, top_k, top_p, min_p, generator, seeds)
     if plan.noise is None:
         return argmax_rows(logits)
     rows, vocab = logits.shape
-    block = min(BLOCK, next_power_of_2(vocab))
+    block = min(config.block or BLOCK, next_power_of_2(vocab))
     splits = num_splits(rows, vocab, logits.device, block)
     span = cdiv(cdiv(vocab, splits), block) * block
     splits = cdiv(vocab, span)
@@ -306,7 +343,8 @@ def sample_triton(logits: torch.Tensor, temperature: ParamLike = 1.0, top_k: Par
     indices = torch.empty(rows, splits, dtype=torch.int64, device=logits.device) if splits > 1 else out
     _sample_kernel[(splits, rows)](logits, plan.noise, plan.temperature, plan.threshold, values, indices, vocab,
                                    logits.stride(0), plan.temperature.stride(0), span, WRITE_VALUE=splits > 1,
-                                   BLOCK=block, num_warps=warps_for(block))
+                                   BLOCK=block, num_warps=config.warps or warps_for(block),
+                                   **({"FAST_KEY": True} if config.fast_key else {}))
     if splits > 1:
         argmax_combine_kernel[(rows,)](values, indices, out, splits, SPLITS=next_power_of_2(splits))
     return out

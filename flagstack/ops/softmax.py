@@ -18,6 +18,8 @@ Other dims are moved last (a copy when they are not already last). exp is exp2 o
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
@@ -40,6 +42,31 @@ LOOP_POLICIES = ("evict_last", "evict_first")
 SPLIT_BLOCK = 4096  # few wide rows: columns per program
 
 
+@dataclass(frozen=True)
+class WideConfig:
+    """The wide-row kernel's launch choices, for scripts/llm_ops_sweep.py (defaults: the measured ones).
+
+    recip: softmax's pass 2 multiplies by 1/sum instead of dividing each element (an IEEE fp32
+    division is ~10 instructions; log_softmax, which has none, ran at 86% of copy speed where softmax
+    ran at 81%). lane_sum: pass 1 keeps a per-lane running sum rescaled by the block max, so each
+    block needs one cross-warp reduction (the max) instead of two; it holds BLOCK more fp32 values,
+    so pair it with a smaller block or more warps. maxnreg: a register cap per thread. ptxas gives
+    the default tile 128 registers x 512 threads, the whole register file, so only one program per
+    SM is resident whatever programs_per_sm says (offline compile for sm_90, Triton 3.6); a cap of
+    65536 / (2 * 32 * warps) lets two share an SM (a bit of spilling above 8 warps x 8192).
+    """
+
+    block: int = LOOP_BLOCK
+    warps: int = LOOP_WARPS
+    programs_per_sm: int = LOOP_PROGRAMS_PER_SM
+    recip: bool = False
+    lane_sum: bool = False
+    maxnreg: int | None = None
+
+
+DEFAULT_WIDE = WideConfig()
+
+
 @triton.jit
 def _safe_max(m):
     """A row max usable as a shift: an all -inf row shifts by 0 (its result is then 0/0 = nan, as torch)."""
@@ -47,10 +74,13 @@ def _safe_max(m):
 
 
 @triton.jit
-def _finish(x, m, s, LOG: tl.constexpr):
-    """softmax = exp(x - m) / s, log_softmax = (x - m) - log(s), from the row max m and sum s."""
+def _finish(x, m, s, LOG: tl.constexpr, RECIP: tl.constexpr = False):
+    """softmax = exp(x - m) / s, log_softmax = (x - m) - log(s), from the row max m and sum s
+    (RECIP: softmax as exp2(x log2 e - m log2 e) * (1 / s), one FMA, one ex2 and one multiply)."""
     if LOG:
         return (x - m) - tl.log(s)
+    if RECIP:
+        return tl.exp2(x * LOG2E - m * LOG2E) * (1.0 / s)
     return tl.exp2((x - m) * LOG2E) / s
 
 
@@ -79,7 +109,8 @@ def _online_update(x, m, s):
 
 @triton.jit
 def _wide_kernel(x_ptr, y_ptr, n_rows, n_cols, x_row_stride, y_row_stride, LOG: tl.constexpr,
-                 BLOCK: tl.constexpr, PASS1_POLICY: tl.constexpr, PASS2_POLICY: tl.constexpr):
+                 BLOCK: tl.constexpr, PASS1_POLICY: tl.constexpr, PASS2_POLICY: tl.constexpr,
+                 RECIP: tl.constexpr = False, LANE_SUM: tl.constexpr = False):
     cols = tl.arange(0, BLOCK)
     n_blocks = tl.cdiv(n_cols, BLOCK)
     # persistent: rows in flight = grid size; an int64 row keeps row * stride from overflowing
@@ -88,16 +119,25 @@ def _wide_kernel(x_ptr, y_ptr, n_rows, n_cols, x_row_stride, y_row_stride, LOG: 
         y_row = y_ptr + row * y_row_stride
         m = tl.full((), float("-inf"), tl.float32)
         s = tl.zeros((), tl.float32)
+        lanes = tl.zeros((BLOCK,), tl.float32)  # LANE_SUM: per-lane sums of exp(x - m)
         for start in range(0, n_cols, BLOCK):
             x = tl.load(x_row + start + cols, mask=start + cols < n_cols, other=float("-inf"),
                         eviction_policy=PASS1_POLICY).to(tl.float32)
-            m, s = _online_update(x, m, s)
+            if LANE_SUM:
+                m_new = tl.maximum(m, tl.max(x, axis=0))
+                shift = _safe_max(m_new)
+                lanes = lanes * tl.exp2((m - shift) * LOG2E) + tl.exp2((x - shift) * LOG2E)
+                m = m_new
+            else:
+                m, s = _online_update(x, m, s)
+        if LANE_SUM:
+            s = tl.sum(lanes, axis=0)
         m = _safe_max(m)
         for i in range(0, n_blocks):
             start = (n_blocks - 1 - i) * BLOCK  # last block first: it is still in L2
             mask = start + cols < n_cols
             x = tl.load(x_row + start + cols, mask=mask, other=float("-inf"), eviction_policy=PASS2_POLICY)
-            tl.store(y_row + start + cols, _finish(x.to(tl.float32), m, s, LOG).to(y_ptr.dtype.element_ty),
+            tl.store(y_row + start + cols, _finish(x.to(tl.float32), m, s, LOG, RECIP).to(y_ptr.dtype.element_ty),
                      mask=mask, eviction_policy=PASS2_POLICY)
 
 
@@ -138,10 +178,15 @@ def _launch_narrow(x: torch.Tensor, y: torch.Tensor, log: bool) -> None:
 
 
 def _launch_wide(x: torch.Tensor, y: torch.Tensor, log: bool, block: int = LOOP_BLOCK,
-                 warps: int = LOOP_WARPS, programs_per_sm: int = LOOP_PROGRAMS_PER_SM) -> None:
+                 warps: int = LOOP_WARPS, programs_per_sm: int = LOOP_PROGRAMS_PER_SM, *,
+                 recip: bool = False, lane_sum: bool = False, maxnreg: int | None = None) -> None:
     programs = min(x.shape[0], programs_per_sm * sm_count(x.device, cpu=4))
+    flags: dict = {k: True for k, on in (("RECIP", recip), ("LANE_SUM", lane_sum)) if on}  # default: one compile
+    if maxnreg is not None and x.is_cuda:
+        flags["maxnreg"] = maxnreg
     _wide_kernel[(programs,)](x, y, x.shape[0], x.shape[1], x.stride(0), y.stride(0), LOG=log, BLOCK=block,
-                              PASS1_POLICY=LOOP_POLICIES[0], PASS2_POLICY=LOOP_POLICIES[1], num_warps=warps)
+                              PASS1_POLICY=LOOP_POLICIES[0], PASS2_POLICY=LOOP_POLICIES[1], num_warps=warps,
+                              **flags)
 
 
 def _launch_split(x: torch.Tensor, y: torch.Tensor, log: bool, block: int = SPLIT_BLOCK,
@@ -156,7 +201,8 @@ def _launch_split(x: torch.Tensor, y: torch.Tensor, log: bool, block: int = SPLI
                               BLOCK=block, CHUNKS=next_power_of_2(n_chunks), num_warps=warps)
 
 
-def _softmax_triton(x: torch.Tensor, dim: int, dtype: torch.dtype | None, log: bool) -> torch.Tensor:
+def _softmax_triton(x: torch.Tensor, dim: int, dtype: torch.dtype | None, log: bool,
+                    wide: WideConfig = DEFAULT_WIDE) -> torch.Tensor:
     if x.dim() == 0:
         return _softmax_triton(x.reshape(1), 0, dtype, log).reshape(())
     if x.numel() == 0:
@@ -168,21 +214,24 @@ def _softmax_triton(x: torch.Tensor, dim: int, dtype: torch.dtype | None, log: b
     if rows.shape[1] <= NARROW_MAX:
         _launch_narrow(rows, out, log)
     elif rows.shape[0] >= sm_count(x.device, cpu=4):
-        _launch_wide(rows, out, log)
+        _launch_wide(rows, out, log, wide.block, wide.warps, wide.programs_per_sm, recip=wide.recip,
+                     lane_sum=wide.lane_sum, maxnreg=wide.maxnreg)
     else:
         _launch_split(rows, out, log)
     out = out.view(moved.shape)
     return out if dim == x.dim() - 1 else out.movedim(-1, dim).contiguous()
 
 
-def softmax_triton(x: torch.Tensor, dim: int = -1, dtype: torch.dtype | None = None) -> torch.Tensor:
+def softmax_triton(x: torch.Tensor, dim: int = -1, dtype: torch.dtype | None = None, *,
+                   wide: WideConfig = DEFAULT_WIDE) -> torch.Tensor:
     """softmax of x along `dim` with the Triton kernels, in fp32, output in `dtype` (default x's)."""
-    return _softmax_triton(x, dim, dtype, log=False)
+    return _softmax_triton(x, dim, dtype, log=False, wide=wide)
 
 
-def log_softmax_triton(x: torch.Tensor, dim: int = -1, dtype: torch.dtype | None = None) -> torch.Tensor:
+def log_softmax_triton(x: torch.Tensor, dim: int = -1, dtype: torch.dtype | None = None, *,
+                       wide: WideConfig = DEFAULT_WIDE) -> torch.Tensor:
     """log_softmax of x along `dim` with the Triton kernels, in fp32, output in `dtype` (default x's)."""
-    return _softmax_triton(x, dim, dtype, log=True)
+    return _softmax_triton(x, dim, dtype, log=True, wide=wide)
 
 
 def softmax_reference(x: torch.Tensor, dim: int = -1, dtype: torch.dtype | None = None) -> torch.Tensor:
