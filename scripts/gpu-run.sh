@@ -33,7 +33,7 @@ for spec in "$@"; do
     score) run_stage $name $secs python3 -m flagstack.cli ops score --workers 8 --out-dir "$RES" ;;
     score-speed) run_stage $name $secs python3 -m flagstack.cli ops score --no-tests --out-dir "$RES" ;;
     profile) run_stage $name $secs python3 scripts/profile_decode.py ;;
-    gemv-sweep) run_stage $name $secs python3 -m flagstack.ops.gemv "$RES/gemv-sweep.json" ;;
+    gemv-sweep) run_stage $name $secs python3 scripts/gemv_sweep.py "$RES/gemv-sweep.json" ;;
     gdr-sweep) run_stage $name $secs python3 scripts/gdr_state_sweep.py "$RES/gdr-sweep.json" ;;
     decode-short) run_stage $name $secs python3 scripts/decode_short_sweep.py ;;
     *) summary+=("$name: unknown stage") ;;

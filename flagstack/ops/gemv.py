@@ -116,14 +116,3 @@ def sweep(dtype: torch.dtype = torch.bfloat16) -> list[dict]:
         rows.append({"n": n, "k": k, "mb": mb, **timings})
     return rows
 
-
-if __name__ == "__main__":
-    import json
-    import sys
-
-    result = sweep()
-    configs = [name for name in result[0] if name not in ("n", "k", "mb")]
-    totals = {c: sum(r.get(c, float("inf")) for r in result) for c in configs}
-    for name, total in sorted(totals.items(), key=lambda kv: kv[1])[:12]:
-        print(f"  sum over shapes {name}: {total:.1f} us")
-    json.dump(result, open(sys.argv[1], "w") if len(sys.argv) > 1 else sys.stdout, indent=1)
