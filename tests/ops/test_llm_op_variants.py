@@ -1,0 +1,204 @@
+"""The candidate variants behind the LLM ops' `config=` switches (swept by scripts/llm_ops_sweep.py):
+each one against the same independent references as the default path."""
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers.activations import ACT2FN
+
+from flagstack.ops import rope_cos_sin_cache
+from flagstack.ops.activation import ActConfig, gelu_and_mul_triton, gelu_triton, silu_and_mul_triton
+from flagstack.ops.rms_norm import NormConfig, add_rms_norm_triton
+from flagstack.ops.rotary import RopeConfig, rotary_embedding_reference, rotary_embedding_triton
+from flagstack.ops.sampling import SampleConfig, sample_reference, sample_triton
+from tests.ops.helpers import DEVICE, DTYPES, ON_GPU, assert_close
+from tests.ops.test_add_rms_norm import hf_add_rms_norm
+from tests.ops.test_rotary import hf_gptj, hf_neox
+
+softmax_module = importlib.import_module("flagstack.ops.softmax")
+sampling_module = importlib.import_module("flagstack.ops.sampling")
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.mark.parametrize("config", [NormConfig(num_warps=4), NormConfig(early_weight=True),
+                                    NormConfig(num_warps=1, early_weight=True)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_add_rms_norm_configs_match_hf(config, dtype):
+    x = torch.randn(5, 129, dtype=dtype, device=DEVICE)
+    residual = torch.randn(5, 129, dtype=dtype, device=DEVICE)
+    w = torch.randn(129, dtype=dtype, device=DEVICE)
+    want_out, want_res = hf_add_rms_norm(x, residual.clone(), w, 1e-6)
+    out, res = add_rms_norm_triton(x, residual, w, 1e-6, config=config)
+    assert res is residual
+    assert_close(res, want_res, atol=0)
+    assert_close(out, want_out)
+
+
+@pytest.mark.parametrize("early_weight", [False, True])
+def test_add_rms_norm_out_overwrites_x(early_weight):
+    """out=x: the result lands in x itself (FlagGems' and vLLM's in-place form)."""
+    x = torch.randn(2, 3, 96, device=DEVICE)
+    residual = torch.randn(2, 3, 96, device=DEVICE)
+    w = torch.randn(96, device=DEVICE)
+    want_out, want_res = hf_add_rms_norm(x.clone(), residual.clone(), w, 1e-6)
+    out, res = add_rms_norm_triton(x, residual, w, 1e-6, out=x, config=NormConfig(early_weight=early_weight))
+    assert out.data_ptr() == x.data_ptr() and out.shape == x.shape
+    assert_close(x, want_out)
+    assert_close(res, want_res, atol=0)
+    separate = torch.empty_like(x)
+    assert add_rms_norm_triton(torch.randn_like(x), residual, w, out=separate)[0].data_ptr() == separate.data_ptr()
+
+
+@pytest.mark.parametrize("out, match", [(torch.empty(4, 8), "shape"), (torch.empty(4, 16, dtype=torch.float16), "float32"),
+                                        (torch.empty(16, 4).t(), "contiguous: False")])
+def test_add_rms_norm_out_errors(out, match):
+    x, residual, w = torch.randn(4, 16), torch.randn(4, 16), torch.randn(16)
+    with pytest.raises(ValueError, match=match):
+        add_rms_norm_triton(x, residual, w, out=out)
+
+
+ROPE_CONFIGS = [RopeConfig(all_heads=True), RopeConfig(all_heads=True, num_warps=2),
+                RopeConfig(block_h=2, num_warps=1)]
+
+
+@pytest.mark.parametrize("config", ROPE_CONFIGS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rope_configs_match_hf(config, dtype):
+    tokens, hq, hk, d = 3, 5, 1, 64  # head counts that are not powers of 2: masked heads
+    positions = torch.tensor([4, 0, 31], device=DEVICE)
+    q = torch.randn(tokens, hq * d, dtype=dtype, device=DEVICE)
+    k = torch.randn(tokens, hk, d, dtype=dtype, device=DEVICE)
+    want_q, want_k = hf_neox(q.view(tokens, hq, d), positions, d), hf_neox(k, positions, d)
+    rotary_embedding_triton(positions, q, k, rope_cos_sin_cache(d, 32, 1e6, device=DEVICE), d, config=config)
+    assert_close(q.view(tokens, hq, d), want_q)
+    assert_close(k, want_k)
+
+
+@pytest.mark.parametrize("config", ROPE_CONFIGS[:2])
+def test_rope_configs_gptj_partial_and_fused_qkv(config):
+    positions = torch.tensor([0, 5, 63, 17], device=DEVICE)
+    q = torch.randn(4, 3, 80, device=DEVICE)
+    k = torch.randn(4, 2 * 80, device=DEVICE)
+    want_q, want_k = hf_gptj(q, positions, 32, 64), hf_gptj(k.view(4, 2, 80), positions, 32, 64)
+    rotary_embedding_triton(positions, q, k, rope_cos_sin_cache(80, 64, 1e4, rotary_dim=32, device=DEVICE), 80,
+                            is_neox=False, config=config)
+    assert_close(q, want_q)
+    assert_close(k.view(4, 2, 80), want_k)
+    qkv = torch.randn(4, 4 * 32, device=DEVICE)  # q (2 heads), k (1), v (1): strided rows, v untouched
+    q, k, v = qkv.split([64, 32, 32], dim=-1)
+    v_before, cache = v.clone(), rope_cos_sin_cache(32, 64, 1e6, device=DEVICE)
+    want_q, want_k = rotary_embedding_reference(positions, q.clone(), k.clone(), cache, 32)
+    rotary_embedding_triton(positions, q, k, cache, 32, config=config)
+    assert_close(q, want_q)
+    assert_close(k, want_k)
+    assert torch.equal(v, v_before)
+
+
+ACT_CONFIGS = [ActConfig(unmasked=True, int32=True), ActConfig(block=256, warps=2, unmasked=True),
+               ActConfig(fast_erf=True), ActConfig(fast_erf=True, block=2048, warps=8, int32=True)]
+
+
+@pytest.mark.parametrize("config", ACT_CONFIGS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gelu_configs_match_hf(config, dtype):
+    """1024 elements: a whole number of blocks (unmasked kernel) for every config but block 2048;
+    1031: the masked kernel even when unmasked is asked for."""
+    for n in (1024, 1031):
+        x = torch.randn(n, dtype=dtype, device=DEVICE) * 4
+        assert_close(gelu_triton(x, config=config), ACT2FN["gelu"](x))
+        gated = torch.randn(2, 2 * n, dtype=dtype, device=DEVICE) * 3
+        want = ACT2FN["gelu"](gated[:, :n]) * gated[:, n:]
+        assert_close(gelu_and_mul_triton(gated, config=config), want)
+    assert_close(silu_and_mul_triton(gated, config=config), ACT2FN["silu"](gated[:, :n]) * gated[:, n:])
+
+
+def test_fast_erf_nonfinite_and_accuracy():
+    """The short erfc formula: within 1e-6 of float64 GELU on [-12, 12] (relative 1e-6 above 0),
+    and torch's results for inf, nan, +-0 and huge inputs."""
+    x = torch.linspace(-12, 12, 24001, device=DEVICE)
+    exact = torch.nn.functional.gelu(x.double())
+    got = gelu_triton(x, config=ActConfig(fast_erf=True)).double()
+    assert (got - exact).abs().max().item() < 1e-6
+    pos = x > 0
+    assert ((got - exact)[pos].abs() / exact[pos]).max().item() < 1e-6
+    special = torch.tensor([float("inf"), float("-inf"), float("nan"), -0.0, 0.0, -90.0, 90.0, 1e30, -1e30],
+                           device=DEVICE)
+    assert_close(gelu_triton(special, config=ActConfig(fast_erf=True)), torch.nn.functional.gelu(special))
+
+
+@pytest.mark.parametrize("kwargs", [dict(recip=True), dict(lane_sum=True), dict(recip=True, lane_sum=True, maxnreg=64)])
+@pytest.mark.parametrize("log", [False, True])
+def test_softmax_wide_variants_with_special_rows(kwargs, log):
+    """+inf, nan and all -inf rows give nan rows as in torch; partly -inf rows exact zeros / -inf
+    (maxnreg is a CUDA launch option, ignored on CPU)."""
+    inf = float("inf")
+    x = torch.randn(6, 150, device=DEVICE) * 4
+    x[0, 7], x[1, 140], x[2] = inf, float("nan"), -inf
+    x[3, ::2], x[4, 64:], x[5, :128] = -inf, -inf, -inf
+    out = torch.empty_like(x)
+    softmax_module._launch_wide(x, out, log, 64, programs_per_sm=1, **kwargs)
+    want = torch.log_softmax(x, -1) if log else torch.softmax(x, -1)
+    assert_close(out, want)
+
+
+def test_softmax_wide_config_through_the_wrapper():
+    """4 rows >= the 4 SMs assumed on CPU and wider than NARROW_MAX: the wide kernel with the config."""
+    x = torch.randn(4, 16500, dtype=torch.bfloat16, device=DEVICE) * 4
+    wide = softmax_module.WideConfig(block=4096, warps=4, recip=True, lane_sum=True)
+    assert_close(softmax_module.softmax_triton(x, wide=wide), torch.softmax(x.float(), -1).to(x.dtype))
+    assert_close(softmax_module.log_softmax_triton(x, wide=wide), torch.log_softmax(x.float(), -1).to(x.dtype))
+
+
+FUSED = dict(temperature=[0.0, 0.7, 1.3, 1.0, 0.9], top_k=[0, 8, 5, 0, 1], top_p=[1.0, 0.95, 0.8, 1.0, 0.5],
+             min_p=[0.0, 0.0, 0.05, 0.1, 0.0])
+
+
+@pytest.mark.parametrize("config", [SampleConfig(chunk=128, exact_rounds=True),
+                                    SampleConfig(chunk=128, block=64, warps=2, exact_rounds=True, fast_key=True)])
+def test_sample_configs_same_thresholds_and_tokens(config):
+    """Same thresholds as the torch path (ties at the top included) and the reference's tokens."""
+    logits = torch.randn(5, 300, device=DEVICE) * 3
+    logits[1, 100:130] = logits[1].max()
+    params, k_max = sampling_module._fused_params(logits, **FUSED)
+    got = sampling_module._fused_thresholds(logits, params, k_max, config)
+    rows = [torch.tensor(v, device=DEVICE) for v in FUSED.values()]
+    expected = sampling_module._thresholds(logits, *rows)
+    sampled = rows[0] > 0
+    torch.testing.assert_close(got[sampled], expected[sampled], rtol=1e-6, atol=0)
+    a = sample_triton(logits, **FUSED, generator=torch.Generator(DEVICE).manual_seed(3), config=config)
+    b = sample_reference(logits, **FUSED, generator=torch.Generator(DEVICE).manual_seed(3))
+    assert torch.equal(a, b)
+
+
+def test_sample_bitonic_candidates_equal_rounds():
+    """tl.topk's network and the rounds give the same sorted candidates (duplicates kept); small
+    slices because tl.topk is slow in the interpreter."""
+    logits = torch.randn(2, 128, device=DEVICE) * 3
+    logits[0, 10:14] = logits[0].max()
+    params, k_max = sampling_module._fused_params(logits, 0.8, 4, 0.9, 0.0)
+    want = sampling_module._fused_thresholds(logits, params, k_max, SampleConfig(chunk=64))
+    got = sampling_module._fused_thresholds(logits, params, k_max, SampleConfig(chunk=64, bitonic=True))
+    assert torch.equal(got, want)
+
+
+@pytest.mark.skipif(ON_GPU, reason="on a GPU the sweep is the llm-sweep stage of scripts/gpu-run.sh")
+def test_sweep_script_runs_on_cpu(tmp_path):
+    """scripts/llm_ops_sweep.py end to end on tiny shapes: every variant checked 'ok' against the default."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+    try:
+        sweep = importlib.import_module("llm_ops_sweep")
+    finally:
+        sys.path.pop(0)
+    rows = sweep.main(["--quick", "--only", "add_rms_norm,rotary_embedding", "--out", str(tmp_path)])
+    variants = [r for r in rows if "check" in r]
+    assert len(variants) == 12 and all(r["check"] == "ok" for r in variants), variants
+    assert all(r["us"] > 0 for r in variants)
+    assert len(list(tmp_path.glob("llm-sweep-*.json"))) == 1 and len(list(tmp_path.glob("llm-sweep-*.md"))) == 1
+    with pytest.raises(ValueError, match="--only"):
+        sweep.main(["--only", "nope", "--out", str(tmp_path)])
