@@ -26,6 +26,7 @@ import triton.language as tl
 
 from flagstack.ops import interpreter_compat  # noqa: F401  (loops over scalar args on CPU)
 from flagstack.ops.checks import check_same_device, check_tensor
+from flagstack.ops.host import cdiv, next_power_of_2
 from flagstack.ops.registry import BenchCase, register
 
 CHUNK = 64
@@ -190,8 +191,8 @@ def chunk_gated_delta_rule_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Ten
         if final is not None:
             final.copy_(s0) if s0 is not None else final.zero_()
         return out, final
-    chunks = triton.cdiv(seq, CHUNK)
-    bk, bv_all = max(16, triton.next_power_of_2(dim_k)), max(16, triton.next_power_of_2(dim_v))
+    chunks = cdiv(seq, CHUNK)
+    bk, bv_all = max(16, next_power_of_2(dim_k)), max(16, next_power_of_2(dim_v))
     scratch = (batch * heads, chunks * CHUNK)
     w = torch.empty(*scratch, bk, dtype=torch.float32, device=q.device)
     u = torch.empty(*scratch, bv_all, dtype=torch.float32, device=q.device)
@@ -203,7 +204,7 @@ def chunk_gated_delta_rule_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Ten
         v.stride(0), v.stride(1), v.stride(2), *g.stride(), *beta.stride(), C=CHUNK, BK=bk, BV=bv_all,
         L2NORM=use_qk_l2norm_in_kernel, DOT=dot, num_warps=4)
     config = state_kernel_config(bk, bv_all, dot)
-    _chunk_state_kernel[(batch * heads, triton.cdiv(dim_v, config["BV"]))](
+    _chunk_state_kernel[(batch * heads, cdiv(dim_v, config["BV"]))](
         q, k, w, u, gcum, s0 if s0 is not None else w, out, final if final is not None else w, seq, heads, group,
         dim_k, dim_v, scale, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         *out.stride()[:3], C=CHUNK, BK=bk, BV_ALL=bv_all, HAS_S0=s0 is not None, STORE_STATE=final is not None,

@@ -24,6 +24,7 @@ import triton.language as tl
 from flagstack.ops import interpreter_compat  # noqa: F401  (loops over scalar args on CPU)
 from flagstack.ops.challenge.images import bench_images, output_memory_format
 from flagstack.ops.challenge.pointwise import aten_dtype_name, check_kernel_dtype, check_same_dtype, resize_out
+from flagstack.ops.host import cdiv, next_power_of_2
 from flagstack.ops.registry import BenchCase, register, register_aten
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -142,9 +143,9 @@ def _check(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, str
 def _blocks(pixels: int, c_in_g: int, c_out_g: int, device: torch.device) -> tuple[int, int, int]:
     """(BLOCK_M, BLOCK_N, BLOCK_K): tl.dot needs 16 or more per side; the interpreter pays per program
     and per element, so it gets small pixel tiles."""
-    block_m = min(128 if device.type == "cuda" else 32, max(16, triton.next_power_of_2(pixels)))
-    block_n = min(64, max(16, triton.next_power_of_2(c_out_g)))
-    block_k = min(64, max(16, triton.next_power_of_2(c_in_g)))
+    block_m = min(128 if device.type == "cuda" else 32, max(16, next_power_of_2(pixels)))
+    block_n = min(64, max(16, next_power_of_2(c_out_g)))
+    block_k = min(64, max(16, next_power_of_2(c_in_g)))
     return block_m, block_n, block_k
 
 
@@ -178,9 +179,9 @@ def conv_transpose2d_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
     # The copies cost a read and a write of x (8.4 MB on the core shape) and nothing for the small weight.
     batched_cl = batched.contiguous(memory_format=torch.channels_last)
     weight_cl = weight.permute(2, 3, 0, 1).contiguous().permute(2, 3, 0, 1)  # [C_in, C_out_g, KH, KW] view
-    qh, qw = triton.cdiv(out_hw[0], stride[0]), triton.cdiv(out_hw[1], stride[1])
+    qh, qw = cdiv(out_hw[0], stride[0]), cdiv(out_hw[1], stride[1])
     block_m, block_n, block_k = _blocks(n * qh * qw, c_in // groups, c_out_g, x.device)
-    grid = (triton.cdiv(n * qh * qw, block_m) * stride[0] * stride[1], groups * triton.cdiv(c_out_g, block_n))
+    grid = (cdiv(n * qh * qw, block_m) * stride[0] * stride[1], groups * cdiv(c_out_g, block_n))
     _conv_transpose2d_kernel[grid](
         batched_cl, weight_cl, bias if bias is not None else weight, target, n, height, width, *out_hw, qh, qw,
         c_in // groups, c_out_g, *batched_cl.stride(), *weight_cl.stride(), *target.stride(), *stride, *padding,

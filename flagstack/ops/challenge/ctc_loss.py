@@ -25,6 +25,7 @@ import triton.language as tl
 
 from flagstack.ops import interpreter_compat  # noqa: F401  (loops over scalar args on CPU)
 from flagstack.ops.challenge.pointwise import check_kernel_dtype, check_same_dtype, resize_out
+from flagstack.ops.host import next_power_of_2
 from flagstack.ops.registry import BenchCase, register, register_aten
 
 DTYPES = (torch.float32, torch.float64)  # as ATen
@@ -233,7 +234,7 @@ def _alpha(log_probs: torch.Tensor, prepared: tuple, blank: int) -> tuple[torch.
     alpha = torch.full((batch, steps, width), float("-inf"), dtype=log_probs.dtype, device=log_probs.device)
     _alpha_kernel[(batch,)](log_probs, targets, starts, in_lens, tg_lens, nll, alpha, blank, width,
                             *log_probs.stride(), target_stride, alpha.stride(0), alpha.stride(1),
-                            BLOCK_L=triton.next_power_of_2(width), num_warps=1 if width <= 256 else 4)
+                            BLOCK_L=next_power_of_2(width), num_warps=1 if width <= 256 else 4)
     return nll, alpha
 
 
@@ -276,8 +277,8 @@ def ctc_loss_backward_triton(grad: torch.Tensor, log_probs: torch.Tensor, target
     _gradient_kernel[(batch,)](grad, log_probs, targets, starts, in_lens, tg_lens, neg_log_likelihood, log_alpha,
                                out, blank, steps, classes, int(bool(zero_infinity)), grad.stride(0),
                                neg_log_likelihood.stride(0), *log_probs.stride(), target_stride, *log_alpha.stride(),
-                               *out.stride(), BLOCK_L=triton.next_power_of_2(log_alpha.shape[2]),
-                               BLOCK_C=min(BLOCK_C, triton.next_power_of_2(classes)), num_warps=4)
+                               *out.stride(), BLOCK_L=next_power_of_2(log_alpha.shape[2]),
+                               BLOCK_C=min(BLOCK_C, next_power_of_2(classes)), num_warps=4)
     return out
 
 

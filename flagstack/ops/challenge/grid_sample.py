@@ -26,6 +26,7 @@ from flagstack.ops import interpreter_compat  # noqa: F401  (loops over scalar a
 from flagstack.ops.challenge.images import bench_images
 from flagstack.ops.challenge.pointwise import aten_dtype_name, check_kernel_dtype, check_same_dtype, resize_out, \
     to_compute_dtype
+from flagstack.ops.host import cdiv, next_power_of_2
 from flagstack.ops.registry import BenchCase, register, register_aten
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)  # as ATen
@@ -249,7 +250,7 @@ def as_5d(x: torch.Tensor, grid: torch.Tensor, dims: int) -> tuple[torch.Tensor,
 
 def blocks(channels: int) -> tuple[int, int]:
     """(BLOCK_C, BLOCK_P): all channels of a point in one tile up to 32, the rest of TILE in points."""
-    block_c = min(triton.next_power_of_2(max(channels, 1)), 32)
+    block_c = min(next_power_of_2(max(channels, 1)), 32)
     return block_c, TILE // block_c
 
 
@@ -260,9 +261,9 @@ def forward_blocks(n_points: int, channels: int, cuda: bool) -> tuple[int, int, 
     if not cuda:
         return 1, TILE, 8, channels
     block_p = 32 * CUDA_WARPS
-    channel_blocks = triton.cdiv(channels, CUDA_BLOCK_C)
-    groups = min(channel_blocks, triton.cdiv(CUDA_PROGRAMS, triton.cdiv(n_points, block_p)))
-    return CUDA_BLOCK_C, block_p, CUDA_WARPS, triton.cdiv(channel_blocks, groups) * CUDA_BLOCK_C
+    channel_blocks = cdiv(channels, CUDA_BLOCK_C)
+    groups = min(channel_blocks, cdiv(CUDA_PROGRAMS, cdiv(n_points, block_p)))
+    return CUDA_BLOCK_C, block_p, CUDA_WARPS, cdiv(channel_blocks, groups) * CUDA_BLOCK_C
 
 
 def _sample(x: torch.Tensor, grid: torch.Tensor, mode: int, padding: int, align_corners: bool, dims: int,
@@ -282,7 +283,7 @@ def _sample(x: torch.Tensor, grid: torch.Tensor, mode: int, padding: int, align_
     block_c, block_p, warps, per_program = forward_blocks(n_points, channels, x.device.type == "cuda")
     wide = max(sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))  # largest element offset
                for t in (x5, grid5, out5)) >= 2 ** 31 - TILE
-    _forward_kernel[(triton.cdiv(n_points, block_p), triton.cdiv(channels, per_program))](
+    _forward_kernel[(cdiv(n_points, block_p), cdiv(channels, per_program))](
         x5, grid5, out5, n_points, channels, per_program, *x5.shape[2:], *grid5.shape[1:4], *x5.stride(),
         *grid5.stride(), *out5.stride(), MODE=mode, PADDING=padding, ALIGN=bool(align_corners), IS_3D=dims == 3,
         WIDE=wide, BLOCK_C=block_c, BLOCK_P=block_p, num_warps=warps)

@@ -19,6 +19,7 @@ import triton.language as tl
 from flagstack.ops.challenge.grid_sample import (as_5d, axis_start, axis_tap, blocks, check_inputs, cubic_distance,
                                                  divide, reflect, split_points, unnormalize)
 from flagstack.ops.challenge.pointwise import aten_dtype_name, check_same_dtype, resize_out, to_compute_dtype
+from flagstack.ops.host import cdiv
 from flagstack.ops.registry import register_aten
 
 
@@ -162,7 +163,7 @@ def _backward(grad_output: torch.Tensor, x: torch.Tensor, grid: torch.Tensor, mo
         go5, target5 = (grad_output, target) if dims == 3 else (grad_output.unsqueeze(2), target.unsqueeze(1))
         grad_x5 = x5.new_empty(0, dtype=acc_dtype) if grad_x is None else (grad_x if dims == 3 else grad_x.unsqueeze(2))
         block_c, block_p = blocks(x.shape[1])
-        _backward_kernel[(triton.cdiv(n_points, block_p),)](
+        _backward_kernel[(cdiv(n_points, block_p),)](
             go5, x5, grid5, grad_x5, target5, n_points, x.shape[1], *x5.shape[2:], *grid5.shape[1:4],
             *go5.stride(), *x5.stride(), *grid5.stride(), *(grad_x5.stride() if grad_x is not None else (0,) * 5),
             *target5.stride()[:4], MODE=mode, PADDING=padding, ALIGN=bool(align_corners), IS_3D=dims == 3,

@@ -21,6 +21,7 @@ import triton
 import triton.language as tl
 
 from flagstack.ops.challenge.pointwise import aten_dtype_name, check_kernel_dtype, resize_out
+from flagstack.ops.host import cdiv, next_power_of_2
 from flagstack.ops.registry import BenchCase, register, register_aten
 
 DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
@@ -190,7 +191,7 @@ def median_triton(x: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.
     state = torch.tensor([0, (n - 1) // 2, 0], dtype=torch.int64, device=x.device)
     hist = torch.zeros(256, dtype=torch.int32, device=x.device)
     sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 2
-    programs = max(1, min(triton.cdiv(n, BLOCK), 4 * sms))
+    programs = max(1, min(cdiv(n, BLOCK), 4 * sms))
     for shift in range(key_bits - 8, -1, -8):
         _global_histogram_kernel[(programs,)](flat, n, state, hist, SHIFT=shift, KEY_BITS=key_bits, BLOCK=BLOCK,
                                               num_warps=8)
@@ -230,9 +231,9 @@ def median_dim_triton(x: torch.Tensor, dim: int, keepdim: bool = False, *, value
     flat_values = torch.empty(rows.shape[0], dtype=x.dtype, device=x.device)
     flat_indices = torch.empty(rows.shape[0], dtype=torch.int64, device=x.device)
     single = length <= MAX_TILE
-    block = triton.next_power_of_2(length) if single else BLOCK
-    block_r = min(max(ROW_TILE // block, 1), triton.next_power_of_2(rows.shape[0]))
-    _row_median_kernel[(triton.cdiv(rows.shape[0], block_r),)](
+    block = next_power_of_2(length) if single else BLOCK
+    block_r = min(max(ROW_TILE // block, 1), next_power_of_2(rows.shape[0]))
+    _row_median_kernel[(cdiv(rows.shape[0], block_r),)](
         rows, flat_values, flat_indices, rows.shape[0], length, rows.stride(0), rows.stride(1),
         KEY_BITS=_key_bits(x.dtype), SINGLE_TILE=single, BLOCK_R=block_r, BLOCK=block,
         num_warps=8 if block_r * block > 1024 else 4)

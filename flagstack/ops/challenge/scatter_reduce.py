@@ -27,6 +27,7 @@ import triton.language as tl
 
 from flagstack.ops.challenge.pointwise import check_kernel_dtype, check_same_dtype, flat_offsets, resize_out, \
     to_compute_dtype
+from flagstack.ops.host import cdiv
 from flagstack.ops.registry import BenchCase, register, register_aten
 
 REDUCES = {"sum": 0, "prod": 1, "mean": 2, "amax": 3, "amin": 4}
@@ -249,7 +250,7 @@ def _scatter_into(out: torch.Tensor, x: torch.Tensor, dim: int, index: torch.Ten
     acc = torch.empty(x.shape, dtype=acc_dtype, device=x.device)
     count_needed = reduce == REDUCES["mean"] or not include_self
     count = torch.zeros(x.shape, dtype=torch.int32, device=x.device) if count_needed else acc  # acc: unused
-    _identity_kernel[(triton.cdiv(n, BLOCK),)](acc, n, _identity(reduce, x.dtype, acc_dtype), BLOCK=BLOCK,
+    _identity_kernel[(cdiv(n, BLOCK),)](acc, n, _identity(reduce, x.dtype, acc_dtype), BLOCK=BLOCK,
                                                num_warps=4)
     index_, src_ = (t.reshape(1) if t.dim() == 0 else t for t in (index, src))  # 0-dim: one element
     acc_strides = list(acc.stride()) or [1]
@@ -257,14 +258,14 @@ def _scatter_into(out: torch.Tensor, x: torch.Tensor, dim: int, index: torch.Ten
     wide = max(sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))  # largest element offset
                for t in (index_, src_, acc)) >= 2 ** 31 - BLOCK
     m = index.numel()
-    _scatter_kernel[(triton.cdiv(m, BLOCK),)](index_, src_, acc, count, m, tuple(index_.shape), tuple(index_.stride()),
+    _scatter_kernel[(cdiv(m, BLOCK),)](index_, src_, acc, count, m, tuple(index_.shape), tuple(index_.stride()),
                                               tuple(src_.stride()), tuple(acc_strides), dim_stride,
                                               (list(x.shape) or [1])[dim], REDUCE=reduce, COUNT=count_needed,
                                               KEYS=keys, RANK=index_.dim(), WIDE=wide, BLOCK=BLOCK, num_warps=4,
                                               FLAT=index_.is_contiguous() and src_.is_contiguous()
                                               and index_.shape == src_.shape)
     target = out if out.is_contiguous() else torch.empty_like(x, memory_format=torch.contiguous_format)
-    _finish_kernel[(triton.cdiv(n, BLOCK),)](x.contiguous(), acc, count, target, n, REDUCE=reduce,
+    _finish_kernel[(cdiv(n, BLOCK),)](x.contiguous(), acc, count, target, n, REDUCE=reduce,
                                              INCLUDE_SELF=include_self, COUNT=count_needed, KEYS=keys, BLOCK=BLOCK,
                                              num_warps=4)
     if target is not out:

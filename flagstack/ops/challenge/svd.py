@@ -24,6 +24,7 @@ import triton.language as tl
 
 from flagstack.ops import interpreter_compat  # noqa: F401  (loops over scalar args on CPU)
 from flagstack.ops.challenge.pointwise import aten_dtype_name, check_same_dtype, resize_out
+from flagstack.ops.host import next_power_of_2
 from flagstack.ops.registry import BenchCase, register, register_aten
 
 DTYPES = (torch.float32, torch.float64)  # real dtypes; complex inputs go to ATen
@@ -153,8 +154,8 @@ def svd_triton(A: torch.Tensor, full_matrices: bool = True, compute_uv: bool = T
     u_out = torch.empty(count, M, u_cols if compute_uv else 0, dtype=A.dtype, device=A.device)
     v_out = torch.empty(count, N, N if compute_uv else 0, dtype=A.dtype, device=A.device)
     if count and M:
-        bn = max(2, triton.next_power_of_2(max(N, u_cols if compute_uv else 1)))
-        bm = max(bn, triton.next_power_of_2(M))
+        bn = max(2, next_power_of_2(max(N, u_cols if compute_uv else 1)))
+        bm = max(bn, next_power_of_2(M))
         eps = torch.finfo(A.dtype).eps
         _svd_kernel[(count,)](flat, u_out, s_out, v_out, M, N, *flat.stride(), *u_out.stride(), s_out.stride(0),
                               *v_out.stride(), 4 * eps, M * eps, 0.5 / math.sqrt(M), COMPUTE_UV=compute_uv,
