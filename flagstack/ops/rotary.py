@@ -116,13 +116,15 @@ def _rotary_kernel(pos_ptr, q_ptr, k_ptr, cache_ptr, n_q_heads, n_k_heads, q_tok
 def _rotary_token_kernel(pos_ptr, q_ptr, k_ptr, cache_ptr, n_q_heads, n_k_heads, q_token_stride, q_head_stride,
                          k_token_stride, k_head_stride, cache_stride, half, IS_NEOX: tl.constexpr,
                          BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr, BLOCK_D: tl.constexpr):
-    """All heads of one token (RopeConfig.all_heads): every load is issued before the first store."""
+    """All heads of one token (RopeConfig.all_heads): every load is issued before the first store,
+    q and k before cos/sin, whose address waits on the position's load (in the default kernel's
+    SASS for sm_90 the second tile's loads sat behind that round trip)."""
     token = tl.program_id(0).to(tl.int64)
-    cos, sin = rope_cos_sin(cache_ptr, pos_ptr, token, cache_stride, half, BLOCK_D)
     q1p, q2p, q_mask, q1, q2 = _rope_load(q_ptr, token, 0, n_q_heads, q_token_stride, q_head_stride, half,
                                           IS_NEOX, BLOCK_HQ, BLOCK_D)
     k1p, k2p, k_mask, k1, k2 = _rope_load(k_ptr, token, 0, n_k_heads, k_token_stride, k_head_stride, half,
                                           IS_NEOX, BLOCK_HK, BLOCK_D)
+    cos, sin = rope_cos_sin(cache_ptr, pos_ptr, token, cache_stride, half, BLOCK_D)
     _rope_store(q1p, q2p, q_mask, q1, q2, cos, sin)
     _rope_store(k1p, k2p, k_mask, k1, k2, cos, sin)
 
