@@ -197,7 +197,7 @@ def test_sweep_script_runs_on_cpu(tmp_path):
         sys.path.pop(0)
     rows = sweep.main(["--quick", "--only", "add_rms_norm,rotary_embedding", "--out", str(tmp_path)])
     variants = [r for r in rows if "check" in r]
-    assert len(variants) == 12 and all(r["check"] == "ok" for r in variants), variants
+    assert len(variants) == 11 and all(r["check"] == "ok" for r in variants), variants
     assert all(r["us"] > 0 for r in variants)
     assert len(list(tmp_path.glob("llm-sweep-*.json"))) == 1 and len(list(tmp_path.glob("llm-sweep-*.md"))) == 1
     with pytest.raises(ValueError, match="--only"):
