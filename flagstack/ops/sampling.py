@@ -51,12 +51,13 @@ ParamLike = torch.Tensor | float | int | Sequence[float] | None
 class SampleConfig:
     """Launch choices, for scripts/llm_ops_sweep.py; the defaults are the measured ones.
 
-    At 4096 x 151,936 the candidate kernel is likely the largest cost (an estimate from instruction
-    counts, not yet measured): each 4096-wide slice runs K (the next power of 2 of the largest
-    top-k: 32 for top-k 20) rounds of two block reductions.
+    At 4096 x 151,936 the candidate kernel is likely the largest cost (an estimate from the SASS for
+    sm_90, not yet measured): each 4096-wide slice runs K (the next power of 2 of the largest top-k:
+    32 for top-k 20) rounds of two block reductions, 133 instructions per thread and round, ~1.6e11
+    thread instructions in all, ~5.5 ms of issue time of the 11.2 ms the whole sampler took.
     exact_rounds: run only max(1, largest top-k) rounds (the thresholds read no entry past it, so
-    they are unchanged). bitonic: tl.topk's bitonic network instead of the rounds (~3x fewer
-    compare steps at 4096 x 32, but data moves across lanes). fast_key: the draw's key as
+    they are unchanged). bitonic: tl.topk's network instead of the rounds (3,096 instructions per
+    thread, straight-line: fewer than 32 rounds, more than 20). fast_key: the draw's key as
     x * (log2 e / T) - log2(q), the same argmax (a positive multiple of x / T - ln q) without a
     division per element. block / warps: the draw kernel's tile.
     """
