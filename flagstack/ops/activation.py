@@ -43,17 +43,18 @@ class ActConfig:
     Exact GELU costs ~20 more instructions per element (erf) than SiLU, and the plain kernel moves
     only 4 bytes per element: at 3 TB/s that is 750 G elements/s, and an H100 issues ~3e13 thread
     instructions/s, ~40 per element, about what the erf kernel needs (39 SASS per element for
-    sm_90), so it is likely instruction-bound. fast_erf swaps the erf (28 per element); unmasked
-    and int32 trim the per-element integer work (1-2 each). unmasked: no bounds masks when the element count is a multiple of
-    `block` (checked per call; other counts keep the masks). int32: 32-bit offsets (and a 32-bit
-    division in the gated kernel) when the tensor has fewer than ~2^31 elements.
+    sm_90), so it is likely instruction-bound. fast_erf: exact GELU through _normal_cdf (28 per
+    element). unmasked: no bounds masks when the element count is a multiple of `block` (checked
+    per call; other counts keep the masks). int32: 32-bit offsets when the tensor has fewer than
+    ~2^31 elements; in the gated kernel that also makes the row division 32-bit (exact GELU gated:
+    58 -> 44 per output element with unmasked, against a budget of ~60 there).
     """
 
     block: int = _BLOCK
     warps: int = _WARPS
     unmasked: bool = False
     int32: bool = False
-    fast_erf: bool = False  # exact GELU through _normal_cdf (within tolerance, not libdevice's erff)
+    fast_erf: bool = False
 
 
 DEFAULT_CONFIG = ActConfig()

@@ -55,7 +55,8 @@ def test_add_rms_norm_out_overwrites_x(early_weight):
     assert add_rms_norm_triton(torch.randn_like(x), residual, w, out=separate)[0].data_ptr() == separate.data_ptr()
 
 
-@pytest.mark.parametrize("out, match", [(torch.empty(4, 8), "shape"), (torch.empty(4, 16, dtype=torch.float16), "float32"),
+@pytest.mark.parametrize("out, match", [(torch.empty(4, 8), "shape"),
+                                        (torch.empty(4, 16, dtype=torch.float16), "float32"),
                                         (torch.empty(16, 4).t(), "contiguous: False")])
 def test_add_rms_norm_out_errors(out, match):
     x, residual, w = torch.randn(4, 16), torch.randn(4, 16), torch.randn(16)
