@@ -41,6 +41,7 @@ sampling_module = importlib.import_module("flagstack.ops.sampling")
 
 COLUMNS = ("cell", "impl", "us", "graph_us", "vs_default", "vs_best_anchor", "%copy", "check", "notes")
 INFO = "info:"  # a variant label starting with this is a reference point of another op: not checked
+PART = "part:"  # a component of our default (no ratios)
 Call = Callable[[], Any]
 Builder = Callable[[BenchCase], Call]  # fresh inputs -> the call to time
 
@@ -158,7 +159,7 @@ def _sample_parts(cell: Cell, device: str, timing: dict) -> list[dict]:
     parts["thresholds+noise+draw (default)"] = lambda: sample_triton(*case.args, **case.kwargs)
     rows = []
     for label, fn in parts.items():
-        rows.append({"cell": cell.name, "impl": f"part: {label}", "us": _time(fn, device, timing)})
+        rows.append({"cell": cell.name, "impl": f"{PART} {label}", "us": _time(fn, device, timing)})
     return rows
 
 
@@ -201,8 +202,9 @@ def _error(err: Exception) -> str:
     return f"{type(err).__name__}: {str(err).splitlines()[0][:100] if str(err) else ''}"
 
 
-def run_cell(cell: Cell, device: str, timing: dict) -> list[dict]:
-    """Time and check every variant and anchor of one cell; a failure is a note, not fatal."""
+def run_cell(cell: Cell, device: str, timing: dict, record: Callable[[dict], None]) -> list[dict]:
+    """Time and check every variant, then the component rows, then the anchors of one cell; each row is
+    recorded as soon as it is timed (a stage cut short keeps them). A failure is a note, not fatal."""
     entry = ops.get(cell.op)
     on_gpu = device == "cuda"
 
@@ -212,42 +214,78 @@ def run_cell(cell: Cell, device: str, timing: dict) -> list[dict]:
 
     anchors = implementations(entry, on_gpu)
     timed_anchors = {a: anchors[a] for a in cell.anchors if a in anchors and (on_gpu or a == "eager")}
-    builders: dict[str, Builder] = {**cell.variants, **timed_anchors}
     missing = [a for a in cell.anchors if a not in anchors]
-    rows, reference = [], None
-    for impl, builder in builders.items():
-        row: dict = {"cell": cell.name, "impl": impl if impl in cell.variants else f"anchor: {impl}"}
-        try:
-            if impl in cell.variants and not impl.startswith(INFO):
+    rows: list[dict] = []
+    reference = None
+    for impl, builder in cell.variants.items():
+        row = {"cell": cell.name, "impl": impl}
+        if not impl.startswith(INFO):
+            try:
                 got = _outputs(builder(fresh(cell.check_rows or cell.rows))())
                 reference = got if reference is None else reference
                 row["check"] = _check(got, reference)
-                got = None
-            row["us"] = _time(builder(fresh()), device, timing)
-            if cell.graph and on_gpu:
-                row["graph_us"] = _time(builder(fresh()), device, timing, graph=True)
-        except Exception as err:  # noqa: BLE001 -- one broken variant or anchor must not stop the sweep
-            row["notes"] = _error(err)
-        rows.append(row)
-        if on_gpu:
-            torch.cuda.empty_cache()
+            except Exception as err:  # noqa: BLE001 -- one broken variant must not stop the sweep
+                row["check"] = _error(err)
+            got = None
+        rows.append(_timed(row, builder, fresh, device, timing, cell.graph and on_gpu, record))
+    if cell.extra is not None:
+        try:
+            for row in cell.extra(cell, device, timing):
+                record(row)
+                rows.append(row)
+        except Exception as err:  # noqa: BLE001
+            rows.append({"cell": cell.name, "impl": "parts", "notes": _error(err)})
+    for name, builder in timed_anchors.items():
+        rows.append(_timed({"cell": cell.name, "impl": f"anchor: {name}"}, builder, fresh, device, timing,
+                           cell.graph and on_gpu, record))
     nbytes = fresh().bytes_moved
     copy = copy_time_us(nbytes, device, **timing) if nbytes else None
     default = rows[0].get("us")
     best = min((r["us"] for r in rows if r["impl"].startswith("anchor") and r.get("us")), default=None)
     for r in rows:
-        if r.get("us"):
+        if r.get("us") and not r["impl"].startswith(PART):
             r.update({"vs_default": default / r["us"] if default else None,
                       "vs_best_anchor": best / r["us"] if best else None,
                       "%copy": 100 * copy / r["us"] if copy else None})
+            record(r)
     rows.append({"cell": cell.name, "impl": "copy (same bytes)", "us": copy,
                  "notes": "anchors not importable: " + ", ".join(missing) if missing else ""})
-    if cell.extra is not None:
-        try:
-            rows += cell.extra(cell, device, timing)
-        except Exception as err:  # noqa: BLE001
-            rows.append({"cell": cell.name, "impl": "parts", "notes": _error(err)})
+    record(rows[-1])
     return rows
+
+
+def _timed(row: dict, builder: Builder, fresh: Callable[[], BenchCase], device: str, timing: dict, graph: bool,
+           record: Callable[[dict], None]) -> dict:
+    """row with 'us' (and 'graph_us') of builder's call on fresh inputs, or the error in 'notes'."""
+    try:
+        row["us"] = _time(builder(fresh()), device, timing)
+        if graph:
+            row["graph_us"] = _time(builder(fresh()), device, timing, graph=True)
+    except Exception as err:  # noqa: BLE001 -- one broken variant or anchor must not stop the sweep
+        row["notes"] = _error(err)
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    record(row)
+    return row
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Per cell: our default, the fastest variant whose output matched, the fastest anchor."""
+    out = []
+    for cell in dict.fromkeys(r["cell"] for r in rows):
+        mine = [r for r in rows if r["cell"] == cell and "vs_default" in r and not r["impl"].startswith("anchor")]
+        ok = [r for r in mine if r.get("check") == "ok" and r.get("us")]
+        anchors = [r for r in rows if r["cell"] == cell and r["impl"].startswith("anchor") and r.get("us")]
+        if not ok:
+            continue
+        best, anchor = min(ok, key=lambda r: r["us"]), min(anchors, key=lambda r: r["us"], default=None)
+        out.append({"cell": cell, "default_us": ok[0]["us"] if ok[0]["impl"] == "default" else None,
+                    "best_variant": best["impl"], "best_us": best["us"], "best_vs_default": best["vs_default"],
+                    "best_anchor": anchor["impl"].removeprefix("anchor: ") if anchor else None,
+                    "anchor_us": anchor["us"] if anchor else None,
+                    "default_vs_anchor": ok[0].get("vs_best_anchor"), "best_vs_anchor": best.get("vs_best_anchor"),
+                    "best_%copy": best.get("%copy")})
+    return out
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -270,13 +308,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for name in names:
         for cell in CELLS[name](device == "cpu"):
             t0 = time.perf_counter()
-            rows = run_cell(cell, device, timing)
-            for row in rows:
-                results.add(row)
+            rows = run_cell(cell, device, timing, results.add)
             out += rows
             print(markdown_table(rows, COLUMNS))
             print(f"{cell.name}: {time.perf_counter() - t0:.1f} s", flush=True)
-    print(f"sweep done in {time.perf_counter() - start:.0f} s; written: {results.json_path} and {results.md_path}")
+    summary = markdown_table(summarize(out))
+    Path(results.md_path).with_name(Path(results.md_path).stem + "-summary.md").write_text(summary)
+    print(summary)
+    print(f"sweep done in {time.perf_counter() - start:.0f} s; written: {results.json_path}, {results.md_path} "
+          "and the summary beside them")
     return out
 
 
