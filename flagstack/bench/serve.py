@@ -5,7 +5,8 @@ ignore_eos so every request produces exactly its output length) is run twice:
 1. offline: LLM.generate on all requests at once in this process (the anchor; then freed);
 2. online: `flagstack serve` with the same engine flags in a subprocess, fed by streaming clients in
    --client-procs processes whose arrivals are a Poisson process at each rate ('inf': all at once),
-   then once more at once with whole (non-streamed) responses.
+   then once more at once with whole (non-streamed) responses; once per --engine-modes entry (the
+   engine in a thread of the server, or in its own process), so the two compare in one run.
 Per rate: request and output-token throughput, TTFT and TPOT p50/p99, e2e p50, and the share of the
 offline throughput kept. JSON + markdown through bench.common.ResultsFile.
 """
@@ -145,7 +146,7 @@ def client_pool(procs: int):
 
 
 def run_rate(pool, procs: int, url: str, model_name: str, requests: list[BenchRequest], rate: float, seed: int,
-             stream: bool = True) -> dict:
+             stream: bool = True, engine_mode: str = "") -> dict:
     """Send the requests at Poisson arrivals from the pool's `procs` processes (round-robin); one result row."""
     times = arrival_times(len(requests), rate, seed)
     groups = [list(range(p, len(requests), procs)) for p in range(procs)]
@@ -157,7 +158,8 @@ def run_rate(pool, procs: int, url: str, model_name: str, requests: list[BenchRe
     duration = max(r["end"] for r in results) - start
     ttft = [1e3 * (r["first"] - r["sent"]) for r in done] if stream else []
     tpot = [1e3 * (r["end"] - r["first"]) / (r["tokens"] - 1) for r in done if r["tokens"] > 1] if stream else []
-    return {"mode": "server" if stream else "server, whole responses", "rate": "inf" if math.isinf(rate) else rate,
+    mode = ("server" if stream else "server, whole responses") + (f" ({engine_mode})" if engine_mode else "")
+    return {"mode": mode, "rate": "inf" if math.isinf(rate) else rate,
             "requests": len(requests),
             "duration_s": duration, "req_per_s": len(done) / duration,
             "output_tok_per_s": sum(r["tokens"] for r in done) / duration,
@@ -221,7 +223,8 @@ def run(args: argparse.Namespace) -> None:
             "num_requests": args.num_requests, "input_len": f"uniform[{args.input_len[0]}, {args.input_len[1]}]",
             "output_len": f"uniform[{args.output_len[0]}, {args.output_len[1]}] (ignore_eos)",
             "arrivals": f"Poisson, seed {args.seed}", "sampling": "temperature 1.0, unseeded",
-            "engine": " ".join(engine_argv(args)), "client processes": args.client_procs, **torch_versions()}
+            "engine": " ".join(engine_argv(args)), "client processes": args.client_procs,
+            "server engine modes": ", ".join(args.engine_modes), **torch_versions()}
     results = ResultsFile("serve", meta, key=("mode", "rate"), out_dir=args.out_dir, columns=COLUMNS)
     anchor = offline_throughput(llm, requests)
     results.add(anchor)
@@ -230,34 +233,52 @@ def run(args: argparse.Namespace) -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+    pool = client_pool(args.client_procs)
+    try:
+        for engine_mode in args.engine_modes:
+            server_rows(args, engine_mode, pool, requests, anchor, results)
+    finally:
+        pool.terminate()
+    print("wrote " + ", ".join(str(p) for p in results.paths))
+
+
+def server_rows(args: argparse.Namespace, engine_mode: str, pool, requests: list[BenchRequest], anchor: dict,
+                results) -> None:
+    """Start `flagstack serve` with the engine in a thread or a process; a row per rate, then whole responses."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen([sys.executable, "-m", "flagstack.cli", "serve", *([args.model] if args.model else []),
-                             "--port", str(port), "--served-model-name", "bench", *engine_argv(args)])
-    pool = client_pool(args.client_procs)
+                             "--port", str(port), "--served-model-name", "bench", *engine_argv(args),
+                             "--engine-process" if engine_mode == "process" else "--no-engine-process"])
     try:
         wait_healthy(url, proc)
         warm = [BenchRequest(r.prompt, 4) for r in requests[:8]]  # first-call compilation / autotuning
         run_rate(pool, args.client_procs, url, "bench", warm, math.inf, args.seed)
         for rate in args.rates:
-            row = run_rate(pool, args.client_procs, url, "bench", requests, rate, args.seed)
+            row = run_rate(pool, args.client_procs, url, "bench", requests, rate, args.seed, engine_mode=engine_mode)
             row["vs_offline"] = row["output_tok_per_s"] / anchor["output_tok_per_s"]
             results.add(row)
-            print(f"rate {row['rate']}: {row['output_tok_per_s']:.0f} output tok/s "
+            print(f"{engine_mode}, rate {row['rate']}: {row['output_tok_per_s']:.0f} output tok/s "
                   f"({row['vs_offline']:.0%} of offline), TTFT p50 {row['ttft_p50_ms']:.0f} ms, "
                   f"TPOT p50 {row['tpot_p50_ms']:.1f} ms, failed {row['failed']}", flush=True)
         # the same requests at once without streaming: the server's rate without per-token events (nor a
         # client that may lag reading them)
-        row = run_rate(pool, args.client_procs, url, "bench", requests, math.inf, args.seed, stream=False)
+        row = run_rate(pool, args.client_procs, url, "bench", requests, math.inf, args.seed, stream=False,
+                       engine_mode=engine_mode)
         row["vs_offline"] = row["output_tok_per_s"] / anchor["output_tok_per_s"]
         results.add(row)
-        print(f"whole responses: {row['output_tok_per_s']:.0f} output tok/s ({row['vs_offline']:.0%} of offline)",
-              flush=True)
+        print(f"{engine_mode}, whole responses: {row['output_tok_per_s']:.0f} output tok/s "
+              f"({row['vs_offline']:.0%} of offline)", flush=True)
     finally:
-        pool.terminate()
         proc.terminate()
         proc.wait(120)
-    print("wrote " + ", ".join(str(p) for p in results.paths))
+
+
+def _engine_modes(text: str) -> list[str]:
+    modes = [m.strip() for m in text.split(",") if m.strip()]
+    if not modes or any(m not in ("thread", "process") for m in modes):
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of 'thread' and 'process', got '{text}'")
+    return modes
 
 
 def _length_range(text: str) -> list[int]:
@@ -298,5 +319,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-len", type=_length_range, default=[100, 1024], help="MIN,MAX prompt tokens (uniform)")
     p.add_argument("--output-len", type=_length_range, default=[100, 512], help="MIN,MAX output tokens (uniform)")
     p.add_argument("--client-procs", type=_positive, default=4, help="client processes sharing the streams")
+    p.add_argument("--engine-modes", type=_engine_modes, default=["thread", "process"],
+                   help="where the server runs its engine, one server per entry: thread, process or both")
     p.add_argument("--out-dir", default="bench/results")
     add_engine_flags(p)

@@ -3,10 +3,7 @@ HTTP server). Both drive one EngineCore."""
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import itertools
-import queue
-import threading
 import time
 from typing import AsyncIterator, Sequence as Seq
 
@@ -14,6 +11,7 @@ import torch
 
 from flagstack.engine.config import EngineConfig, SamplingParams
 from flagstack.engine.core import EngineCore
+from flagstack.engine.engine_thread import EngineThread
 from flagstack.engine.outputs import DeltaTracker, RequestOutput, merge_deltas, request_output
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -91,49 +89,67 @@ class LLM:
 
 
 class AsyncLLM:
-    """Streaming engine: a background thread steps the engine while requests are pending;
-    `async for out in engine.generate(prompt, params, request_id)` yields deltas.
+    """Streaming engine: `async for out in engine.generate(prompt, params, request_id)` yields deltas.
 
-    New requests and aborts reach the engine thread through an inbox that it empties before every
-    step, rather than by taking the step lock: a lock released and retaken at every step starved the
-    waiting threads (the last of 100 simultaneous requests was admitted 6 s late on an H100)."""
+    The EngineCore runs in a background thread of this process (engine_process=False; the CPU default)
+    or in a child process (True; the CUDA default), where its per-step Python work does not share the
+    GIL with the event loops that consume the streams. Either way the text of the deltas is decoded here,
+    on the consumer's event loop, and `engine` is the EngineCore in thread mode (None in process mode)."""
 
-    def __init__(self, model: str | None = None, **engine_kwargs) -> None:
-        self.engine = build_engine(model, **engine_kwargs)
-        self.tokenizer = self.engine.tokenizer
-        self._lock = threading.Lock()  # held by the engine thread for a step; get_stats reads under it
-        self._wake = threading.Event()
-        self._inbox: queue.SimpleQueue = queue.SimpleQueue()  # ("add", ...) and ("abort", ...) messages
-        self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue, DeltaTracker]] = {}
-        self._stopped = False
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._loop, name="flagstack-engine", daemon=True)
-        self._thread.start()
+    def __init__(self, model: str | None = None, engine_process: bool | None = None, **engine_kwargs) -> None:
+        if engine_process is None:
+            engine_process = default_engine_process(engine_kwargs)
+        self.engine_process = bool(engine_process)
+        if self.engine_process:
+            from flagstack.engine.engine_process import EngineProcess
+
+            EngineConfig(**engine_kwargs)  # a bad setting raises here, before a process starts
+            self._host = EngineProcess(model, engine_kwargs)
+            self.engine: EngineCore | None = None
+        else:
+            self.engine = build_engine(model, **engine_kwargs)
+            self._host = EngineThread(self.engine)
+        info = self._host.info
+        self.tokenizer = info["tokenizer"]
+        self.vocab_size: int = info["vocab_size"]
+        self.eos_token_ids: list[int] = info["eos_token_ids"]
+        self.max_model_len: int = info["max_model_len"]
+        self.num_kv_blocks: int = info["num_kv_blocks"]
+        self.device: str = info["device"]
+
+    @property
+    def error(self) -> BaseException | None:
+        """Why the engine stopped working (None while it works)."""
+        return self._host.error
 
     async def generate(self, prompt: Prompt, params: SamplingParams | None = None,
                        request_id: str | None = None) -> AsyncIterator[RequestOutput]:
         """Yield RequestOutputs holding the new text/tokens since the previous one; the last has finished=True.
         A bad request raises ValueError at the first iteration."""
-        if self._error is not None:
-            raise RuntimeError("the engine loop has failed") from self._error
+        if self.error is not None:
+            raise RuntimeError("the engine loop has failed") from self.error
         request_id = request_id or f"async-{id(object())}-{time.monotonic_ns()}"
         params = params or SamplingParams()
-        stream: asyncio.Queue = asyncio.Queue()
+        deltas: asyncio.Queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
         # the text is decoded here, on the event loop, unless the engine keeps it for stop strings
         tracker = DeltaTracker(None if params.stop_strings else self.tokenizer, params.skip_special_tokens)
         added = loop.create_future()
-        self._send(("add", request_id, prompt, params, (loop, stream, tracker), added))
-        self._answer_if_dead()
+        self._host.add(request_id, prompt, params, loop, deltas, tracker, added)
+        try:
+            await added  # the engine's add_request: raises its ValueError for a bad request
+        except asyncio.CancelledError:  # the consumer left while the add was in flight: undo it
+            self._host.abort_nowait(request_id)
+            raise
         finished = False
         try:
-            await added  # the engine thread's add_request: raises its ValueError for a bad request
             while True:
-                items = [await stream.get()]
-                while not stream.empty():  # fell behind the engine: one merged delta for all of them
-                    items.append(stream.get_nowait())
+                items = [await deltas.get()]
+                while not deltas.empty():  # fell behind the engine: one merged delta for all of them
+                    items.append(deltas.get_nowait())
                 failure = next((i for i in items if isinstance(i, BaseException)), None)
                 if failure is not None:
+                    finished = True  # nothing left to abort
                     raise RuntimeError("the engine loop has failed") from failure
                 item = tracker.add_text(merge_deltas(items))
                 yield item
@@ -141,135 +157,29 @@ class AsyncLLM:
                     finished = True
                     return
         finally:
-            if not finished:  # the consumer stopped early (or the add failed): free its blocks
-                self._send(("abort", request_id, None))
+            if not finished:  # the consumer stopped early: free its blocks
+                self._host.abort_nowait(request_id)
 
     def abort(self, request_id: str) -> bool:
-        """Stop a request and free its KV blocks; its stream ends with finish_reason 'abort'. Waits
-        for the engine thread (at most a step); False if the request is unknown or already done."""
-        if self._stopped or self._error is not None or threading.current_thread() is self._thread:
-            with self._lock:
-                return self._abort_now(request_id)
-        done: concurrent.futures.Future = concurrent.futures.Future()
-        self._send(("abort", request_id, done))
-        while True:
-            try:
-                return done.result(timeout=1.0)
-            except concurrent.futures.TimeoutError:
-                self._answer_if_dead()
+        """Stop a request and free its KV blocks; its stream ends with finish_reason 'abort'. Waits for the
+        engine (at most a step); False if the request is unknown or already done."""
+        return self._host.abort(request_id)
 
     def get_stats(self) -> dict[str, float]:
-        with self._lock:
-            return self.engine.stats()
+        """Engine stats between two steps: prefix-cache hit rate, KV usage, running / waiting requests..."""
+        return self._host.get_stats()
+
+    async def live_stats(self) -> dict[str, float]:
+        """The same, without holding up the engine (thread mode: a snapshot read during the step)."""
+        return await asyncio.wrap_future(self._host.live_stats())
 
     def shutdown(self) -> None:
-        """Stop the background loop (pending requests are left unfinished)."""
-        self._stopped = True
-        self._wake.set()
-        self._thread.join()
-        self._answer_if_dead()  # what arrived too late: adds fail, aborts are applied
-
-    def _send(self, message: tuple) -> None:
-        self._inbox.put(message)
-        self._wake.set()
-
-    def _answer_if_dead(self) -> None:
-        """The engine thread has stopped or failed: apply the inbox here (adds fail, aborts answer)."""
-        if not self._thread.is_alive():
-            with self._lock:
-                self._take_inbox()
-
-    def _take_inbox(self) -> None:
-        """Apply the queued adds and aborts (engine thread, or after it stopped)."""
-        while True:
-            try:
-                message = self._inbox.get_nowait()
-            except queue.Empty:
-                return
-            if message[0] == "abort":
-                _, request_id, done = message
-                found = self._abort_now(request_id)
-                if done is not None:
-                    done.set_result(found)
-                continue
-            _, request_id, prompt, params, stream, added = message
-            loop = stream[0]
-            try:
-                if self._stopped or self._error is not None:
-                    raise RuntimeError("the engine is shut down" if self._stopped else "the engine loop has failed")
-                self.engine.add_request(request_id, prompt, params)
-            except Exception as err:  # noqa: BLE001 - the caller's generate() raises it
-                _post(loop, _settle, added, err)
-                continue
-            self._streams[request_id] = stream
-            _post(loop, _settle, added, None)
-
-    def _abort_now(self, request_id: str) -> bool:
-        request = self.engine.requests.get(request_id)
-        found = self.engine.abort(request_id)
-        stream = self._streams.pop(request_id, None)
-        if found and stream is not None:
-            loop, deltas, tracker = stream
-            _post(loop, deltas.put_nowait, request_output(request, time.time(), tracker))
-        return found
-
-    def _loop(self) -> None:
-        while not self._stopped:
-            self._wake.wait()
-            with self._lock:
-                self._take_inbox()
-                if not self.engine.has_unfinished():
-                    self._wake.clear()
-                    if not self._inbox.empty():  # arrived between taking the inbox and clearing
-                        self._wake.set()
-                    continue
-                try:
-                    touched = self.engine.step()
-                except BaseException as err:  # report to every waiting consumer, then stop
-                    self._error = err
-                    for loop, stream, _ in self._streams.values():
-                        _post(loop, stream.put_nowait, err)
-                    self._streams.clear()
-                    self._take_inbox()  # waiting adds fail too
-                    return
-                now = time.time()
-                deliveries: dict[asyncio.AbstractEventLoop, list] = {}
-                for request in touched:
-                    stream = self._streams.get(request.request_id)
-                    if stream is None:
-                        continue
-                    loop, deltas, tracker = stream
-                    out = request_output(request, now, tracker)
-                    if out.finished:
-                        del self._streams[request.request_id]
-                    deliveries.setdefault(loop, []).append((deltas, out))
-                # one wake-up of each event loop per step, not one per request (with a hundred streams
-                # the per-call cost, a self-pipe write and a callback, took the GIL from this thread);
-                # still under the lock, so an abort's final output cannot overtake this step's
-                for loop, items in deliveries.items():
-                    _post(loop, _deliver, items)
+        """Stop the engine (pending requests are left unfinished)."""
+        self._host.shutdown()
 
 
-def _post(loop: asyncio.AbstractEventLoop, fn, *args) -> None:
-    """loop.call_soon_threadsafe from the engine thread; a closed loop (its consumers are gone) is skipped
-    rather than allowed to kill the engine thread."""
-    try:
-        loop.call_soon_threadsafe(fn, *args)
-    except RuntimeError:
-        pass
-
-
-def _settle(future: asyncio.Future, error: BaseException | None) -> None:
-    """Resolve an add's future on its event loop (unless its consumer already left)."""
-    if future.cancelled():
-        return
-    if error is None:
-        future.set_result(None)
-    else:
-        future.set_exception(error)
-
-
-def _deliver(items: list[tuple[asyncio.Queue, RequestOutput]]) -> None:
-    """Hand one engine step's deltas to their streams (runs on the streams' event loop)."""
-    for stream, out in items:
-        stream.put_nowait(out)
+def default_engine_process(engine_kwargs: dict) -> bool:
+    """The engine gets its own process on CUDA (there the GIL it shared with the server's event loop held
+    back its launches), not on CPU (its steps are long, and spawning re-imports torch and reloads the model)."""
+    device = engine_kwargs.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
+    return str(device).startswith("cuda")

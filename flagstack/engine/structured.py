@@ -67,6 +67,33 @@ class StructuredOutputs:
         """What SamplingParams.constraint_factory takes: a fresh matcher per sequence."""
         return lambda: GrammarConstraint(compiled, self.vocab_size)
 
+    def compile_factory(self, kind: str, spec: Any) -> GrammarFactory:
+        """compile() and factory() in one, as a factory that can also travel to an engine process."""
+        return GrammarFactory(kind, spec, self.compile(kind, spec), self.vocab_size)
+
+
+class GrammarFactory:
+    """A constraint_factory that pickles as its (kind, spec): xgrammar's compiled grammar does not pickle,
+    so an engine in another process compiles it again (`compile_with`, cached by xgrammar's compiler)."""
+
+    def __init__(self, kind: str, spec: Any, compiled: xgr.CompiledGrammar | None, vocab_size: int) -> None:
+        self.kind, self.spec, self.compiled, self.vocab_size = kind, spec, compiled, vocab_size
+
+    @property
+    def needs_compile(self) -> bool:
+        return self.compiled is None
+
+    def compile_with(self, structured: StructuredOutputs) -> None:
+        self.compiled, self.vocab_size = structured.compile(self.kind, self.spec), structured.vocab_size
+
+    def __call__(self) -> GrammarConstraint:
+        if self.compiled is None:
+            raise RuntimeError(f"{self.kind} grammar: not compiled in this process (call compile_with first)")
+        return GrammarConstraint(self.compiled, self.vocab_size)
+
+    def __getstate__(self) -> dict:
+        return {"kind": self.kind, "spec": self.spec, "compiled": None, "vocab_size": self.vocab_size}
+
 
 def choice_regex(choices: Any) -> str:
     """A regex matching exactly one of the given strings."""

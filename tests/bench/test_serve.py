@@ -44,6 +44,8 @@ def test_engine_flags_round_trip_to_the_server_command():
     again = argparse.ArgumentParser()
     add_engine_flags(again)
     assert engine_kwargs(again.parse_args(serve.engine_argv(args))) == engine_kwargs(args)
-    for bad in (["--rates", "0"], ["--input-len", "5"], ["--output-len", "9,3"]):
+    assert args.engine_modes == ["thread", "process"]  # both server modes in one run by default
+    assert parser.parse_args(["--engine-modes", "process"]).engine_modes == ["process"]
+    for bad in (["--rates", "0"], ["--input-len", "5"], ["--output-len", "9,3"], ["--engine-modes", "gpu"]):
         with pytest.raises(SystemExit):
             parser.parse_args(bad)

@@ -2,6 +2,8 @@
 
 The pool is small on purpose: 4 sequences per step and 64 KV blocks, so a burst of clients queues.
 A test that stops the server (SIGTERM) leaves it dead; the next `server` use starts a fresh one.
+Tests marked `both_engine_modes` run twice: with the engine in a thread of the server (the CPU default,
+as every other test runs) and in an engine process (the CUDA default).
 """
 from __future__ import annotations
 
@@ -30,7 +32,8 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self) -> None:
+    def __init__(self, engine_mode: str) -> None:
+        self.engine_mode = engine_mode  # "thread" or "process"
         self.proc: subprocess.Popen | None = None
         self.url = ""
         self.log = tempfile.TemporaryFile(mode="w+")
@@ -43,7 +46,8 @@ class ServerProcess:
         self.url = f"http://127.0.0.1:{port}"
         cmd = [sys.executable, "-m", "flagstack.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
                "--api-key", API_KEY, "--max-model-len", str(MAX_MODEL_LEN), "--max-num-seqs", "4",
-               "--num-kv-blocks", str(NUM_KV_BLOCKS), "--log-level", "warning"]
+               "--num-kv-blocks", str(NUM_KV_BLOCKS), "--log-level", "warning",
+               "--engine-process" if self.engine_mode == "process" else "--no-engine-process"]
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ})
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -68,9 +72,21 @@ class ServerProcess:
             self.proc.wait()
 
 
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "both_engine_modes: run against a server with an engine thread and "
+                                       "one with an engine process")
+
+
+def pytest_generate_tests(metafunc) -> None:
+    if "server_process" in metafunc.fixturenames:
+        both = metafunc.definition.get_closest_marker("both_engine_modes") is not None
+        metafunc.parametrize("server_process", ["thread", "process"] if both else ["thread"], indirect=True,
+                             scope="package")
+
+
 @pytest.fixture(scope="package")
-def server_process():
-    proc = ServerProcess()
+def server_process(request):
+    proc = ServerProcess(request.param)
     yield proc
     proc.stop()
 

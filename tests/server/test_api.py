@@ -81,6 +81,7 @@ def test_n_samples_seeded(client):
     assert first.usage.completion_tokens == sum(len(c.logprobs.content) for c in first.choices)
 
 
+@pytest.mark.both_engine_modes
 def test_chat_stream_with_usage_matches_whole_answer(client):
     kwargs = dict(model=MODEL, messages=CHAT, max_tokens=8, temperature=0)
     whole = client.chat.completions.create(**kwargs)
@@ -130,6 +131,7 @@ def test_structured_regex(client):
     assert re.fullmatch(r"\([0-9]{3}\) [0-9]{3}-[0-9]{4}", out.choices[0].text)
 
 
+@pytest.mark.both_engine_modes
 def test_structured_json_schema(client):
     schema = {"type": "object", "additionalProperties": False, "required": ["name", "age"],
               "properties": {"name": {"type": "string", "maxLength": 8}, "age": {"type": "integer", "minimum": 0,
@@ -181,6 +183,7 @@ def test_tokenize_detokenize(http, tokenizer):
     assert chat["tokens"] == tokenizer.encode(expected, add_special_tokens=False)
 
 
+@pytest.mark.both_engine_modes
 def test_metrics_count_requests_and_tokens(client, http):
     before = metric(http, "flagstack:generation_tokens_total")
     requests = metric(http, "flagstack:e2e_request_latency_seconds_count")

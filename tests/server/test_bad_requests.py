@@ -78,6 +78,7 @@ CASES = [  # (endpoint, body, parameter the error must name)
 ]
 
 
+@pytest.mark.both_engine_modes
 @pytest.mark.parametrize("path,body,param", CASES, ids=[f"{p}-{param}-{i}" for i, (p, _, param) in enumerate(CASES)])
 def test_invalid_request_names_the_parameter(http, path, body, param):
     response = http.post(path, json=body)
@@ -140,6 +141,7 @@ def test_fuzzed_bodies_never_get_a_500(http, case):
         assert response.json()["choices"]
 
 
+@pytest.mark.both_engine_modes
 def test_server_is_healthy_after_bad_input(http):
     assert http.get("/health").status_code == 200
     assert http.post(C, json={"prompt": "x", "max_tokens": 1}).status_code == 200

@@ -7,6 +7,8 @@ import json
 import threading
 import time
 
+import pytest
+
 from tests.server.conftest import MODEL, metric
 
 CLIENTS, LEAVERS, TOKENS = 10, 4, 12
@@ -29,6 +31,7 @@ def stream(http, index: int, leave_early: bool, results: dict) -> None:
     results[index] = (chunks[-1], body_chunks[-1]["choices"][0]["finish_reason"], usage["usage"]["completion_tokens"])
 
 
+@pytest.mark.both_engine_modes
 def test_burst_with_disconnects_queues_completes_and_frees_the_cache(http):
     aborted = metric_or_zero(http, 'flagstack:request_success_total{finished_reason="abort"}')
     results: dict = {}

@@ -34,10 +34,6 @@ class ServerContext:
     structured: object | None  # StructuredOutputs, None without a tokenizer
     api_key: str | None
 
-    @property
-    def core(self):
-        return self.engine.engine
-
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         if self.engine.tokenizer is None:
             raise ApiError("prompt: this model has no tokenizer; send token ids", "prompt")
@@ -54,8 +50,7 @@ def default_structured(engine) -> object | None:
         return None
     from flagstack.engine.structured import StructuredOutputs
 
-    core = engine.engine
-    return StructuredOutputs(engine.tokenizer, core.vocab_size, core.eos_token_ids)
+    return StructuredOutputs(engine.tokenizer, engine.vocab_size, engine.eos_token_ids)
 
 
 class AuthAndCount:
@@ -99,7 +94,7 @@ def build_app(engine, model_name: str, api_key: str | None = None) -> FastAPI:
         engine.shutdown()
 
     app = FastAPI(title="flagstack", lifespan=lifespan)
-    ctx = ServerContext(engine, model_name, ServerMetrics(engine.engine), default_structured(engine), api_key)
+    ctx = ServerContext(engine, model_name, ServerMetrics(), default_structured(engine), api_key)
     app.state.ctx = ctx
 
     known_paths: set[str] = set()  # filled once the routes below exist; labels of the request counter
@@ -116,18 +111,22 @@ def build_app(engine, model_name: str, api_key: str | None = None) -> FastAPI:
 
     @app.get("/health")
     async def health():
-        if engine._error is not None:
+        if engine.error is not None:
             return JSONResponse({"status": "engine failed"}, status_code=503)
         return {"status": "ok"}
 
     @app.get("/metrics")
     async def metrics():
-        return Response(ctx.metrics.render(), media_type="text/plain; version=0.0.4")
+        try:
+            stats = await engine.live_stats()
+        except RuntimeError:  # the engine is gone: /health says so; the counters are still worth reading
+            stats = {}
+        return Response(ctx.metrics.render(stats), media_type="text/plain; version=0.0.4")
 
     @app.get("/v1/models")
     async def models():
         return {"object": "list", "data": [{"id": model_name, "object": "model", "created": int(time.time()),
-                                            "owned_by": "flagstack", "max_model_len": ctx.core.max_model_len}]}
+                                            "owned_by": "flagstack", "max_model_len": ctx.engine.max_model_len}]}
 
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -135,7 +134,7 @@ def build_app(engine, model_name: str, api_key: str | None = None) -> FastAPI:
         ctx.check_model(req.model)
         prompts, texts = completion_prompts(ctx, req)
         for ids in prompts:
-            P.check_prompt(ids, ctx.core.vocab_size, ctx.core.max_model_len, req.max_tokens, "prompt")
+            P.check_prompt(ids, ctx.engine.vocab_size, ctx.engine.max_model_len, req.max_tokens, "prompt")
         factory = await constraint(ctx, req)
         params = P.sampling_params(req, req.max_tokens, req.logprobs, req.logprobs if req.echo else None, factory)
         job = CompletionJob(ctx, new_request_id("cmpl"), prompts, texts, params, req.echo, req.logprobs,
@@ -154,7 +153,7 @@ def build_app(engine, model_name: str, api_key: str | None = None) -> FastAPI:
         text = render_chat(ctx.engine.tokenizer, req)
         ids = ctx.encode(text, add_special_tokens=False)
         max_tokens = req.max_completion_tokens or req.max_tokens
-        P.check_prompt(ids, ctx.core.vocab_size, ctx.core.max_model_len, max_tokens, "messages")
+        P.check_prompt(ids, ctx.engine.vocab_size, ctx.engine.max_model_len, max_tokens, "messages")
         if forced is not None:
             factory = await P.constraint_factory(ctx.structured, "json", forced[0], "tool_choice")
         else:
@@ -179,7 +178,7 @@ def build_app(engine, model_name: str, api_key: str | None = None) -> FastAPI:
             ids = ctx.encode(render_chat(ctx.engine.tokenizer, chat), add_special_tokens=False)
         else:
             ids = ctx.encode(req.prompt, req.add_special_tokens)
-        return {"tokens": ids, "count": len(ids), "max_model_len": ctx.core.max_model_len}
+        return {"tokens": ids, "count": len(ids), "max_model_len": ctx.engine.max_model_len}
 
     @app.post("/detokenize")
     async def detokenize(request: Request):
@@ -187,8 +186,8 @@ def build_app(engine, model_name: str, api_key: str | None = None) -> FastAPI:
         ctx.check_model(req.model)
         if ctx.engine.tokenizer is None:
             raise ApiError("tokens: this model has no tokenizer", "tokens")
-        if req.tokens and (min(req.tokens) < 0 or max(req.tokens) >= ctx.core.vocab_size):
-            raise ApiError(f"tokens: ids must be in [0, {ctx.core.vocab_size})", "tokens")
+        if req.tokens and (min(req.tokens) < 0 or max(req.tokens) >= ctx.engine.vocab_size):
+            raise ApiError(f"tokens: ids must be in [0, {ctx.engine.vocab_size})", "tokens")
         return {"prompt": ctx.engine.tokenizer.decode(req.tokens)}
 
     known_paths.update(route.path for route in app.routes)
@@ -212,7 +211,7 @@ def completion_prompts(ctx: ServerContext, req: CompletionRequest) -> tuple[list
             texts.append(p)
         else:
             ids.append(list(p))
-            texts.append(tokenizer.decode(p) if tokenizer is not None and p and max(p) < ctx.core.vocab_size
+            texts.append(tokenizer.decode(p) if tokenizer is not None and p and max(p) < ctx.engine.vocab_size
                          and min(p) >= 0 else "")
     return ids, texts
 
@@ -253,20 +252,24 @@ async def sse(chunks: AsyncIterator[dict]) -> AsyncIterator[str]:
 
 
 def serve(model: str | None = None, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-          served_model_name: str | None = None, log_level: str = "warning", **engine_kwargs) -> None:
-    """Load the model, then serve it until SIGINT/SIGTERM (running requests finish first)."""
+          served_model_name: str | None = None, log_level: str = "warning", engine_process: bool | None = None,
+          **engine_kwargs) -> None:
+    """Load the model, then serve it until SIGINT/SIGTERM (running requests finish first). engine_process:
+    the engine in a child process (None: on CUDA only; see AsyncLLM)."""
     import uvicorn
 
     from flagstack.engine.llm import AsyncLLM
 
-    # The engine thread gives up the GIL in every torch call and must win it back from the event loop;
-    # Python's default 5 ms switch interval made each of those waits up to 5 ms under load.
+    # The engine thread (or, with an engine process, the thread reading its outputs) gives up the GIL in
+    # every blocking call and must win it back from the event loop; Python's default 5 ms switch interval
+    # made each of those waits up to 5 ms under load.
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-    engine = AsyncLLM(model, **engine_kwargs)
+    engine = AsyncLLM(model, engine_process=engine_process, **engine_kwargs)
     name = served_model_name or model_display_name(model)
     app = build_app(engine, name, api_key)
-    print(f"flagstack serve: '{name}' on http://{host}:{port} (max_model_len {engine.engine.max_model_len}, "
-          f"{engine.engine.blocks.num_blocks} KV blocks)", flush=True)
+    where = "an engine process" if engine.engine_process else "an engine thread"
+    print(f"flagstack serve: '{name}' on http://{host}:{port} (max_model_len {engine.max_model_len}, "
+          f"{engine.num_kv_blocks} KV blocks, {where})", flush=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level)
 
 

@@ -36,7 +36,8 @@ def _serve(args: argparse.Namespace) -> int:
     from flagstack.engine.server.app import serve
 
     serve(args.model, host=args.host, port=args.port, api_key=args.api_key,
-          served_model_name=args.served_model_name, log_level=args.log_level, **engine_kwargs(args))
+          served_model_name=args.served_model_name, log_level=args.log_level, engine_process=args.engine_process,
+          **engine_kwargs(args))
     return 0
 
 
@@ -49,5 +50,8 @@ def add_serve_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (else 401)")
     p.add_argument("--served-model-name", default=None, help="the model id clients send (default: from MODEL)")
     p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--engine-process", action=argparse.BooleanOptionalAction, default=None,
+                   help="run the engine in a child process, apart from the HTTP event loop "
+                        "(default: on with CUDA, off on CPU)")
     add_engine_flags(p)
     p.set_defaults(func=_serve)

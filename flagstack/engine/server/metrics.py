@@ -1,8 +1,8 @@
 """Prometheus metrics of the server (vLLM-like names under `flagstack:`), in a registry per app.
 
 Counters and histograms are fed as requests finish; the gauges (running / waiting requests, KV-cache
-usage, prefix-cache hit rate) are read from the engine at scrape time, without its lock, so /metrics
-answers while a step runs.
+usage, prefix-cache hit rate) are set at scrape time from the engine's stats (AsyncLLM.live_stats: read
+during the step in thread mode, between two steps from an engine process).
 """
 from __future__ import annotations
 
@@ -15,8 +15,7 @@ _TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 
 
 
 class ServerMetrics:
-    def __init__(self, core) -> None:
-        """`core`: the EngineCore whose scheduler and block pool the gauges read."""
+    def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
         self.http_requests = Counter("flagstack:http_requests", "HTTP requests by route and status",
                                      ["route", "status"], registry=r)
@@ -30,15 +29,16 @@ class ServerMetrics:
                               buckets=_TOKEN_BUCKETS, registry=r)
         self.e2e = Histogram("flagstack:e2e_request_latency_seconds", "Arrival to last token",
                              buckets=_LATENCY_BUCKETS, registry=r)
-        scheduler, blocks = core.scheduler, core.blocks
-        Gauge("flagstack:num_requests_running", "Requests with a sequence in the running batch",
-              registry=r).set_function(lambda: len({s.request.request_id for s in list(scheduler.running)}))
-        Gauge("flagstack:num_requests_waiting", "Requests with a sequence waiting for KV blocks or a batch slot",
-              registry=r).set_function(lambda: len({s.request.request_id for s in list(scheduler.waiting)}))
-        Gauge("flagstack:kv_cache_usage_perc", "Share of KV blocks held by sequences (0..1)",
-              registry=r).set_function(lambda: blocks.usage)
-        Gauge("flagstack:prefix_cache_hit_rate", "Prompt tokens served by the prefix cache / prompt tokens",
-              registry=r).set_function(lambda: blocks.stats.hit_rate)
+        self.gauges = {  # engine stats key -> gauge
+            "num_requests_running": Gauge("flagstack:num_requests_running",
+                                          "Requests with a sequence in the running batch", registry=r),
+            "num_requests_waiting": Gauge("flagstack:num_requests_waiting",
+                                          "Requests with a sequence waiting for KV blocks or a batch slot", registry=r),
+            "kv_cache_usage": Gauge("flagstack:kv_cache_usage_perc", "Share of KV blocks held by sequences (0..1)",
+                                    registry=r),
+            "prefix_cache_hit_rate": Gauge("flagstack:prefix_cache_hit_rate",
+                                           "Prompt tokens served by the prefix cache / prompt tokens", registry=r),
+        }
 
     def observe(self, out: RequestOutput, num_generated: int) -> None:
         """Record one finished engine request (all its n sequences)."""
@@ -56,5 +56,9 @@ class ServerMetrics:
         if end is not None:
             self.e2e.observe(end - m.arrival_time)
 
-    def render(self) -> bytes:
+    def render(self, stats: dict[str, float]) -> bytes:
+        """The exposition text, the gauges set from `stats` (AsyncLLM stats; missing keys keep their value)."""
+        for key, gauge in self.gauges.items():
+            if key in stats:
+                gauge.set(stats[key])
         return generate_latest(self.registry)

@@ -78,11 +78,11 @@ def structured_spec(req: SamplingFields) -> tuple[str, object, str] | None:
 
 
 async def constraint_factory(structured, kind: str, spec: object, param: str):
-    """Compile the grammar in a worker thread (the event loop keeps serving) -> a per-sequence factory."""
+    """Compile the grammar in a worker thread (the event loop keeps serving) -> a per-sequence factory
+    (which an engine process compiles again: the compiled form does not pickle)."""
     if structured is None:
         raise ApiError(f"{param}: structured output needs the model's tokenizer", param)
     try:
-        compiled = await asyncio.to_thread(structured.compile, kind, spec)
+        return await asyncio.to_thread(structured.compile_factory, kind, spec)
     except ValueError as err:
         raise ApiError(f"{param}: {err}", param) from None
-    return structured.factory(compiled)
