@@ -200,6 +200,10 @@ def test_sweep_script_runs_on_cpu(tmp_path):
     variants = [r for r in rows if "check" in r]
     assert len(variants) == 11 and all(r["check"] == "ok" for r in variants), variants
     assert all(r["us"] > 0 for r in variants)
-    assert len(list(tmp_path.glob("llm-sweep-*.json"))) == 1 and len(list(tmp_path.glob("llm-sweep-*.md"))) == 1
+    files = sorted(p.name for p in tmp_path.iterdir())  # llm-sweep-<device>-<date>.json, .md, -summary.md
+    assert len(files) == 3 and all(f.startswith("llm-sweep-") for f in files), files
+    assert [f.endswith(".json") for f in files].count(True) == 1
+    summary = next(tmp_path.glob("*-summary.md")).read_text()
+    assert "add_rms_norm/4" in summary and "rotary_embedding/4" in summary
     with pytest.raises(ValueError, match="--only"):
         sweep.main(["--only", "nope", "--out", str(tmp_path)])
