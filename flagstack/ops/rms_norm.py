@@ -107,12 +107,13 @@ def add_rms_norm_triton(x: torch.Tensor, residual: torch.Tensor, weight: torch.T
                         config: NormConfig = DEFAULT_CONFIG) -> tuple[torch.Tensor, torch.Tensor]:
     """residual += x (in place, rounded to its dtype); returns (rms_norm(residual), residual).
 
-    out: a contiguous tensor shaped like x to write the result into; `out=x` overwrites x (as
-    FlagGems' and vLLM's fused_add_rms_norm do), which saves the output's allocation and L2 lines.
+    out: a contiguous tensor shaped like x (not the residual) to write the result into; `out=x`
+    overwrites x (as FlagGems' and vLLM's fused_add_rms_norm do), which saves the output's
+    allocation and its L2 lines. config: NormConfig (scripts/llm_ops_sweep.py).
     """
     x_rows = rows_view(x)
     if out is not None:
-        _check_out(out, x)
+        _check_out(out, x, residual)
     # The kernel writes the residual through its row stride; a layout that has no 2-D row view
     # (e.g. a transposed tensor) is updated through a contiguous copy written back at the end.
     direct = residual.stride(-1) == 1 and (residual.dim() == 2 or residual.is_contiguous())
@@ -124,7 +125,9 @@ def add_rms_norm_triton(x: torch.Tensor, residual: torch.Tensor, weight: torch.T
     return y.view(x.shape), residual
 
 
-def _check_out(out: torch.Tensor, x: torch.Tensor) -> None:
+def _check_out(out: torch.Tensor, x: torch.Tensor, residual: torch.Tensor) -> None:
+    if out.data_ptr() == residual.data_ptr() and out.numel() > 0:
+        raise ValueError("out must not be the residual (both are written)")
     if out.shape != x.shape or out.dtype != x.dtype or out.device != x.device or not out.is_contiguous():
         raise ValueError(f"out must be a contiguous {x.dtype} tensor of shape {tuple(x.shape)} on {x.device}, "
                          f"got {out.dtype} {tuple(out.shape)} on {out.device} (contiguous: {out.is_contiguous()})")
@@ -138,10 +141,12 @@ def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6)
 
 
 def add_rms_norm_reference(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
-                           eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fused residual add + RMSNorm: residual += x in place; returns (rms_norm(residual), residual)."""
+                           eps: float = 1e-6, *, out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fused residual add + RMSNorm: residual += x in place; returns (rms_norm(residual), residual),
+    the first written into `out` when given (out=x overwrites x)."""
     residual.add_(x)  # torch adds half-precision tensors in fp32 and rounds once, as the kernel does
-    return rms_norm_reference(residual, weight, eps), residual
+    y = rms_norm_reference(residual, weight, eps)
+    return (y, residual) if out is None else (out.copy_(y), residual)
 
 
 def _validate(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> None:
@@ -155,8 +160,11 @@ def _validate(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> None:
         raise ValueError(f"eps must be > 0, got {eps}")
 
 
-def _validate_add(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> None:
+def _validate_add(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, *,
+                  out: torch.Tensor | None = None) -> None:
     _validate(x, weight, eps)
+    if out is not None:
+        _check_out(out, x, residual)
     check_tensor("residual", residual)
     if residual.shape != x.shape or residual.dtype != x.dtype:
         raise ValueError(f"residual must match x in shape and dtype ({tuple(x.shape)}, {x.dtype}), "

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers.activations import ACT2FN
 
-from flagstack.ops import rope_cos_sin_cache
+from flagstack.ops import add_rms_norm, rope_cos_sin_cache, use_backend
 from flagstack.ops.activation import ActConfig, gelu_and_mul_triton, gelu_triton, silu_and_mul_triton
 from flagstack.ops.rms_norm import NormConfig, add_rms_norm_triton
 from flagstack.ops.rotary import RopeConfig, rotary_embedding_reference, rotary_embedding_triton
@@ -53,6 +53,21 @@ def test_add_rms_norm_out_overwrites_x(early_weight):
     assert_close(res, want_res, atol=0)
     separate = torch.empty_like(x)
     assert add_rms_norm_triton(torch.randn_like(x), residual, w, out=separate)[0].data_ptr() == separate.data_ptr()
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_add_rms_norm_op_out_x_both_backends(backend):
+    """The public op takes out= too (validated), so the engine can write the norm into x."""
+    x, residual = torch.randn(3, 64, device=DEVICE), torch.randn(3, 64, device=DEVICE)
+    w = torch.randn(64, device=DEVICE)
+    want_out, want_res = hf_add_rms_norm(x.clone(), residual.clone(), w, 1e-6)
+    with use_backend(backend):
+        out, res = add_rms_norm(x, residual, w, 1e-6, out=x)
+        with pytest.raises(ValueError, match="not be the residual"):
+            add_rms_norm(x, residual, w, out=residual)
+    assert out.data_ptr() == x.data_ptr() and res is residual
+    assert_close(x, want_out)
+    assert_close(residual, want_res, atol=0)
 
 
 @pytest.mark.parametrize("out, match", [(torch.empty(4, 8), "shape"),
