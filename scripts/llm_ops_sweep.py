@@ -294,6 +294,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--only", default="", help=f"comma-separated groups of cells: {', '.join(CELLS)} "
                         "(gelu also runs gelu_and_mul and silu_and_mul)")
     parser.add_argument("--quick", action="store_true", help="short timings (and tiny shapes on CPU)")
+    parser.add_argument("--max-seconds", type=float, default=110,
+                        help="start no new cell after this long (the summary is still written)")
     args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     names = [n for n in args.only.split(",") if n] or list(CELLS)
@@ -305,13 +307,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
             "note": "speed-ups are over our default ('vs_default') and over the fastest anchor timed here"}
     results = ResultsFile("llm-sweep", meta, key=("cell", "impl"), out_dir=args.out, columns=COLUMNS)
     start, out = time.perf_counter(), []
-    for name in names:
-        for cell in CELLS[name](device == "cpu"):
-            t0 = time.perf_counter()
-            rows = run_cell(cell, device, timing, results.add)
-            out += rows
-            print(markdown_table(rows, COLUMNS))
-            print(f"{cell.name}: {time.perf_counter() - t0:.1f} s", flush=True)
+    cells = [cell for name in names for cell in CELLS[name](device == "cpu")]
+    for i, cell in enumerate(cells):
+        if time.perf_counter() - start > args.max_seconds:
+            print(f"--max-seconds {args.max_seconds:.0f} reached: skipped {', '.join(c.name for c in cells[i:])}")
+            break
+        t0 = time.perf_counter()
+        rows = run_cell(cell, device, timing, results.add)
+        out += rows
+        print(markdown_table(rows, COLUMNS))
+        print(f"{cell.name}: {time.perf_counter() - t0:.1f} s", flush=True)
     summary = markdown_table(summarize(out))
     Path(results.md_path).with_name(Path(results.md_path).stem + "-summary.md").write_text(summary)
     print(summary)
