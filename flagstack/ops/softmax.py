@@ -6,11 +6,12 @@
   softmax); pass 2 streams it again, in reverse order (what pass 1 read last is re-read first),
   and writes. Traffic from HBM: 1 read + 1 write of the row plus the part of pass 2 that misses
   L2. One program per row (~1000 rows of 304 KB resident) missed it almost entirely: 65% of copy
-  speed on an H100. 2 programs per SM keep 264 rows (80 MB) in flight, so roughly the last 60% of
-  each row is still in the 50 MB L2; 1 per SM would fit every row but leaves each SM one load in
-  flight at a time (Triton does not pipeline these loads). Both are one argument of _launch_wide.
-  L2 eviction hints (keep pass 1's reads, stream pass 2's reads and writes out) and 32768-element
-  blocks raised this path from 64% to 81-86% of copy speed on the H100.
+  speed on an H100. The grid is 2 programs per SM, but ptxas gives the default tile (32768 x 16
+  warps) 128 registers per thread, the whole register file, so one program per SM runs at a time
+  (offline compile for sm_90): 132 rows (40 MB) in flight, the second half of the grid after the
+  first (WideConfig.maxnreg lets two share an SM). L2 eviction hints (keep pass 1's reads, stream
+  pass 2's reads and writes out) and 32768-element blocks raised this path from 64% to 81-86% of
+  copy speed on the H100.
 - wide rows, few of them (fewer rows than SMs, e.g. one decode step's logits): each row is cut into
   chunks over many programs. Stage 1 writes each chunk's (max, sum); stage 2 combines a row's
   partials and writes its chunk. Same 2 reads + 1 write, but the whole GPU works on a single row.
