@@ -228,7 +228,9 @@ class EngineProcess:
                 pass
             if not self.process.is_alive():
                 self.process.join()
-                raise RuntimeError(f"the engine process exited (code {self.process.exitcode}) before it was ready")
+                raise RuntimeError(f"the engine process exited (code {self.process.exitcode}) before it was ready; "
+                                   f"its error output says why (a script that starts one needs "
+                                   f"`if __name__ == '__main__':`, as multiprocessing's spawn re-imports it)")
 
     # -- calls (any thread) ------------------------------------------------------------------------------
     def add(self, request_id: str, prompt, params, loop: asyncio.AbstractEventLoop, deltas: asyncio.Queue,
