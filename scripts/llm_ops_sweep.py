@@ -126,7 +126,10 @@ def _softmax_cells(small: bool) -> list[Cell]:
                 "recip+32768/w32": wide(recip=True, warps=32),
                 "recip+16384/w16/2 per SM/maxnreg64": wide(recip=True, block=16384, maxnreg=64),
                 "recip+8192/w8/2 per SM/maxnreg128": wide(recip=True, block=8192, warps=8, maxnreg=128),
-                "recip+lane_sum+16384/w32": wide(recip=True, lane_sum=True, block=16384, warps=32),
+                "recip+prefetch+16384/w16": wide(recip=True, prefetch=True, block=16384),
+                "recip+prefetch+16384/w32": wide(recip=True, prefetch=True, block=16384, warps=32),
+                "recip+prefetch+lane_sum+16384/w32": wide(recip=True, prefetch=True, lane_sum=True, block=16384,
+                                                          warps=32),
                 "info: log_softmax default (no division)": _with(softmax_module.log_softmax_triton)}
     if small:  # 8 rows >= the 4 "SMs" assumed on CPU, wider than NARROW_MAX: the wide kernel
         variants = {k: v for k, v in variants.items() if "maxnreg" not in k}

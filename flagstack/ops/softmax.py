@@ -55,6 +55,8 @@ class WideConfig:
     the default tile 128 registers x 512 threads, the whole register file, so only one program per
     SM is resident whatever programs_per_sm says (offline compile for sm_90, Triton 3.6); a cap of
     65536 / (2 * 32 * warps) lets two share an SM (a bit of spilling above 8 warps x 8192).
+    prefetch: pass 1 issues the next block's load before reducing the current one (Triton does not
+    pipeline this loop by itself), holding two blocks: pair it with 16384 x 16 warps or 32 warps.
     """
 
     block: int = LOOP_BLOCK
@@ -63,6 +65,7 @@ class WideConfig:
     recip: bool = False
     lane_sum: bool = False
     maxnreg: int | None = None
+    prefetch: bool = False
 
 
 DEFAULT_WIDE = WideConfig()
@@ -109,9 +112,22 @@ def _online_update(x, m, s):
 
 
 @triton.jit
+def _fold_block(x, m, s, lanes, LANE_SUM: tl.constexpr):
+    """Pass 1's update of the running max m and sum s (LANE_SUM: per-lane sums `lanes` instead of s)."""
+    if LANE_SUM:
+        m_new = tl.maximum(m, tl.max(x, axis=0))
+        shift = _safe_max(m_new)
+        lanes = lanes * tl.exp2((m - shift) * LOG2E) + tl.exp2((x - shift) * LOG2E)
+        m = m_new
+    else:
+        m, s = _online_update(x, m, s)
+    return m, s, lanes
+
+
+@triton.jit
 def _wide_kernel(x_ptr, y_ptr, n_rows, n_cols, x_row_stride, y_row_stride, LOG: tl.constexpr,
                  BLOCK: tl.constexpr, PASS1_POLICY: tl.constexpr, PASS2_POLICY: tl.constexpr,
-                 RECIP: tl.constexpr = False, LANE_SUM: tl.constexpr = False):
+                 RECIP: tl.constexpr = False, LANE_SUM: tl.constexpr = False, PREFETCH: tl.constexpr = False):
     cols = tl.arange(0, BLOCK)
     n_blocks = tl.cdiv(n_cols, BLOCK)
     # persistent: rows in flight = grid size; an int64 row keeps row * stride from overflowing
@@ -121,16 +137,18 @@ def _wide_kernel(x_ptr, y_ptr, n_rows, n_cols, x_row_stride, y_row_stride, LOG: 
         m = tl.full((), float("-inf"), tl.float32)
         s = tl.zeros((), tl.float32)
         lanes = tl.zeros((BLOCK,), tl.float32)  # LANE_SUM: per-lane sums of exp(x - m)
-        for start in range(0, n_cols, BLOCK):
-            x = tl.load(x_row + start + cols, mask=start + cols < n_cols, other=float("-inf"),
-                        eviction_policy=PASS1_POLICY).to(tl.float32)
-            if LANE_SUM:
-                m_new = tl.maximum(m, tl.max(x, axis=0))
-                shift = _safe_max(m_new)
-                lanes = lanes * tl.exp2((m - shift) * LOG2E) + tl.exp2((x - shift) * LOG2E)
-                m = m_new
-            else:
-                m, s = _online_update(x, m, s)
+        if PREFETCH:  # the next block's load is in flight while this one is reduced
+            x = tl.load(x_row + cols, mask=cols < n_cols, other=float("-inf"), eviction_policy=PASS1_POLICY)
+            for start in range(BLOCK, n_cols + BLOCK, BLOCK):  # the last load is fully masked: no traffic
+                x_next = tl.load(x_row + start + cols, mask=start + cols < n_cols, other=float("-inf"),
+                                 eviction_policy=PASS1_POLICY)
+                m, s, lanes = _fold_block(x.to(tl.float32), m, s, lanes, LANE_SUM)
+                x = x_next
+        else:
+            for start in range(0, n_cols, BLOCK):
+                x = tl.load(x_row + start + cols, mask=start + cols < n_cols, other=float("-inf"),
+                            eviction_policy=PASS1_POLICY).to(tl.float32)
+                m, s, lanes = _fold_block(x, m, s, lanes, LANE_SUM)
         if LANE_SUM:
             s = tl.sum(lanes, axis=0)
         m = _safe_max(m)
@@ -180,9 +198,11 @@ def _launch_narrow(x: torch.Tensor, y: torch.Tensor, log: bool) -> None:
 
 def _launch_wide(x: torch.Tensor, y: torch.Tensor, log: bool, block: int = LOOP_BLOCK,
                  warps: int = LOOP_WARPS, programs_per_sm: int = LOOP_PROGRAMS_PER_SM, *,
-                 recip: bool = False, lane_sum: bool = False, maxnreg: int | None = None) -> None:
+                 recip: bool = False, lane_sum: bool = False, maxnreg: int | None = None,
+                 prefetch: bool = False) -> None:
     programs = min(x.shape[0], programs_per_sm * sm_count(x.device, cpu=4))
-    flags: dict = {k: True for k, on in (("RECIP", recip), ("LANE_SUM", lane_sum)) if on}  # default: one compile
+    switches = (("RECIP", recip), ("LANE_SUM", lane_sum), ("PREFETCH", prefetch))
+    flags: dict = {k: True for k, on in switches if on}  # all off: the default kernel, one compile
     if maxnreg is not None and x.is_cuda:
         flags["maxnreg"] = maxnreg
     _wide_kernel[(programs,)](x, y, x.shape[0], x.shape[1], x.stride(0), y.stride(0), LOG=log, BLOCK=block,
@@ -216,7 +236,7 @@ def _softmax_triton(x: torch.Tensor, dim: int, dtype: torch.dtype | None, log: b
         _launch_narrow(rows, out, log)
     elif rows.shape[0] >= sm_count(x.device, cpu=4):
         _launch_wide(rows, out, log, wide.block, wide.warps, wide.programs_per_sm, recip=wide.recip,
-                     lane_sum=wide.lane_sum, maxnreg=wide.maxnreg)
+                     lane_sum=wide.lane_sum, maxnreg=wide.maxnreg, prefetch=wide.prefetch)
     else:
         _launch_split(rows, out, log)
     out = out.view(moved.shape)

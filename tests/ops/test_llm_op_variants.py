@@ -148,7 +148,8 @@ def test_fast_erf_nonfinite_and_accuracy():
     assert_close(gelu_triton(special, config=ActConfig(fast_erf=True)), torch.nn.functional.gelu(special))
 
 
-@pytest.mark.parametrize("kwargs", [dict(recip=True), dict(lane_sum=True), dict(recip=True, lane_sum=True, maxnreg=64)])
+@pytest.mark.parametrize("kwargs", [dict(recip=True), dict(lane_sum=True), dict(prefetch=True),
+                                    dict(recip=True, lane_sum=True, prefetch=True, maxnreg=64)])
 @pytest.mark.parametrize("log", [False, True])
 def test_softmax_wide_variants_with_special_rows(kwargs, log):
     """+inf, nan and all -inf rows give nan rows as in torch; partly -inf rows exact zeros / -inf
@@ -164,9 +165,10 @@ def test_softmax_wide_variants_with_special_rows(kwargs, log):
 
 
 def test_softmax_wide_config_through_the_wrapper():
-    """4 rows >= the 4 SMs assumed on CPU and wider than NARROW_MAX: the wide kernel with the config."""
+    """On CPU 4 rows >= the 4 SMs assumed there and wider than NARROW_MAX: the wide kernel with the config
+    (5 blocks of 4096, the last one partial)."""
     x = torch.randn(4, 16500, dtype=torch.bfloat16, device=DEVICE) * 4
-    wide = softmax_module.WideConfig(block=4096, warps=4, recip=True, lane_sum=True)
+    wide = softmax_module.WideConfig(block=4096, warps=4, recip=True, lane_sum=True, prefetch=True)
     assert_close(softmax_module.softmax_triton(x, wide=wide), torch.softmax(x.float(), -1).to(x.dtype))
     assert_close(softmax_module.log_softmax_triton(x, wide=wide), torch.log_softmax(x.float(), -1).to(x.dtype))
 
