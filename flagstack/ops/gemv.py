@@ -16,6 +16,7 @@ import triton.language as tl
 
 from flagstack.ops.checks import check_same_device, check_tensor
 from flagstack.ops.host import cdiv
+from flagstack.ops.pdl import pdl_wait, use_pdl
 from flagstack.ops.registry import BenchCase, register
 
 # From sweep() on an H100 (cold L2, CUDA graphs, bf16): 8 rows x 1024 columns, 4 warps, 2 stages was
@@ -25,19 +26,22 @@ CONFIG = {"BLOCK_N": 8, "BLOCK_K": 1024, "num_warps": 4, "num_stages": 2}
 
 @triton.jit
 def _gemv_kernel(x_ptr, w_ptr, y_ptr, n, k, w_row_stride,
-                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, USE_PDL: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.arange(0, BLOCK_K)
     row_ok = rows < n
     w_ptrs = w_ptr + rows.to(tl.int64)[:, None] * w_row_stride + cols[None, :]
+    # W streams through once: evict_first keeps it from pushing x or other layers' activations out of L2.
+    # Its first tile is requested before the wait for the kernel before us (ops/pdl.py): no kernel writes W.
+    w = tl.load(w_ptrs, mask=row_ok[:, None] & (cols < k)[None, :], other=0.0, eviction_policy="evict_first")
+    pdl_wait(USE_PDL)
     acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
     for start in range(0, k, BLOCK_K):
-        col_ok = start + cols < k
-        x = tl.load(x_ptr + start + cols, mask=col_ok, other=0.0).to(tl.float32)
-        # W streams through once: do not let it push x or other layers' activations out of L2
-        w = tl.load(w_ptrs + start, mask=row_ok[:, None] & col_ok[None, :], other=0.0,
-                    eviction_policy="evict_first")
+        x = tl.load(x_ptr + start + cols, mask=start + cols < k, other=0.0).to(tl.float32)
         acc += w.to(tl.float32) * x[None, :]
+        nxt = start + BLOCK_K  # the next tile (all masked off after the last one: no memory traffic)
+        w = tl.load(w_ptrs + nxt, mask=row_ok[:, None] & (nxt + cols < k)[None, :], other=0.0,
+                    eviction_policy="evict_first")
     tl.store(y_ptr + rows, tl.sum(acc, axis=1).to(y_ptr.dtype.element_ty), mask=row_ok)
 
 
@@ -53,9 +57,10 @@ def gemv_triton(x: torch.Tensor, weight: torch.Tensor, config: dict | None = Non
     xv = x.reshape(k)
     xv = xv if xv.stride(0) == 1 else xv.contiguous()
     w = weight if weight.stride(1) == 1 else weight.contiguous()
+    pdl = use_pdl(x.device)
     _gemv_kernel[(cdiv(n, cfg["BLOCK_N"]),)](xv, w, out, n, k, w.stride(0), BLOCK_N=cfg["BLOCK_N"],
-                                             BLOCK_K=cfg["BLOCK_K"], num_warps=cfg["num_warps"],
-                                             num_stages=cfg["num_stages"])
+                                             BLOCK_K=cfg["BLOCK_K"], USE_PDL=pdl, launch_pdl=pdl,
+                                             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     return out
 
 

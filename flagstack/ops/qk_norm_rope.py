@@ -18,6 +18,7 @@ import triton.language as tl
 
 from flagstack.ops.checks import check_same_device, check_tensor
 from flagstack.ops.host import cdiv, next_power_of_2
+from flagstack.ops.pdl import pdl_wait, use_pdl
 from flagstack.ops.registry import BenchCase, register
 from flagstack.ops.rms_norm import rms_norm_reference
 from flagstack.ops.rotary import (check_heads, check_rope_args, heads_view, rope_cos_sin, rope_cos_sin_cache,
@@ -45,7 +46,9 @@ def _norm_rope_heads(ptr, w_ptr, token, first_head, n_heads, token_stride, head_
 @triton.jit
 def _qk_norm_rope_kernel(pos_ptr, q_ptr, k_ptr, qw_ptr, kw_ptr, cache_ptr, n_q_heads, n_k_heads,
                          q_token_stride, q_head_stride, k_token_stride, k_head_stride, cache_stride, half, eps,
-                         IS_NEOX: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
+                         IS_NEOX: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
+                         USE_PDL: tl.constexpr):
+    pdl_wait(USE_PDL)
     token = tl.program_id(0).to(tl.int64)
     head_block = tl.program_id(1)
     cos, sin = rope_cos_sin(cache_ptr, pos_ptr, token, cache_stride, half, BLOCK_D)
@@ -74,7 +77,7 @@ def qk_norm_rope_triton(q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor
     _qk_norm_rope_kernel[grid](positions, qh, kh, q_weight.contiguous(), k_weight.contiguous(), cos_sin_cache,
                                qh.shape[1], kh.shape[1], qh.stride(0), qh.stride(1), kh.stride(0), kh.stride(1),
                                cos_sin_cache.stride(0), half, eps, IS_NEOX=is_neox, BLOCK_H=block_h,
-                               BLOCK_D=block_d, num_warps=4)
+                               BLOCK_D=block_d, USE_PDL=use_pdl(q.device), launch_pdl=use_pdl(q.device), num_warps=4)
     return q, k
 
 

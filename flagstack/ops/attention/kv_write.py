@@ -12,6 +12,7 @@ import triton.language as tl
 from flagstack.ops.attention.common import INDEX_DTYPES, check_cache
 from flagstack.ops.checks import check_same_device, check_tensor
 from flagstack.ops.host import cdiv, next_power_of_2
+from flagstack.ops.pdl import pdl_wait, use_pdl
 from flagstack.ops.registry import BenchCase, register
 
 
@@ -19,7 +20,9 @@ from flagstack.ops.registry import BenchCase, register
 def _store_kv_kernel(key_ptr, value_ptr, k_cache_ptr, v_cache_ptr, slot_ptr,
                      key_stride_t, key_stride_h, value_stride_t, value_stride_h,
                      kc_stride_b, kc_stride_t, kc_stride_h, vc_stride_b, vc_stride_t, vc_stride_h,
-                     num_kv_heads, BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr):
+                     num_kv_heads, BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr,
+                     USE_PDL: tl.constexpr):
+    pdl_wait(USE_PDL)
     token = tl.program_id(0).to(tl.int64)
     slot = tl.load(slot_ptr + token).to(tl.int64)
     if slot >= 0:
@@ -51,7 +54,7 @@ def store_kv_triton(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tenso
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         kv_heads, BLOCK_SIZE=block_size, HEAD_DIM=head_dim, BLOCK_H=next_power_of_2(kv_heads),
-        num_warps=4 if kv_heads * head_dim >= 1024 else 1)
+        USE_PDL=use_pdl(key.device), launch_pdl=use_pdl(key.device), num_warps=4 if kv_heads * head_dim >= 1024 else 1)
 
 
 def store_kv_reference(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor,

@@ -24,6 +24,7 @@ from flagstack.ops.attention.common import (check_attention_args, dot_precision,
                                             score_scale, softmax_tile_step)
 from flagstack.ops.attention.varlen import attend
 from flagstack.ops.host import cdiv, next_power_of_2, sm_count
+from flagstack.ops.pdl import pdl_wait, use_pdl
 from flagstack.ops.registry import BenchCase, register
 
 MIN_SPLIT_TOKENS = 128  # below this a split's fixed cost (q load, partial write, merge) dominates
@@ -89,7 +90,8 @@ def _paged_decode_kernel(q_ptr, k_cache_ptr, v_cache_ptr, seq_lens_ptr, block_ta
                          GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr,
                          BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr,
                          USE_WINDOW: tl.constexpr, USE_SOFTCAP: tl.constexpr, UPCAST: tl.constexpr,
-                         PRECISION: tl.constexpr, SPLIT_P: tl.constexpr):
+                         PRECISION: tl.constexpr, SPLIT_P: tl.constexpr, USE_PDL: tl.constexpr):
+    pdl_wait(USE_PDL)
     seq = tl.program_id(0).to(tl.int64)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -132,8 +134,10 @@ def _paged_decode_kernel(q_ptr, k_cache_ptr, v_cache_ptr, seq_lens_ptr, block_ta
 
 @triton.jit(do_not_specialize=["num_splits"])
 def _merge_splits_kernel(part_out_ptr, part_max_ptr, part_sum_ptr, out_ptr, out_stride_s, out_stride_h,
-                         num_q_heads, num_splits, HEAD_DIM: tl.constexpr, BLOCK_SPLITS: tl.constexpr):
+                         num_q_heads, num_splits, HEAD_DIM: tl.constexpr, BLOCK_SPLITS: tl.constexpr,
+                         USE_PDL: tl.constexpr):
     # Reads splits * (D + 2) fp32 per (seq, head): small next to the K/V pages the splits read.
+    pdl_wait(USE_PDL)
     seq = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1)
     splits = tl.arange(0, BLOCK_SPLITS)
@@ -173,6 +177,7 @@ def paged_decode_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
     part_max = torch.empty(parts, dtype=torch.float32, device=q.device)
     part_sum = torch.empty(parts, dtype=torch.float32, device=q.device)
     qk_scale, cap = score_scale(scale, softcap)
+    pdl = use_pdl(q.device)
     _paged_decode_kernel[(num_seqs, kv_heads, cfg.num_splits)](
         q, k_cache, v_cache, seq_lens, block_tables, out, part_out, part_max, part_sum,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
@@ -182,11 +187,11 @@ def paged_decode_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
         BLOCK_SIZE=block_size, BLOCK_N=cfg.block_n, SPLIT=split, USE_WINDOW=sliding_window is not None,
         USE_SOFTCAP=softcap is not None, UPCAST=upcast_for_interpreter(q.dtype),
         PRECISION=dot_precision(q.dtype), SPLIT_P=cfg.split_p and q.dtype != torch.float32,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        USE_PDL=pdl, launch_pdl=pdl, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     if split:
         _merge_splits_kernel[(num_seqs, q_heads)](
             part_out, part_max, part_sum, out, out.stride(0), out.stride(1), q_heads, cfg.num_splits,
-            HEAD_DIM=head_dim, BLOCK_SPLITS=next_power_of_2(cfg.num_splits), num_warps=4)
+            HEAD_DIM=head_dim, BLOCK_SPLITS=next_power_of_2(cfg.num_splits), USE_PDL=pdl, launch_pdl=pdl, num_warps=4)
     return out
 
 
