@@ -184,3 +184,24 @@ def test_forced_tool_schemas():
     schema, name = forced_tool_schema(chat_request(tools=tools, tool_choice="required"))
     assert name is None and [s["properties"]["name"]["const"] for s in schema["anyOf"]] == ["f", "g"]
     assert schema["anyOf"][1]["properties"]["arguments"] == {"type": "object"}
+
+
+def test_grammar_factory_travels_as_its_spec_and_compiles_again(structured):
+    """What an engine process receives: the (kind, spec), compiled there; its masks equal the original's."""
+    import pickle
+
+    tokenizer, so = structured
+    factory = so.compile_factory("regex", "(yes|no)!")
+    again = pickle.loads(pickle.dumps(factory))
+    assert again.needs_compile and not factory.needs_compile
+    with pytest.raises(RuntimeError, match="not compiled"):
+        again()
+    again.compile_with(so)
+    original, copy = factory(), again()
+    for token in tokenizer.encode("yes", add_special_tokens=False) + [None]:
+        rows = torch.zeros(2, so.vocab_size)
+        original.mask_logits(rows[0])
+        copy.mask_logits(rows[1])
+        assert torch.equal(rows[0], rows[1]) and 0 < int(torch.isinf(rows[0]).sum()) < so.vocab_size
+        if token is not None:
+            assert not original.accept(token) and not copy.accept(token)
