@@ -141,11 +141,13 @@ def _softmax_cells(small: bool) -> list[Cell]:
 def _sample_cells(small: bool) -> list[Cell]:
     # not swept: SampleConfig(bitonic=True), 3,096 straight-line SASS instructions per thread for sm_90
     # where exact_rounds runs 20 rounds of 133 (2,660), and a 7 s compile
+    exact = dict(exact_rounds=True, fast_key=True)
     configs = {"exact_rounds": SampleConfig(exact_rounds=True),
-               "fast_key": SampleConfig(fast_key=True),
-               "exact_rounds+fast_key": SampleConfig(exact_rounds=True, fast_key=True),
-               "exact_rounds+fast_key+draw 4096/w8": SampleConfig(exact_rounds=True, fast_key=True, block=4096,
-                                                                  warps=8)}
+               "exact_rounds+fast_key": SampleConfig(**exact),
+               "exact_rounds+approx_log": SampleConfig(**exact, approx_log=True),
+               "exact_rounds+approx_log+lanes2": SampleConfig(**exact, approx_log=True, lanes=2),
+               "exact_rounds+approx_log+lanes2+draw 4096/w8": SampleConfig(**exact, approx_log=True, lanes=2,
+                                                                           block=4096, warps=8)}
     variants = {"default": _with(sample_triton), **{k: _with(sample_triton, config=c) for k, c in configs.items()}}
     return [Cell("sample", 2 if small else 4096, variants, ("compile",), extra=_sample_parts)]
 

@@ -30,6 +30,7 @@ from typing import Sequence
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
 
 from flagstack.ops import interpreter_compat  # noqa: F401  (loops over scalar args on CPU)
 from flagstack.ops.argmax import (NO_INDEX, argmax_combine_kernel, argmax_result, argmax_rows, argmax_update,
@@ -59,7 +60,14 @@ class SampleConfig:
     they are unchanged). bitonic: tl.topk's network instead of the rounds (3,096 instructions per
     thread, straight-line: fewer than 32 rounds, more than 20). fast_key: the draw's key as
     x * (log2 e / T) - log2(q), the same argmax (a positive multiple of x / T - ln q) without a
-    division per element. block / warps: the draw kernel's tile.
+    division per element. approx_log: fast_key with the hardware's approximate log2 (~2^-22
+    absolute error: a token differs from the reference only where two keys are that close). The
+    draw's loop for sm_90 (2048 x 4 warps, 16 elements per thread): 777 SASS instructions with
+    the accurate log (libdevice, no MUFU), 322 with approx_log, 293 adding lanes=2; at 6 bytes per
+    element and ~60 instructions per element of issue budget, the accurate log leaves the draw
+    near instruction-bound. block / warps: the draw kernel's tile. lanes (SUB rows per tile): the
+    draw's three block reductions (max, its first index, first NaN) per 2048 elements become one
+    set per span, lanes folding their own elements (argmax_logsumexp's scheme).
     """
 
     block: int | None = None  # None: BLOCK
@@ -68,14 +76,35 @@ class SampleConfig:
     exact_rounds: bool = False
     bitonic: bool = False
     fast_key: bool = False
+    approx_log: bool = False  # with fast_key: lg2.approx for log2(q) (CUDA; the interpreter has no libdevice)
+    lanes: int = 0  # > 0: the draw keeps per-lane state over [lanes rows, block // lanes] tiles
 
 
 DEFAULT_CONFIG = SampleConfig()
 
 
+@triton.jit
+def _draw_values(logits_ptr, noise_ptr, row, cols, hi, noise_hi, n_cols, logits_row_stride, t, threshold, greedy,
+                 FAST_KEY: tl.constexpr):  # 0: x / T - ln q, 1 and 2: see SampleConfig.fast_key / approx_log
+    """The values whose argmax is the draw, at `cols` (any shape): the key, or the logit for greedy rows."""
+    x = tl.load(logits_ptr + row * logits_row_stride + cols, mask=cols < hi, other=float("-inf")).to(tl.float32)
+    q = tl.load(noise_ptr + row * n_cols + cols, mask=cols < noise_hi, other=1.0)
+    if FAST_KEY == 2:  # as 1 with lg2.approx (libdevice's fast_log2f; CUDA only)
+        key = tl.where(x >= threshold, x * (1.4426950408889634 / t) - libdevice.fast_log2f(q), float("-inf"))
+    elif FAST_KEY:  # log2 e * (x / T - ln q): same argmax, no division per element
+        key = tl.where(x >= threshold, x * (1.4426950408889634 / t) - tl.log2(q), float("-inf"))
+    else:
+        key = tl.where(x >= threshold, x / t - tl.log(q), float("-inf"))
+    return tl.where(greedy, x, key)
+
+
 @triton.jit(do_not_specialize=["temp_stride"])  # 0 or 1 per call: one compile
 def _sample_kernel(logits_ptr, noise_ptr, temp_ptr, thr_ptr, val_ptr, idx_ptr, n_cols, logits_row_stride,
-                   temp_stride, span, WRITE_VALUE: tl.constexpr, BLOCK: tl.constexpr, FAST_KEY: tl.constexpr = False):
+                   temp_stride, span, WRITE_VALUE: tl.constexpr, BLOCK: tl.constexpr, FAST_KEY: tl.constexpr = False,
+                   SUB: tl.constexpr = 0):
+    # SUB > 0 (SampleConfig.lanes): the block is a [SUB, BLOCK // SUB] tile whose columns ("lanes")
+    # keep their own (max, first index, first NaN); the cross-lane reductions run once per span, as
+    # in argmax_logsumexp, instead of three per block
     split, row = tl.program_id(0), tl.program_id(1).to(tl.int64)
     n_splits = tl.num_programs(0)
     lo = split * span
@@ -84,19 +113,27 @@ def _sample_kernel(logits_ptr, noise_ptr, temp_ptr, thr_ptr, val_ptr, idx_ptr, n
     threshold = tl.load(thr_ptr + row)
     greedy = t == 0.0
     noise_hi = tl.where(greedy, lo, hi)  # greedy rows read no noise
-    best = tl.full((), float("-inf"), tl.float32)
-    best_idx = lo
-    nan_idx = tl.full((), NO_INDEX, tl.int32)
-    for start in range(lo, hi, BLOCK):
-        cols = start + tl.arange(0, BLOCK)
-        mask = cols < hi
-        x = tl.load(logits_ptr + row * logits_row_stride + cols, mask=mask, other=float("-inf")).to(tl.float32)
-        q = tl.load(noise_ptr + row * n_cols + cols, mask=cols < noise_hi, other=1.0)
-        if FAST_KEY:  # log2 e * (x / T - ln q): same argmax, no division per element
-            key = tl.where(x >= threshold, x * (1.4426950408889634 / t) - tl.log2(q), float("-inf"))
-        else:
-            key = tl.where(x >= threshold, x / t - tl.log(q), float("-inf"))
-        best, best_idx, nan_idx = argmax_update(tl.where(greedy, x, key), cols, best, best_idx, nan_idx)
+    if SUB > 0:
+        tile = tl.arange(0, SUB)[:, None] * (BLOCK // SUB) + tl.arange(0, BLOCK // SUB)[None, :]
+        lane_best = tl.full((BLOCK // SUB,), float("-inf"), tl.float32)
+        lane_idx = tl.full((BLOCK // SUB,), NO_INDEX, tl.int32)  # stays NO_INDEX in an all -inf lane
+        lane_nan = tl.full((BLOCK // SUB,), NO_INDEX, tl.int32)
+        for start in range(lo, hi, BLOCK):
+            v = _draw_values(logits_ptr, noise_ptr, row, start + tile, hi, noise_hi, n_cols, logits_row_stride,
+                             t, threshold, greedy, FAST_KEY)
+            lane_best, lane_idx, lane_nan = argmax_update(v, start + tile, lane_best, lane_idx, lane_nan)
+        # across lanes: the first lane index of the max is the span's first; an all -inf span answers lo
+        best, best_idx, nan_idx = argmax_update(lane_best, lane_idx, tl.full((), float("-inf"), tl.float32), lo,
+                                                tl.min(lane_nan, axis=0))
+    else:
+        best = tl.full((), float("-inf"), tl.float32)
+        best_idx = lo
+        nan_idx = tl.full((), NO_INDEX, tl.int32)
+        for start in range(lo, hi, BLOCK):
+            cols = start + tl.arange(0, BLOCK)
+            v = _draw_values(logits_ptr, noise_ptr, row, cols, hi, noise_hi, n_cols, logits_row_stride, t,
+                             threshold, greedy, FAST_KEY)
+            best, best_idx, nan_idx = argmax_update(v, cols, best, best_idx, nan_idx)
     value, index = argmax_result(best, best_idx, nan_idx)
     if WRITE_VALUE:
         tl.store(val_ptr + row * n_splits + split, value)
@@ -317,6 +354,11 @@ def _fused_thresholds(logits: torch.Tensor, params: torch.Tensor, k_max: int,
     return threshold
 
 
+def _fast_key(config: SampleConfig, logits: torch.Tensor) -> int:
+    """The draw kernel's FAST_KEY: 2 (approximate log2) where asked for and on CUDA, else 1."""
+    return 2 if config.approx_log and logits.is_cuda else 1
+
+
 def sample_triton(logits: torch.Tensor, temperature: ParamLike = 1.0, top_k: ParamLike = None,
                   top_p: ParamLike = None, min_p: ParamLike = None, *, generator: torch.Generator | None = None,
                   seeds: Sequence[int] | torch.Tensor | None = None,
@@ -345,7 +387,8 @@ def sample_triton(logits: torch.Tensor, temperature: ParamLike = 1.0, top_k: Par
     _sample_kernel[(splits, rows)](logits, plan.noise, plan.temperature, plan.threshold, values, indices, vocab,
                                    logits.stride(0), plan.temperature.stride(0), span, WRITE_VALUE=splits > 1,
                                    BLOCK=block, num_warps=config.warps or warps_for(block),
-                                   **({"FAST_KEY": True} if config.fast_key else {}))
+                                   **({"FAST_KEY": _fast_key(config, logits)} if config.fast_key else {}),
+                                   **({"SUB": config.lanes} if config.lanes else {}))
     if splits > 1:
         argmax_combine_kernel[(rows,)](values, indices, out, splits, SPLITS=next_power_of_2(splits))
     return out
