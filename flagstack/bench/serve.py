@@ -7,8 +7,9 @@ ignore_eos so every request produces exactly its output length) is run twice:
    --client-procs processes whose arrivals are a Poisson process at each rate ('inf': all at once),
    then once more at once with whole (non-streamed) responses; once per --engine-modes entry (the
    engine in a thread of the server, or in its own process), so the two compare in one run.
-Per rate: request and output-token throughput, TTFT and TPOT p50/p99, e2e p50, and the share of the
-offline throughput kept. JSON + markdown through bench.common.ResultsFile.
+Per rate: request and output-token throughput, TTFT and TPOT p50/p99, e2e p50, the share of the
+offline throughput kept, and the CPU the server process and its engine process used (in cores, over the
+row's run: a server process near 1.0 is bound by its GIL). JSON + markdown through bench.common.ResultsFile.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import asyncio
 import gc
 import json
 import math
+import os
 import random
 import subprocess
 import sys
@@ -24,7 +26,8 @@ import time
 from dataclasses import dataclass
 
 COLUMNS = ["mode", "rate", "requests", "duration_s", "req_per_s", "output_tok_per_s", "vs_offline",
-           "ttft_p50_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p99_ms", "e2e_p50_s", "failed"]
+           "ttft_p50_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p99_ms", "e2e_p50_s", "failed", "server_cpu",
+           "engine_proc_cpu"]
 
 
 @dataclass
@@ -184,6 +187,26 @@ def engine_argv(args: argparse.Namespace) -> list[str]:
     return argv
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds of a running process (Linux /proc); 0 without one."""
+    if pid is None:
+        return 0.0
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def engine_process_of(pid: int) -> int | None:
+    """The server's engine process (a multiprocessing spawn child), if it runs one."""
+    from pathlib import Path
+
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                return int(child)
+    return None
+
+
 def free_port() -> int:
     import socket
 
@@ -254,24 +277,35 @@ def server_rows(args: argparse.Namespace, engine_mode: str, pool, requests: list
         wait_healthy(url, proc)
         warm = [BenchRequest(r.prompt, 4) for r in requests[:8]]  # first-call compilation / autotuning
         run_rate(pool, args.client_procs, url, "bench", warm, math.inf, args.seed)
-        for rate in args.rates:
-            row = run_rate(pool, args.client_procs, url, "bench", requests, rate, args.seed, engine_mode=engine_mode)
+        engine_pid = engine_process_of(proc.pid)
+
+        def measured_row(rate: float, stream: bool) -> dict:
+            server, engine = cpu_seconds(proc.pid), cpu_seconds(engine_pid)
+            row = run_rate(pool, args.client_procs, url, "bench", requests, rate, args.seed, stream, engine_mode)
+            row["server_cpu"] = (cpu_seconds(proc.pid) - server) / row["duration_s"]
+            row["engine_proc_cpu"] = (cpu_seconds(engine_pid) - engine) / row["duration_s"] if engine_pid else None
             row["vs_offline"] = row["output_tok_per_s"] / anchor["output_tok_per_s"]
             results.add(row)
+            return row
+
+        for rate in args.rates:
+            row = measured_row(rate, stream=True)
             print(f"{engine_mode}, rate {row['rate']}: {row['output_tok_per_s']:.0f} output tok/s "
                   f"({row['vs_offline']:.0%} of offline), TTFT p50 {row['ttft_p50_ms']:.0f} ms, "
-                  f"TPOT p50 {row['tpot_p50_ms']:.1f} ms, failed {row['failed']}", flush=True)
+                  f"TPOT p50 {row['tpot_p50_ms']:.1f} ms, failed {row['failed']}, {cpu_note(row)}", flush=True)
         # the same requests at once without streaming: the server's rate without per-token events (nor a
         # client that may lag reading them)
-        row = run_rate(pool, args.client_procs, url, "bench", requests, math.inf, args.seed, stream=False,
-                       engine_mode=engine_mode)
-        row["vs_offline"] = row["output_tok_per_s"] / anchor["output_tok_per_s"]
-        results.add(row)
+        row = measured_row(math.inf, stream=False)
         print(f"{engine_mode}, whole responses: {row['output_tok_per_s']:.0f} output tok/s "
-              f"({row['vs_offline']:.0%} of offline)", flush=True)
+              f"({row['vs_offline']:.0%} of offline), {cpu_note(row)}", flush=True)
     finally:
         proc.terminate()
         proc.wait(120)
+
+
+def cpu_note(row: dict) -> str:
+    engine = "" if row["engine_proc_cpu"] is None else f", engine process {row['engine_proc_cpu']:.2f}"
+    return f"CPU cores used: server {row['server_cpu']:.2f}{engine}"
 
 
 def _engine_modes(text: str) -> list[str]:
