@@ -195,12 +195,14 @@ class EngineProcess:
 
     def __init__(self, model: str | None, engine_kwargs: dict) -> None:
         ctx = multiprocessing.get_context("spawn")
-        child_inbox, self._inbox = ctx.Pipe(duplex=False)
-        self._outbox, child_outbox = ctx.Pipe(duplex=False)
+        child_inbox, self._to_child = ctx.Pipe(duplex=False)  # (read end, write end)
+        self._from_child, child_outbox = ctx.Pipe(duplex=False)
         self.process = ctx.Process(target=child_main, name="flagstack-engine-core", daemon=True,
                                    args=(model, engine_kwargs, child_inbox, child_outbox, os.getpid()))
         self.process.start()
-        child_inbox.close()  # only the child holds these ends now: its exit shows here as end-of-file
+        # the child now holds the only copies of its ends: once it exits, reads here see end-of-file and
+        # writes fail, instead of waiting forever
+        child_inbox.close()
         child_outbox.close()
         self.info = self._wait_ready()
         self.error: BaseException | None = None
@@ -218,8 +220,8 @@ class EngineProcess:
     def _wait_ready(self) -> dict:
         while True:
             try:
-                if self._outbox.poll(1.0):
-                    kind, payload = pickle.loads(self._outbox.recv_bytes())
+                if self._from_child.poll(1.0):
+                    kind, payload = pickle.loads(self._from_child.recv_bytes())
                     if kind == "ready":
                         return payload
                     self.process.join(SHUTDOWN_WAIT_S)
@@ -291,14 +293,14 @@ class EngineProcess:
     def _send_loop(self) -> None:
         while (payload := self._outgoing.get()) is not None:
             try:
-                self._inbox.send_bytes(payload)
+                self._to_child.send_bytes(payload)
             except OSError:  # the child is gone; the reader reports it
                 return
 
     def _read_loop(self) -> None:
         try:
             while True:
-                message = pickle.loads(self._outbox.recv_bytes())
+                message = pickle.loads(self._from_child.recv_bytes())
                 kind = message[0]
                 if kind == "step":
                     self._on_step(message[1])
