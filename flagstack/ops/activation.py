@@ -26,6 +26,7 @@ import triton.language as tl
 
 from flagstack.ops.checks import FLOAT_DTYPES, check_tensor, rows_view
 from flagstack.ops.host import cdiv
+from flagstack.ops.pdl import pdl_wait, use_pdl
 from flagstack.ops.registry import BenchCase, register, register_aten
 
 APPROXIMATIONS = ("none", "tanh")
@@ -109,10 +110,11 @@ def _block_offsets(n, BLOCK: tl.constexpr, EVEN: tl.constexpr, INT32: tl.constex
 
 @triton.jit
 def _gated_kernel(x_ptr, y_ptr, n, n_cols, x_row_stride, ACT: tl.constexpr, BLOCK: tl.constexpr,
-                  EVEN: tl.constexpr = False, INT32: tl.constexpr = False):
+                  EVEN: tl.constexpr = False, INT32: tl.constexpr = False, USE_PDL: tl.constexpr = False):
     # Flat over the (contiguous) output: each program streams BLOCK consecutive outputs, reading the
     # matching gate and up elements. Consecutive programs touch consecutive memory, which measured
     # 100% of copy speed on an H100 where 2-D [rows, cols] tiles stayed at 95%.
+    pdl_wait(USE_PDL)  # the gate/up rows come from the GEMM before (ops/pdl.py)
     offs, mask = _block_offsets(n, BLOCK, EVEN, INT32)
     row = offs // n_cols
     col = offs - row * n_cols
@@ -154,6 +156,7 @@ def _gated_triton(x: torch.Tensor, act: str, config: ActConfig = DEFAULT_CONFIG)
         flags = _variant_flags(out.numel(), rows.shape[0] * rows.stride(0) + 2 * n, config)
         _gated_kernel[(cdiv(out.numel(), config.block),)](rows, out, out.numel(), n, rows.stride(0),
                                                           ACT=_act_id(act, config), BLOCK=config.block,
+                                                          USE_PDL=use_pdl(x.device), launch_pdl=use_pdl(x.device),
                                                           num_warps=config.warps, **flags)
     return out.view(*x.shape[:-1], n)
 

@@ -24,6 +24,7 @@ import triton.language as tl
 
 from flagstack.ops.checks import check_last_dim, check_same_device, check_tensor, rows_view
 from flagstack.ops.host import cdiv, next_power_of_2
+from flagstack.ops.pdl import pdl_wait, use_pdl
 from flagstack.ops.registry import BenchCase, register, register_aten
 
 MAX_COLS = 65536  # a whole row lives in registers; wider rows would spill
@@ -53,12 +54,14 @@ def _row_weight(w_ptr, cols, n_cols):
 @triton.jit(do_not_specialize=["n_rows"])  # token count: one compile for all
 def _rms_norm_kernel(x_ptr, r_ptr, w_ptr, y_ptr, n_rows, n_cols, x_row_stride, r_row_stride,
                      y_row_stride, eps, HAS_RESIDUAL: tl.constexpr, HAS_WEIGHT: tl.constexpr,
-                     EARLY_WEIGHT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                     EARLY_WEIGHT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     USE_PDL: tl.constexpr = False):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_N)
     mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
     if HAS_WEIGHT and EARLY_WEIGHT:
         w = _row_weight(w_ptr, cols, n_cols)
+    pdl_wait(USE_PDL)  # x and the residual come from the kernels before (ops/pdl.py); the weight does not
     x = tl.load(x_ptr + rows[:, None] * x_row_stride + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     if HAS_RESIDUAL:
         r_offs = rows[:, None] * r_row_stride + cols[None, :]
@@ -88,10 +91,12 @@ def _launch(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor
     num_warps = config.num_warps or min(max(block_m * block_n // 256, 1), 8)
     r = residual if residual is not None else x
     weight = weight.contiguous() if weight is not None else None
+    pdl = use_pdl(x.device)
     _rms_norm_kernel[(cdiv(n_rows, block_m),)](
         x, r, weight if weight is not None else x, out, n_rows, n_cols, x.stride(0), r.stride(0),
         out.stride(0), eps, HAS_RESIDUAL=residual is not None, HAS_WEIGHT=weight is not None,
-        EARLY_WEIGHT=config.early_weight, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps)
+        EARLY_WEIGHT=config.early_weight, BLOCK_M=block_m, BLOCK_N=block_n, USE_PDL=pdl, launch_pdl=pdl,
+        num_warps=num_warps)
 
 
 def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
