@@ -4,8 +4,8 @@ time per streamed token: wall, the server-side process's CPU (event loop + engin
 chunk dict, json.dumps it), so the event loop competes with the engine as under `flagstack serve`.
 
   python scripts/stream_engine_modes.py [MODEL] --streams 100 --tokens 32 --rounds 3
-MODEL: an HF directory (default: a tiny random Llama written to a temporary directory: steps then cost
-mostly Python, as a small batch of a real model does on a GPU).
+MODEL: an HF directory or GGUF file, 'embedded' for the embedded SmolLM2 (default: a tiny random Llama
+written to a temporary directory: steps then cost mostly Python, as a batch of a real model does on a GPU).
 """
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ async def stream_all(engine, prompts: list[list[int]], tokens: int, tag: str) ->
     return sum(await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts))))
 
 
-def measure(model: str, engine_process: bool, streams: int, tokens: int, rounds: int) -> list[dict]:
+def measure(model: str | None, engine_process: bool, streams: int, tokens: int, rounds: int) -> list[dict]:
     from flagstack.engine.llm import AsyncLLM
 
     engine = AsyncLLM(model, engine_process=engine_process, device="cpu", dtype="float32", block_size=16,
@@ -100,7 +100,7 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=32)
     p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args()
-    model = args.model or tiny_model_dir()
+    model = None if args.model == "embedded" else args.model or tiny_model_dir()
     print(f"load average {os.getloadavg()[0]:.2f}, {os.cpu_count()} cores", flush=True)
     for _ in range(2):  # thread, process, thread, process: drift of the machine's load shows
         for engine_process in (False, True):
