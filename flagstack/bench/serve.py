@@ -2,7 +2,7 @@
 
 One seeded request set (token-id prompts of uniform random length, uniform random output lengths,
 ignore_eos so every request produces exactly its output length) is run twice:
-1. offline: LLM.generate on all requests at once in this process (the anchor; then freed);
+1. offline: LLM.generate on all requests at once in this process, timed on a second run (the anchor; then freed);
 2. online: `flagstack serve` with the same engine flags in a subprocess, fed by streaming clients in
    --client-procs processes whose arrivals are a Poisson process at each rate ('inf': all at once),
    then once more at once with whole (non-streamed) responses; once per --engine-modes entry (the
