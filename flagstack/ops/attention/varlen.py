@@ -17,6 +17,7 @@ Compute: 4 * sum(n_new * kv_visible) * Hq * D flops; K/V reads are once per tile
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -63,6 +64,26 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
     return scores.softmax(-1) @ v
+
+
+def split_prefix_enabled() -> bool:
+    """Whether the CPU reference splits attention after a cached prefix in two (FLAGSTACK_SPLIT_PREFIX=0: off)."""
+    return os.environ.get("FLAGSTACK_SPLIT_PREFIX", "1") != "0"
+
+
+def attend_after_prefix(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cached: int,
+                        scale: float) -> torch.Tensor:
+    """Causal attention of the last n positions q [1, Hq, n, D] over k/v [1, Hkv, cached + n, D], on CPU,
+    as two mask-free SDPA calls merged by their log-sum-exp: the new tokens over the cached prefix (every
+    key counts) and over themselves (plain causal, which skips the upper triangle). One masked call over
+    the whole context builds and reads an [n, cached + n] mask and computes the masked-out triangle too.
+    """
+    flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu  # also returns the log-sum-exp
+    q, k, v = q.float(), k.float(), v.float()
+    out_old, lse_old = flash(q, k[:, :, :cached], v[:, :, :cached], 0.0, False, scale=scale)
+    out_new, lse_new = flash(q, k[:, :, cached:], v[:, :, cached:], 0.0, True, scale=scale)
+    # softmax over both key sets = the two partial results weighted by their shares of the total mass
+    return out_new.lerp_(out_old, torch.sigmoid(lse_old - lse_new)[..., None])
 
 
 @dataclass(frozen=True)
@@ -239,6 +260,12 @@ def varlen_attention_reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: 
         v = gather_kv(v_cache, block_tables[s], kv_len)
         whole_prompt = kv_len == n_new and sliding_window is None
         sees_all = n_new == 1 and sliding_window is None  # one token after its prefix: every key counts
+        if (not (whole_prompt or sees_all) and sliding_window is None and softcap is None
+                and q.device.type == "cpu" and split_prefix_enabled()):
+            o = attend_after_prefix(q_s.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
+                                    kv_len - n_new, scale)
+            out[starts[s]:starts[s + 1]] = o[0].transpose(0, 1).to(q.dtype)
+            continue
         mask = None
         if not (whole_prompt or sees_all):  # new tokens after a cached prefix (or a window): a mask
             q_pos = torch.arange(kv_len - n_new, kv_len, device=q.device)[:, None]
