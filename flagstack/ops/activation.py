@@ -4,7 +4,11 @@ Gated: x[..., 2N] = [gate | up] -> act(gate) * up, [..., N]. Memory traffic: rea
 elements: 3*M*N*elem_size bytes; Qwen3-4B at M=32768, N=9728, bf16 is 1.91 GB -> ~640 us at 3.0 TB/s.
 Plain: read + write numel elements. All of it is memory-bound; the kernels only aim to stream.
 Each program covers 1024 consecutive elements of the output (4 warps, one 16-byte vector of bf16
-per thread and operand).
+per thread and operand; 2048 was faster only at 256 rows, by 0.6 us, on an H100). Blocks drop their
+bounds mask when the element count is a multiple of the block, and offsets are 32-bit below
+INT32_MAX_ELEMENTS: fewer instructions per element (exact gated GELU for sm_90: 58 -> 44 SASS per
+output), which matters for GELU; on their own they timed within 1% of the masked int64 kernel on an
+H100 at 4096 and 32768 rows (at 256 rows gelu 9.3 vs 8.7 us, with the A&S erf 8.8).
 
 Rounding: the kernel computes act(gate) * up in fp32 and rounds once. The reference is HF
 transformers' `act_fn(gate) * up` in the model dtype, which rounds the activation first. Copying that
@@ -12,13 +16,15 @@ double rounding does not make the kernel bit-exact: exp differs in the last fp32
 (GPU exp is approximate), which flips the first rounding now and then, and a flipped activation puts
 the product up to 2 ulps off -- outside the fp16 tolerance (1e-3, one ulp). Rounding once stays within
 1 ulp of HF's result (and 0.5 ulp of the exact one) for every input.
+Exact GELU (approximate="none") is x * Phi(x) with erfc from Abramowitz & Stegun 7.1.26 (error
+< 1e-6 against float64 GELU): libdevice's erf made the kernel instruction-bound (39 SASS per element
+for sm_90, 28 this way), 470 -> 424 us for gelu at 32768 x 9728 bf16 on an H100 (torch eager: 445).
 GELU with approximate="tanh" uses the identity 0.5 * (1 + tanh(z)) = sigmoid(2z), which is accurate
 for every z and needs no tanh (the Triton interpreter has no libdevice).
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import triton
@@ -30,46 +36,19 @@ from flagstack.ops.pdl import pdl_wait, use_pdl
 from flagstack.ops.registry import BenchCase, register, register_aten
 
 APPROXIMATIONS = ("none", "tanh")
-_ACT_ID = {"silu": 0, "gelu_none": 1, "gelu_tanh": 2, "gelu_fast_erf": 3}
+_ACT_ID = {"silu": 0, "gelu_none": 1, "gelu_tanh": 2}
 # elements per program: 4 warps x 32 threads x 8 (one 16-byte vector of bf16 per thread and operand);
 # on an H100 at 4096 and 32768 x 9728 this matched or beat 2048-4096 elements at 8 warps (by up to 1%)
 _BLOCK, _WARPS = 1024, 4
 INT32_MAX_ELEMENTS = 2 ** 31 - 2 ** 20  # int32 offsets stay valid below this (plus one block of slack)
 
 
-@dataclass(frozen=True)
-class ActConfig:
-    """Launch choices, for scripts/llm_ops_sweep.py; the defaults are the measured ones.
-
-    Exact GELU costs ~20 more instructions per element (erf) than SiLU, and the plain kernel moves
-    only 4 bytes per element: at 3 TB/s that is 750 G elements/s, and an H100 issues ~3e13 thread
-    instructions/s, ~40 per element, about what the erf kernel needs (39 SASS per element for
-    sm_90), so it is likely instruction-bound. fast_erf: exact GELU through _normal_cdf (28 per
-    element). unmasked: no bounds masks when the element count is a multiple of `block` (checked
-    per call; other counts keep the masks). int32: 32-bit offsets when the tensor has fewer than
-    ~2^31 elements; in the gated kernel that also makes the row division 32-bit (exact GELU gated:
-    58 -> 44 per output element with unmasked, against a budget of ~60 there).
-    """
-
-    block: int = _BLOCK
-    warps: int = _WARPS
-    unmasked: bool = False
-    int32: bool = False
-    fast_erf: bool = False
-
-
-DEFAULT_CONFIG = ActConfig()
-
-
 @triton.jit
 def _activate(x, ACT: tl.constexpr):
-    """fp32 activation: 0 = silu, 1 = exact gelu (erf), 2 = tanh-approximated gelu, 3 = exact gelu
-    through a short erfc formula (ActConfig.fast_erf)."""
+    """fp32 activation: 0 = silu, 1 = exact gelu, 2 = tanh-approximated gelu."""
     if ACT == 0:
         y = x / (1.0 + tl.exp(-x))
     elif ACT == 1:
-        y = 0.5 * x * (1.0 + tl.erf(x * 0.7071067811865476))
-    elif ACT == 3:
         y = x * _normal_cdf(x)
     else:
         y = x * tl.sigmoid(1.5957691216057308 * (x + 0.044715 * x * x * x))  # 2*sqrt(2/pi)
@@ -80,9 +59,8 @@ def _activate(x, ACT: tl.constexpr):
 def _normal_cdf(x):
     """Phi(x) = 1 - erfc(x / sqrt 2) / 2 for x >= 0, erfc(-x / sqrt 2) / 2 below, with Abramowitz &
     Stegun 7.1.26 for erfc(z), z >= 0: t * P(t) * exp(-z^2), t = 1 / (1 + 0.3275911 z), absolute error
-    < 1.5e-7 (GELU's absolute error < 1e-6 for |x| < 10). Compiled for sm_90 the plain GELU kernel
-    takes 28 SASS instructions per element this way, 39 with libdevice's erff (SiLU: 19); the
-    negative side comes from the tail directly, without 1 + erf's cancellation."""
+    < 1.5e-7 (GELU's absolute error < 1e-6 for |x| < 10). The negative side comes from the tail
+    directly, without 1 + erf's cancellation."""
     # constants folded: p / sqrt 2 = 0.23164190, P's coefficients halved, -z^2 log2 e = x^2 * -0.72134752
     t = tl.fdiv(tl.full(x.shape, 1.0, tl.float32), 1.0 + 0.2316419 * tl.abs(x), ieee_rounding=False)
     half_p = t * (0.127414796 + t * (-0.142248368 + t * (0.7107068705 + t * (-0.7265760135 + t * 0.5307027145))))
@@ -110,13 +88,13 @@ def _block_offsets(n, BLOCK: tl.constexpr, EVEN: tl.constexpr, INT32: tl.constex
 
 @triton.jit
 def _gated_kernel(x_ptr, y_ptr, n, n_cols, x_row_stride, ACT: tl.constexpr, BLOCK: tl.constexpr,
-                  EVEN: tl.constexpr = False, INT32: tl.constexpr = False, USE_PDL: tl.constexpr = False):
+                  EVEN: tl.constexpr, INT32: tl.constexpr, USE_PDL: tl.constexpr = False):
     # Flat over the (contiguous) output: each program streams BLOCK consecutive outputs, reading the
     # matching gate and up elements. Consecutive programs touch consecutive memory, which measured
     # 100% of copy speed on an H100 where 2-D [rows, cols] tiles stayed at 95%.
     pdl_wait(USE_PDL)  # the gate/up rows come from the GEMM before (ops/pdl.py)
     offs, mask = _block_offsets(n, BLOCK, EVEN, INT32)
-    row = offs // n_cols
+    row = offs // n_cols  # 32-bit division when INT32
     col = offs - row * n_cols
     gate_ptrs = x_ptr + row * x_row_stride + col
     gate = tl.load(gate_ptrs, mask=mask, other=0.0).to(tl.float32)
@@ -126,70 +104,59 @@ def _gated_kernel(x_ptr, y_ptr, n, n_cols, x_row_stride, ACT: tl.constexpr, BLOC
 
 
 @triton.jit
-def _pointwise_kernel(x_ptr, y_ptr, n, ACT: tl.constexpr, BLOCK: tl.constexpr, EVEN: tl.constexpr = False,
-                      INT32: tl.constexpr = False):
+def _pointwise_kernel(x_ptr, y_ptr, n, ACT: tl.constexpr, BLOCK: tl.constexpr, EVEN: tl.constexpr,
+                      INT32: tl.constexpr):
     offs, mask = _block_offsets(n, BLOCK, EVEN, INT32)
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     tl.store(y_ptr + offs, _activate(x, ACT).to(y_ptr.dtype.element_ty), mask=mask)
 
 
-def _variant_flags(n: int, largest_offset: int, config: ActConfig) -> dict:
-    """The kernels' EVEN / INT32 switches for n outputs; {} (the default kernels) when both are off."""
-    flags = {}
-    if config.unmasked and n % config.block == 0:
-        flags["EVEN"] = True
-    if config.int32 and largest_offset < INT32_MAX_ELEMENTS:
-        flags["INT32"] = True
-    return flags
+def _launch_flags(n: int, largest_offset: int) -> dict:
+    """EVEN (no bounds masks) when n outputs fill whole blocks; INT32 when every offset fits in int32."""
+    return {"EVEN": n % _BLOCK == 0, "INT32": largest_offset < INT32_MAX_ELEMENTS}
 
 
-def _act_id(act: str, config: ActConfig) -> int:
-    return _ACT_ID["gelu_fast_erf" if act == "gelu_none" and config.fast_erf else act]
-
-
-def _gated_triton(x: torch.Tensor, act: str, config: ActConfig = DEFAULT_CONFIG) -> torch.Tensor:
+def _gated_triton(x: torch.Tensor, act: str) -> torch.Tensor:
     rows = rows_view(x)
     n = rows.shape[1] // 2
     out = torch.empty(rows.shape[0], n, dtype=x.dtype, device=x.device)
     if out.numel() > 0:
         # the input's largest offset bounds every offset the kernel forms (row * stride + col + n)
-        flags = _variant_flags(out.numel(), rows.shape[0] * rows.stride(0) + 2 * n, config)
-        _gated_kernel[(cdiv(out.numel(), config.block),)](rows, out, out.numel(), n, rows.stride(0),
-                                                          ACT=_act_id(act, config), BLOCK=config.block,
-                                                          USE_PDL=use_pdl(x.device), launch_pdl=use_pdl(x.device),
-                                                          num_warps=config.warps, **flags)
+        flags = _launch_flags(out.numel(), rows.shape[0] * rows.stride(0) + 2 * n)
+        pdl = use_pdl(x.device)
+        _gated_kernel[(cdiv(out.numel(), _BLOCK),)](rows, out, out.numel(), n, rows.stride(0), ACT=_ACT_ID[act],
+                                                    BLOCK=_BLOCK, USE_PDL=pdl, launch_pdl=pdl, num_warps=_WARPS,
+                                                    **flags)
     return out.view(*x.shape[:-1], n)
 
 
-def _pointwise_triton(x: torch.Tensor, act: str, config: ActConfig = DEFAULT_CONFIG) -> torch.Tensor:
+def _pointwise_triton(x: torch.Tensor, act: str) -> torch.Tensor:
     x = x.contiguous()
     out = torch.empty_like(x)
     if x.numel() > 0:
-        _pointwise_kernel[(cdiv(x.numel(), config.block),)](x, out, x.numel(), ACT=_act_id(act, config),
-                                                            BLOCK=config.block, num_warps=config.warps,
-                                                            **_variant_flags(x.numel(), x.numel(), config))
+        _pointwise_kernel[(cdiv(x.numel(), _BLOCK),)](x, out, x.numel(), ACT=_ACT_ID[act], BLOCK=_BLOCK,
+                                                      num_warps=_WARPS, **_launch_flags(x.numel(), x.numel()))
     return out
 
 
-def silu_and_mul_triton(x: torch.Tensor, *, config: ActConfig = DEFAULT_CONFIG) -> torch.Tensor:
+def silu_and_mul_triton(x: torch.Tensor) -> torch.Tensor:
     """silu(x[..., :N]) * x[..., N:] with the Triton kernel."""
-    return _gated_triton(x, "silu", config)
+    return _gated_triton(x, "silu")
 
 
-def gelu_and_mul_triton(x: torch.Tensor, approximate: str = "none", *,
-                        config: ActConfig = DEFAULT_CONFIG) -> torch.Tensor:
+def gelu_and_mul_triton(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
     """gelu(x[..., :N], approximate) * x[..., N:] with the Triton kernel."""
-    return _gated_triton(x, f"gelu_{approximate}", config)
+    return _gated_triton(x, f"gelu_{approximate}")
 
 
-def silu_triton(x: torch.Tensor, *, config: ActConfig = DEFAULT_CONFIG) -> torch.Tensor:
+def silu_triton(x: torch.Tensor) -> torch.Tensor:
     """x * sigmoid(x) elementwise with the Triton kernel (output contiguous)."""
-    return _pointwise_triton(x, "silu", config)
+    return _pointwise_triton(x, "silu")
 
 
-def gelu_triton(x: torch.Tensor, approximate: str = "none", *, config: ActConfig = DEFAULT_CONFIG) -> torch.Tensor:
-    """GELU elementwise (erf, or the tanh approximation) with the Triton kernel (output contiguous)."""
-    return _pointwise_triton(x, f"gelu_{approximate}", config)
+def gelu_triton(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
+    """GELU elementwise (exact, or the tanh approximation) with the Triton kernel (output contiguous)."""
+    return _pointwise_triton(x, f"gelu_{approximate}")
 
 
 def silu_and_mul_reference(x: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,6 @@
 """Activations: Triton kernels vs HF transformers' activation functions (ACT2FN) and torch."""
+import importlib
+
 import pytest
 import torch
 from transformers.activations import ACT2FN
@@ -8,6 +10,8 @@ from flagstack.ops.activation import (aten_gelu, aten_silu, gelu_and_mul_triton,
                                       silu_and_mul_triton, silu_triton)
 from flagstack.ops.registry import aten_overrides
 from tests.ops.helpers import DEVICE, DTYPES, assert_close, gpu_only, rows_for_device
+
+activation_module = importlib.import_module("flagstack.ops.activation")
 
 HF_NAME = {("silu", "none"): "silu", ("gelu", "none"): "gelu", ("gelu", "tanh"): "gelu_pytorch_tanh"}
 GATED = [("silu", "none"), ("gelu", "none"), ("gelu", "tanh")]
@@ -46,6 +50,35 @@ def test_gated_matches_hf(act, approximate, n, rows, dtype):
 def test_pointwise_matches_hf(act, approximate, dtype):
     x = torch.randn(3, 1031, dtype=dtype, device=DEVICE) * 4
     assert_close(run_pointwise(x, act, approximate), ACT2FN[HF_NAME[act, approximate]](x))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_exact_gelu_against_float64(dtype):
+    """The A&S erfc formula: within 1e-6 of float64 GELU on [-12, 12] in fp32 (relative 1e-6 above 0),
+    and each dtype's tolerance against float64 GELU rounded to that dtype."""
+    x = torch.linspace(-12, 12, 24001, device=DEVICE)
+    exact = torch.nn.functional.gelu(x.double())
+    if dtype == torch.float32:
+        err = gelu_triton(x).double() - exact
+        assert err.abs().max().item() < 1e-6
+        assert (err[x > 0].abs() / exact[x > 0]).max().item() < 1e-6
+    xd = x.to(dtype)
+    assert_close(gelu_triton(xd), torch.nn.functional.gelu(xd.double()).to(dtype))
+    gated = torch.stack([xd, torch.full_like(xd, 1.5)])  # gate = x, up = 1.5: gelu(x) * 1.5
+    want = (torch.nn.functional.gelu(xd.double()) * 1.5).to(dtype)
+    assert_close(gelu_and_mul_triton(gated.reshape(1, -1)), want[None])
+
+
+@pytest.mark.parametrize("act,approximate", GATED)
+def test_whole_blocks_and_int64_offsets(act, approximate, monkeypatch):
+    """Element counts that fill whole 1024-blocks (no bounds masks), then the int64-offset kernels
+    (taken above 2^31 elements; forced here by lowering the bound)."""
+    x = torch.randn(2, 2 * 1024, device=DEVICE) * 3
+    flat = torch.randn(3 * 1024, device=DEVICE) * 4
+    for _ in range(2):
+        assert_close(run_gated(x, act, approximate), hf_gated(x, act, approximate))
+        assert_close(run_pointwise(flat, act, approximate), ACT2FN[HF_NAME[act, approximate]](flat))
+        monkeypatch.setattr(activation_module, "INT32_MAX_ELEMENTS", 0)
 
 
 @pytest.mark.parametrize("act,approximate", GATED)

@@ -4,10 +4,8 @@ import importlib
 
 import pytest
 import torch
-from transformers.activations import ACT2FN
 
 from flagstack.ops import add_rms_norm, rope_cos_sin_cache, use_backend
-from flagstack.ops.activation import ActConfig, gelu_and_mul_triton, gelu_triton, silu_and_mul_triton
 from flagstack.ops.rms_norm import NormConfig, add_rms_norm_triton
 from flagstack.ops.rotary import RopeConfig, rotary_embedding_reference, rotary_embedding_triton
 from flagstack.ops.sampling import SampleConfig, sample_reference, sample_triton
@@ -112,38 +110,6 @@ def test_rope_configs_gptj_partial_and_fused_qkv(config):
     assert_close(q, want_q)
     assert_close(k, want_k)
     assert torch.equal(v, v_before)
-
-
-ACT_CONFIGS = [ActConfig(unmasked=True, int32=True), ActConfig(block=256, warps=2, unmasked=True),
-               ActConfig(fast_erf=True), ActConfig(fast_erf=True, block=2048, warps=8, int32=True)]
-
-
-@pytest.mark.parametrize("config", ACT_CONFIGS)
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_gelu_configs_match_hf(config, dtype):
-    """1024 elements: a whole number of blocks (unmasked kernel) for every config but block 2048;
-    1031: the masked kernel even when unmasked is asked for."""
-    for n in (1024, 1031):
-        x = torch.randn(n, dtype=dtype, device=DEVICE) * 4
-        assert_close(gelu_triton(x, config=config), ACT2FN["gelu"](x))
-        gated = torch.randn(2, 2 * n, dtype=dtype, device=DEVICE) * 3
-        want = ACT2FN["gelu"](gated[:, :n]) * gated[:, n:]
-        assert_close(gelu_and_mul_triton(gated, config=config), want)
-    assert_close(silu_and_mul_triton(gated, config=config), ACT2FN["silu"](gated[:, :n]) * gated[:, n:])
-
-
-def test_fast_erf_nonfinite_and_accuracy():
-    """The short erfc formula: within 1e-6 of float64 GELU on [-12, 12] (relative 1e-6 above 0),
-    and torch's results for inf, nan, +-0 and huge inputs."""
-    x = torch.linspace(-12, 12, 24001, device=DEVICE)
-    exact = torch.nn.functional.gelu(x.double())
-    got = gelu_triton(x, config=ActConfig(fast_erf=True)).double()
-    assert (got - exact).abs().max().item() < 1e-6
-    pos = x > 0
-    assert ((got - exact)[pos].abs() / exact[pos]).max().item() < 1e-6
-    special = torch.tensor([float("inf"), float("-inf"), float("nan"), -0.0, 0.0, -90.0, 90.0, 1e30, -1e30],
-                           device=DEVICE)
-    assert_close(gelu_triton(special, config=ActConfig(fast_erf=True)), torch.nn.functional.gelu(special))
 
 
 @pytest.mark.parametrize("kwargs", [dict(recip=True), dict(lane_sum=True), dict(prefetch=True),
