@@ -5,8 +5,11 @@ element is read once and written once:
   rms_norm:     read x, write y                          -> 2*M*N*elem_size bytes
   add_rms_norm: read x and residual, write residual and y -> 4*M*N*elem_size bytes
 At M=32768, N=2560, bf16 that is 335 MB / 671 MB -> ~112 us / ~224 us at 3.0 TB/s.
-Wide rows (N >= 2048) get one row per program and up to 8 warps; narrow rows (per-head norms,
-N=128) pack several rows per program so each program still moves ~2K elements.
+Wide rows (N >= 2048) get one row per program and up to 8 warps (4 with a residual); narrow rows
+(per-head norms, N=128) pack several rows per program so each program still moves ~2K elements.
+The weight is loaded first: with a residual the kernel stores the sum before it needs the weight,
+and a load after a store through a pointer that may alias it is not moved ahead of it, so a late
+weight load added its latency to every program's.
 
 Rounding: statistics and the product are computed in fp32 and rounded once at the end (as
 torch.nn.functional.rms_norm does). HF transformers rounds twice (the normalized x, then the product);
@@ -16,7 +19,6 @@ The residual sum is rounded to the input dtype before it is normalized, as HF st
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import triton
@@ -30,22 +32,6 @@ from flagstack.ops.registry import BenchCase, register, register_aten
 MAX_COLS = 65536  # a whole row lives in registers; wider rows would spill
 
 
-@dataclass(frozen=True)
-class NormConfig:
-    """Launch choices of the kernel, for scripts/llm_ops_sweep.py; the defaults are the measured ones.
-
-    early_weight: load the weight before the row. With a residual, the kernel stores the sum before
-    it needs the weight, and a load after a store to a pointer that may alias it is not moved ahead
-    of it, so the weight's load latency adds to each program's (256 rows: latency-bound).
-    """
-
-    num_warps: int | None = None  # None: one warp per 256 elements of the tile, at most 8
-    early_weight: bool = False
-
-
-DEFAULT_CONFIG = NormConfig()
-
-
 @triton.jit
 def _row_weight(w_ptr, cols, n_cols):
     return tl.load(w_ptr + cols, mask=cols < n_cols, other=0.0).to(tl.float32)[None, :]
@@ -54,12 +40,11 @@ def _row_weight(w_ptr, cols, n_cols):
 @triton.jit(do_not_specialize=["n_rows"])  # token count: one compile for all
 def _rms_norm_kernel(x_ptr, r_ptr, w_ptr, y_ptr, n_rows, n_cols, x_row_stride, r_row_stride,
                      y_row_stride, eps, HAS_RESIDUAL: tl.constexpr, HAS_WEIGHT: tl.constexpr,
-                     EARLY_WEIGHT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                     USE_PDL: tl.constexpr = False):
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, USE_PDL: tl.constexpr = False):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_N)
     mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
-    if HAS_WEIGHT and EARLY_WEIGHT:
+    if HAS_WEIGHT:  # before the residual's store (see the module docstring)
         w = _row_weight(w_ptr, cols, n_cols)
     pdl_wait(USE_PDL)  # x and the residual come from the kernels before (ops/pdl.py); the weight does not
     x = tl.load(x_ptr + rows[:, None] * x_row_stride + cols[None, :], mask=mask, other=0.0).to(tl.float32)
@@ -72,14 +57,12 @@ def _rms_norm_kernel(x_ptr, r_ptr, w_ptr, y_ptr, n_rows, n_cols, x_row_stride, r
     rstd = tl.rsqrt(tl.sum(x * x, axis=1) / n_cols + eps)
     y = x * rstd[:, None]
     if HAS_WEIGHT:
-        if not EARLY_WEIGHT:
-            w = _row_weight(w_ptr, cols, n_cols)
         y = y * w
     tl.store(y_ptr + rows[:, None] * y_row_stride + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 def _launch(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor | None,
-            out: torch.Tensor, eps: float, config: NormConfig = DEFAULT_CONFIG) -> None:
+            out: torch.Tensor, eps: float) -> None:
     """Run the kernel on 2-D row views (unit stride on the last dim)."""
     n_rows, n_cols = x.shape
     if x.numel() == 0:
@@ -87,16 +70,18 @@ def _launch(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor
     block_n = next_power_of_2(n_cols)
     block_m = max(1, min(16, 2048 // block_n))
     # at most 8 warps: 16 for a 2560-wide row (4096 lanes) reached 83-88% of copy speed on an H100,
-    # FlagGems ~100%; fewer warps per row halve the cross-warp part of the sum
-    num_warps = config.num_warps or min(max(block_m * block_n // 256, 1), 8)
+    # FlagGems ~100%; fewer warps per row halve the cross-warp part of the sum. With a residual, 4 for
+    # rows up to 4096 wide: H100, 2560-wide bf16 rows: 4096 rows 33.8 -> 32.8 us (FlagGems 33.2),
+    # 256 rows 22.3 -> 20.3 us (rms_norm alone was not re-timed with 4)
+    max_warps = 4 if residual is not None and block_n <= 4096 else 8
+    num_warps = min(max(block_m * block_n // 256, 1), max_warps)
     r = residual if residual is not None else x
     weight = weight.contiguous() if weight is not None else None
     pdl = use_pdl(x.device)
     _rms_norm_kernel[(cdiv(n_rows, block_m),)](
         x, r, weight if weight is not None else x, out, n_rows, n_cols, x.stride(0), r.stride(0),
         out.stride(0), eps, HAS_RESIDUAL=residual is not None, HAS_WEIGHT=weight is not None,
-        EARLY_WEIGHT=config.early_weight, BLOCK_M=block_m, BLOCK_N=block_n, USE_PDL=pdl, launch_pdl=pdl,
-        num_warps=num_warps)
+        BLOCK_M=block_m, BLOCK_N=block_n, USE_PDL=pdl, launch_pdl=pdl, num_warps=num_warps)
 
 
 def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -108,13 +93,12 @@ def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) ->
 
 
 def add_rms_norm_triton(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
-                        eps: float = 1e-6, *, out: torch.Tensor | None = None,
-                        config: NormConfig = DEFAULT_CONFIG) -> tuple[torch.Tensor, torch.Tensor]:
+                        eps: float = 1e-6, *, out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """residual += x (in place, rounded to its dtype); returns (rms_norm(residual), residual).
 
     out: a contiguous tensor shaped like x (not the residual) to write the result into; `out=x`
     overwrites x (as FlagGems' and vLLM's fused_add_rms_norm do), which saves the output's
-    allocation and its L2 lines. config: NormConfig (scripts/llm_ops_sweep.py).
+    allocation and its L2 lines.
     """
     x_rows = rows_view(x)
     if out is not None:
@@ -124,7 +108,7 @@ def add_rms_norm_triton(x: torch.Tensor, residual: torch.Tensor, weight: torch.T
     direct = residual.stride(-1) == 1 and (residual.dim() == 2 or residual.is_contiguous())
     r_rows = residual.view(-1, residual.shape[-1]) if direct else residual.contiguous().view(-1, x.shape[-1])
     y = torch.empty_like(x_rows) if out is None else out.view(x_rows.shape)
-    _launch(x_rows, r_rows, weight, y, eps, config)
+    _launch(x_rows, r_rows, weight, y, eps)
     if not direct:
         residual.copy_(r_rows.view(residual.shape))
     return y.view(x.shape), residual

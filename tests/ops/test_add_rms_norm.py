@@ -26,7 +26,7 @@ def check_against_hf(x, residual, weight, eps=1e-6):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("rows", rows_for_device([1, 5], [1, 256, 4096]))
-@pytest.mark.parametrize("hidden", [2560, 129, 128])
+@pytest.mark.parametrize("hidden", [2560, 129, 128, 5000])  # 5000: over 4096, 8 warps
 def test_matches_hf(rows, hidden, dtype):
     x = torch.randn(rows, hidden, dtype=dtype, device=DEVICE)
     residual = torch.randn(rows, hidden, dtype=dtype, device=DEVICE)
@@ -51,6 +51,44 @@ def test_empty_and_nonfinite():
     x = torch.randn(3, 16, device=DEVICE)
     x[0, 1], x[1, 2] = float("inf"), float("nan")
     check_against_hf(x, torch.randn(3, 16, device=DEVICE), w)
+
+
+def test_out_overwrites_x():
+    """out=x: the result lands in x itself (FlagGems' and vLLM's in-place form)."""
+    x = torch.randn(2, 3, 96, device=DEVICE)
+    residual = torch.randn(2, 3, 96, device=DEVICE)
+    w = torch.randn(96, device=DEVICE)
+    want_out, want_res = hf_add_rms_norm(x.clone(), residual.clone(), w, 1e-6)
+    out, res = add_rms_norm_triton(x, residual, w, 1e-6, out=x)
+    assert out.data_ptr() == x.data_ptr() and out.shape == x.shape
+    assert_close(x, want_out)
+    assert_close(res, want_res, atol=0)
+    separate = torch.empty_like(x)
+    assert add_rms_norm_triton(torch.randn_like(x), residual, w, out=separate)[0].data_ptr() == separate.data_ptr()
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_op_out_x_both_backends(backend):
+    """The public op takes out= too (validated), so the engine can write the norm into x."""
+    x, residual = torch.randn(3, 64, device=DEVICE), torch.randn(3, 64, device=DEVICE)
+    w = torch.randn(64, device=DEVICE)
+    want_out, want_res = hf_add_rms_norm(x.clone(), residual.clone(), w, 1e-6)
+    with use_backend(backend):
+        out, res = add_rms_norm(x, residual, w, 1e-6, out=x)
+        with pytest.raises(ValueError, match="not be the residual"):
+            add_rms_norm(x, residual, w, out=residual)
+    assert out.data_ptr() == x.data_ptr() and res is residual
+    assert_close(x, want_out)
+    assert_close(residual, want_res, atol=0)
+
+
+@pytest.mark.parametrize("out, match", [(torch.empty(4, 8), "shape"),
+                                        (torch.empty(4, 16, dtype=torch.float16), "float32"),
+                                        (torch.empty(16, 4).t(), "contiguous: False")])
+def test_out_errors(out, match):
+    x, residual, w = torch.randn(4, 16), torch.randn(4, 16), torch.randn(16)
+    with pytest.raises(ValueError, match=match):
+        add_rms_norm_triton(x, residual, w, out=out)
 
 
 def test_dispatch_reference_and_errors():

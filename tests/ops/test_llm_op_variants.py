@@ -5,12 +5,10 @@ import importlib
 import pytest
 import torch
 
-from flagstack.ops import add_rms_norm, rope_cos_sin_cache, use_backend
-from flagstack.ops.rms_norm import NormConfig, add_rms_norm_triton
+from flagstack.ops import rope_cos_sin_cache
 from flagstack.ops.rotary import RopeConfig, rotary_embedding_reference, rotary_embedding_triton
 from flagstack.ops.sampling import SampleConfig, sample_reference, sample_triton
 from tests.ops.helpers import DEVICE, DTYPES, assert_close
-from tests.ops.test_add_rms_norm import hf_add_rms_norm
 from tests.ops.test_rotary import hf_gptj, hf_neox
 
 softmax_module = importlib.import_module("flagstack.ops.softmax")
@@ -20,59 +18,6 @@ sampling_module = importlib.import_module("flagstack.ops.sampling")
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
-
-
-@pytest.mark.parametrize("config", [NormConfig(num_warps=4), NormConfig(early_weight=True),
-                                    NormConfig(num_warps=1, early_weight=True)])
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_add_rms_norm_configs_match_hf(config, dtype):
-    x = torch.randn(5, 129, dtype=dtype, device=DEVICE)
-    residual = torch.randn(5, 129, dtype=dtype, device=DEVICE)
-    w = torch.randn(129, dtype=dtype, device=DEVICE)
-    want_out, want_res = hf_add_rms_norm(x, residual.clone(), w, 1e-6)
-    out, res = add_rms_norm_triton(x, residual, w, 1e-6, config=config)
-    assert res is residual
-    assert_close(res, want_res, atol=0)
-    assert_close(out, want_out)
-
-
-@pytest.mark.parametrize("early_weight", [False, True])
-def test_add_rms_norm_out_overwrites_x(early_weight):
-    """out=x: the result lands in x itself (FlagGems' and vLLM's in-place form)."""
-    x = torch.randn(2, 3, 96, device=DEVICE)
-    residual = torch.randn(2, 3, 96, device=DEVICE)
-    w = torch.randn(96, device=DEVICE)
-    want_out, want_res = hf_add_rms_norm(x.clone(), residual.clone(), w, 1e-6)
-    out, res = add_rms_norm_triton(x, residual, w, 1e-6, out=x, config=NormConfig(early_weight=early_weight))
-    assert out.data_ptr() == x.data_ptr() and out.shape == x.shape
-    assert_close(x, want_out)
-    assert_close(res, want_res, atol=0)
-    separate = torch.empty_like(x)
-    assert add_rms_norm_triton(torch.randn_like(x), residual, w, out=separate)[0].data_ptr() == separate.data_ptr()
-
-
-@pytest.mark.parametrize("backend", ["reference", "triton"])
-def test_add_rms_norm_op_out_x_both_backends(backend):
-    """The public op takes out= too (validated), so the engine can write the norm into x."""
-    x, residual = torch.randn(3, 64, device=DEVICE), torch.randn(3, 64, device=DEVICE)
-    w = torch.randn(64, device=DEVICE)
-    want_out, want_res = hf_add_rms_norm(x.clone(), residual.clone(), w, 1e-6)
-    with use_backend(backend):
-        out, res = add_rms_norm(x, residual, w, 1e-6, out=x)
-        with pytest.raises(ValueError, match="not be the residual"):
-            add_rms_norm(x, residual, w, out=residual)
-    assert out.data_ptr() == x.data_ptr() and res is residual
-    assert_close(x, want_out)
-    assert_close(residual, want_res, atol=0)
-
-
-@pytest.mark.parametrize("out, match", [(torch.empty(4, 8), "shape"),
-                                        (torch.empty(4, 16, dtype=torch.float16), "float32"),
-                                        (torch.empty(16, 4).t(), "contiguous: False")])
-def test_add_rms_norm_out_errors(out, match):
-    x, residual, w = torch.randn(4, 16), torch.randn(4, 16), torch.randn(16)
-    with pytest.raises(ValueError, match=match):
-        add_rms_norm_triton(x, residual, w, out=out)
 
 
 ROPE_CONFIGS = [RopeConfig(all_heads=True), RopeConfig(all_heads=True, num_warps=2),
