@@ -5,17 +5,20 @@ cos_sin_cache[max_pos, rot_dim] rows are [cos(rot_dim/2) | sin(rot_dim/2)] in fp
 `rotate_half`); GPT-J rotates interleaved pairs (2i, 2i+1). Dims past rot_dim (partial rotary) are
 left untouched, and never read.
 
-Grid: (tokens, q head blocks + k head blocks). A program loads its token's cos/sin row once and
-rotates BLOCK_H heads, so q and k share one launch; 8 elements per thread (16 heads x 64 pairs:
-4 warps), so each half-row load is a 16-byte vector in bf16.
+Grid: one program per token rotates all its q and k heads (Liger's layout): it issues every load
+before the first store, q and k before cos/sin (whose address waits on the position's load), and
+reads the token's cos/sin row once. On an H100 at 32768 tokens x (32 + 8) heads of 128, bf16: 236 us,
+98% of copy speed (Liger 239 us; the earlier grid of 16-head blocks per program: 257 us; 2, 4 or 8
+warps all 236-237 us). The tile is held in registers: one warp per 1024 (padded) pairs, 4 to 16
+warps, compiles for sm_90 without spills up to 128 + 8 heads of 128 (more, e.g. 128 + 8 heads of
+256, spills a little at 16 warps: still correct, not timed).
 Memory traffic: read + write the rotary dims of q and k, 2*T*(Hq+Hk)*rot_dim*elem_size bytes, plus
-one cos/sin row per token (rot_dim*4 bytes, reused from L2 by the token's other head blocks).
+one cos/sin row per token (rot_dim*4 bytes).
 Maths in fp32 with fp32 cos/sin, rounded once to q's dtype.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import triton
@@ -27,23 +30,6 @@ from flagstack.ops.registry import BenchCase, register
 
 INT_DTYPES = (torch.int32, torch.int64)
 ROPE_TYPES = ("default", "linear", "llama3")
-
-
-@dataclass(frozen=True)
-class RopeConfig:
-    """Launch choices, for scripts/llm_ops_sweep.py; the defaults are the measured ones.
-
-    all_heads: one program per token rotates every q and k head (Liger's layout), loading all of
-    them before the first store: 10 KB in flight per program at 32 + 8 heads of 128 in bf16, no
-    half-empty k block, one cos/sin read per token. block_h / num_warps: tile of the default grid.
-    """
-
-    all_heads: bool = False
-    block_h: int | None = None  # default: 1024 elements per tile (16 heads of 64 pairs)
-    num_warps: int | None = None  # default: 4 (fewer for small tiles of the default grid)
-
-
-DEFAULT_CONFIG = RopeConfig()
 
 
 @triton.jit
@@ -67,11 +53,11 @@ def rope_cos_sin(cache_ptr, pos_ptr, token, cache_stride, half, BLOCK_D: tl.cons
 
 
 @triton.jit
-def _rope_load(ptr, token, first_head, n_heads, token_stride, head_stride, half, IS_NEOX: tl.constexpr,
+def _rope_load(ptr, token, n_heads, token_stride, head_stride, half, IS_NEOX: tl.constexpr,
                BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
-    """A [BLOCK_H, BLOCK_D] tile of heads: (pointers to the first and second elements of each pair,
-    the mask, the two halves in fp32)."""
-    heads = first_head + tl.arange(0, BLOCK_H)
+    """All heads of a token as a [BLOCK_H, BLOCK_D] tile: (pointers to the first and second elements
+    of each pair, the mask, the two halves in fp32)."""
+    heads = tl.arange(0, BLOCK_H)
     d = tl.arange(0, BLOCK_D)
     off1, off2 = rope_pair_offsets(d, half, IS_NEOX)
     mask = (heads < n_heads)[:, None] & (d < half)[None, :]
@@ -89,44 +75,25 @@ def _rope_store(p1, p2, mask, x1, x2, cos, sin):
 
 
 @triton.jit
-def _rope_heads(ptr, token, first_head, n_heads, token_stride, head_stride, cos, sin, half,
-                IS_NEOX: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
-    p1, p2, mask, x1, x2 = _rope_load(ptr, token, first_head, n_heads, token_stride, head_stride, half, IS_NEOX,
-                                      BLOCK_H, BLOCK_D)
-    _rope_store(p1, p2, mask, x1, x2, cos, sin)
-
-
-@triton.jit
 def _rotary_kernel(pos_ptr, q_ptr, k_ptr, cache_ptr, n_q_heads, n_k_heads, q_token_stride, q_head_stride,
                    k_token_stride, k_head_stride, cache_stride, half, IS_NEOX: tl.constexpr,
-                   BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
+                   BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr, BLOCK_D: tl.constexpr):
+    """All heads of one token: every load is issued before the first store, q and k before cos/sin,
+    whose address waits on the position's load (in the SASS for sm_90 of a grid that loaded cos/sin
+    first, the second tile's loads sat behind that round trip)."""
     token = tl.program_id(0).to(tl.int64)
-    head_block = tl.program_id(1)
-    cos, sin = rope_cos_sin(cache_ptr, pos_ptr, token, cache_stride, half, BLOCK_D)
-    q_blocks = tl.cdiv(n_q_heads, BLOCK_H)
-    if head_block < q_blocks:
-        _rope_heads(q_ptr, token, head_block * BLOCK_H, n_q_heads, q_token_stride, q_head_stride, cos, sin,
-                    half, IS_NEOX, BLOCK_H, BLOCK_D)
-    else:
-        _rope_heads(k_ptr, token, (head_block - q_blocks) * BLOCK_H, n_k_heads, k_token_stride, k_head_stride,
-                    cos, sin, half, IS_NEOX, BLOCK_H, BLOCK_D)
-
-
-@triton.jit
-def _rotary_token_kernel(pos_ptr, q_ptr, k_ptr, cache_ptr, n_q_heads, n_k_heads, q_token_stride, q_head_stride,
-                         k_token_stride, k_head_stride, cache_stride, half, IS_NEOX: tl.constexpr,
-                         BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr, BLOCK_D: tl.constexpr):
-    """All heads of one token (RopeConfig.all_heads): every load is issued before the first store,
-    q and k before cos/sin, whose address waits on the position's load (in the default kernel's
-    SASS for sm_90 the second tile's loads sat behind that round trip)."""
-    token = tl.program_id(0).to(tl.int64)
-    q1p, q2p, q_mask, q1, q2 = _rope_load(q_ptr, token, 0, n_q_heads, q_token_stride, q_head_stride, half,
+    q1p, q2p, q_mask, q1, q2 = _rope_load(q_ptr, token, n_q_heads, q_token_stride, q_head_stride, half,
                                           IS_NEOX, BLOCK_HQ, BLOCK_D)
-    k1p, k2p, k_mask, k1, k2 = _rope_load(k_ptr, token, 0, n_k_heads, k_token_stride, k_head_stride, half,
+    k1p, k2p, k_mask, k1, k2 = _rope_load(k_ptr, token, n_k_heads, k_token_stride, k_head_stride, half,
                                           IS_NEOX, BLOCK_HK, BLOCK_D)
     cos, sin = rope_cos_sin(cache_ptr, pos_ptr, token, cache_stride, half, BLOCK_D)
     _rope_store(q1p, q2p, q_mask, q1, q2, cos, sin)
     _rope_store(k1p, k2p, k_mask, k1, k2, cos, sin)
+
+
+def _warps(heads: int, pairs: int) -> int:
+    """Warps for a [heads, pairs] tile: one per 1024 pairs, 4 to 16 (see the module docstring)."""
+    return min(16, max(4, next_power_of_2(cdiv(heads * pairs, 1024))))
 
 
 def heads_view(t: torch.Tensor, head_size: int) -> torch.Tensor:
@@ -135,8 +102,8 @@ def heads_view(t: torch.Tensor, head_size: int) -> torch.Tensor:
 
 
 def rotary_embedding_triton(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
-                            cos_sin_cache: torch.Tensor, head_size: int, is_neox: bool = True, *,
-                            config: RopeConfig = DEFAULT_CONFIG) -> tuple[torch.Tensor, torch.Tensor]:
+                            cos_sin_cache: torch.Tensor, head_size: int,
+                            is_neox: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotate q and k in place with the Triton kernel (one launch); returns (q, k)."""
     qh, kh = heads_view(q, head_size), heads_view(k, head_size)
     tokens, half = qh.shape[0], cos_sin_cache.shape[1] // 2
@@ -144,21 +111,12 @@ def rotary_embedding_triton(positions: torch.Tensor, q: torch.Tensor, k: torch.T
     if tokens == 0 or half == 0:
         return q, k
     block_d = next_power_of_2(half)
-    if config.all_heads:
-        block_hq, block_hk = next_power_of_2(qh.shape[1]), next_power_of_2(kh.shape[1])
-        warps = config.num_warps or 4  # Liger's default for the same tile
-        _rotary_token_kernel[(tokens,)](positions, qh, kh, cos_sin_cache, qh.shape[1], kh.shape[1], qh.stride(0),
-                                        qh.stride(1), kh.stride(0), kh.stride(1), cos_sin_cache.stride(0), half,
-                                        IS_NEOX=is_neox, BLOCK_HQ=block_hq, BLOCK_HK=block_hk, BLOCK_D=block_d,
-                                        num_warps=warps)
-        return q, k
-    # 16 heads x 64 pairs over 4 warps: 88% of copy speed on an H100 at 32768 tokens (8 x 64 on 2: 80%)
-    block_h = config.block_h or min(next_power_of_2(max(qh.shape[1], kh.shape[1])), max(1, 1024 // block_d))
-    grid = (tokens, cdiv(qh.shape[1], block_h) + cdiv(kh.shape[1], block_h))
-    _rotary_kernel[grid](positions, qh, kh, cos_sin_cache, qh.shape[1], kh.shape[1], qh.stride(0), qh.stride(1),
-                         kh.stride(0), kh.stride(1), cos_sin_cache.stride(0), half, IS_NEOX=is_neox,
-                         BLOCK_H=block_h, BLOCK_D=block_d,
-                         num_warps=config.num_warps or max(1, min(4, block_h * block_d // 256)))
+    block_hq, block_hk = max(1, next_power_of_2(qh.shape[1])), max(1, next_power_of_2(kh.shape[1]))
+    warps = _warps(block_hq + block_hk, block_d)
+    _rotary_kernel[(tokens,)](positions, qh, kh, cos_sin_cache, qh.shape[1], kh.shape[1], qh.stride(0),
+                              qh.stride(1), kh.stride(0), kh.stride(1), cos_sin_cache.stride(0), half,
+                              IS_NEOX=is_neox, BLOCK_HQ=block_hq, BLOCK_HK=block_hk, BLOCK_D=block_d,
+                              num_warps=warps)
     return q, k
 
 

@@ -5,11 +5,8 @@ import importlib
 import pytest
 import torch
 
-from flagstack.ops import rope_cos_sin_cache
-from flagstack.ops.rotary import RopeConfig, rotary_embedding_reference, rotary_embedding_triton
 from flagstack.ops.sampling import SampleConfig, sample_reference, sample_triton
 from tests.ops.helpers import DEVICE, DTYPES, assert_close
-from tests.ops.test_rotary import hf_gptj, hf_neox
 
 softmax_module = importlib.import_module("flagstack.ops.softmax")
 sampling_module = importlib.import_module("flagstack.ops.sampling")
@@ -18,43 +15,6 @@ sampling_module = importlib.import_module("flagstack.ops.sampling")
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
-
-
-ROPE_CONFIGS = [RopeConfig(all_heads=True), RopeConfig(all_heads=True, num_warps=2),
-                RopeConfig(block_h=2, num_warps=1)]
-
-
-@pytest.mark.parametrize("config", ROPE_CONFIGS)
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_rope_configs_match_hf(config, dtype):
-    tokens, hq, hk, d = 3, 5, 1, 64  # head counts that are not powers of 2: masked heads
-    positions = torch.tensor([4, 0, 31], device=DEVICE)
-    q = torch.randn(tokens, hq * d, dtype=dtype, device=DEVICE)
-    k = torch.randn(tokens, hk, d, dtype=dtype, device=DEVICE)
-    want_q, want_k = hf_neox(q.view(tokens, hq, d), positions, d), hf_neox(k, positions, d)
-    rotary_embedding_triton(positions, q, k, rope_cos_sin_cache(d, 32, 1e6, device=DEVICE), d, config=config)
-    assert_close(q.view(tokens, hq, d), want_q)
-    assert_close(k, want_k)
-
-
-@pytest.mark.parametrize("config", ROPE_CONFIGS[:2])
-def test_rope_configs_gptj_partial_and_fused_qkv(config):
-    positions = torch.tensor([0, 5, 63, 17], device=DEVICE)
-    q = torch.randn(4, 3, 80, device=DEVICE)
-    k = torch.randn(4, 2 * 80, device=DEVICE)
-    want_q, want_k = hf_gptj(q, positions, 32, 64), hf_gptj(k.view(4, 2, 80), positions, 32, 64)
-    rotary_embedding_triton(positions, q, k, rope_cos_sin_cache(80, 64, 1e4, rotary_dim=32, device=DEVICE), 80,
-                            is_neox=False, config=config)
-    assert_close(q, want_q)
-    assert_close(k.view(4, 2, 80), want_k)
-    qkv = torch.randn(4, 4 * 32, device=DEVICE)  # q (2 heads), k (1), v (1): strided rows, v untouched
-    q, k, v = qkv.split([64, 32, 32], dim=-1)
-    v_before, cache = v.clone(), rope_cos_sin_cache(32, 64, 1e6, device=DEVICE)
-    want_q, want_k = rotary_embedding_reference(positions, q.clone(), k.clone(), cache, 32)
-    rotary_embedding_triton(positions, q, k, cache, 32, config=config)
-    assert_close(q, want_q)
-    assert_close(k, want_k)
-    assert torch.equal(v, v_before)
 
 
 @pytest.mark.parametrize("kwargs", [dict(recip=True), dict(lane_sum=True), dict(prefetch=True),

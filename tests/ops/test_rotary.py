@@ -1,4 +1,8 @@
 """rotary_embedding and rope_cos_sin_cache vs HF transformers' rotary classes (Qwen3, Llama 3, GPT-J)."""
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from transformers import LlamaConfig, Qwen3Config
@@ -126,6 +130,46 @@ def test_fused_qkv_views_llama3_and_nonfinite():
     empty = torch.empty(0, 8, device=DEVICE)
     assert rotary_embedding_triton(torch.empty(0, dtype=torch.long, device=DEVICE), empty, empty,
                                    rope_cos_sin_cache(8, 4, device=DEVICE), 8)[0].shape == (0, 8)
+
+
+# Run in a child process without TRITON_INTERPRET (the interpreter patches triton.language for the CPU):
+# ptxas's spill-store bytes for the kernel compiled for sm_90 (bf16) with the wrapper's warps, per
+# (q heads, k heads, head_dim) in argv.
+SPILLS_SM90 = """
+import os, re, subprocess, sys, tempfile
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource, compile as triton_compile
+import flagstack.ops.rotary
+rotary = sys.modules["flagstack.ops.rotary"]
+ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+for shape in sys.argv[1:]:
+    hq, hk, head_dim = map(int, shape.split(","))
+    constants = {"IS_NEOX": True, "BLOCK_HQ": hq, "BLOCK_HK": hk, "BLOCK_D": head_dim // 2}
+    types = {"pos_ptr": "*i64", "cache_ptr": "*fp32", "q_ptr": "*bf16", "k_ptr": "*bf16"}
+    signature = {n: "constexpr" if n in constants else types.get(n, "i32") for n in rotary._rotary_kernel.arg_names}
+    compiled = triton_compile(ASTSource(rotary._rotary_kernel, signature, constants), target=GPUTarget("cuda", 90, 32),
+                              options={"num_warps": rotary._warps(hq + hk, head_dim // 2)})
+    with tempfile.NamedTemporaryFile("w", suffix=".ptx") as ptx:
+        ptx.write(compiled.asm["ptx"])
+        ptx.flush()
+        info = subprocess.run([ptxas, "-v", "--gpu-name", "sm_90a", ptx.name, "-o", os.devnull],
+                              capture_output=True, text=True, check=True).stderr
+    print(re.search(r"(\\d+) bytes spill stores", info).group(1))
+"""
+
+
+def test_tile_fits_registers_sm90():
+    """One program holds all of a token's heads in registers: no spills for sm_90 at Qwen3-4B (32 + 8
+    heads of 128: 4 warps) and 128 + 8 heads of 128 (16 warps; 4 spilled 1.3 KB)."""
+    pytest.importorskip("triton.backends.nvidia.compiler", reason="no CUDA backend in this triton")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, "-c", SPILLS_SM90, "32,8,128", "128,8,128"],
+                         capture_output=True, text=True, env=env)
+    if run.returncode and "ptxas" in run.stderr:  # no sm_90 assembler in this triton install
+        pytest.skip(f"cannot compile for sm90 here: {run.stderr.strip().splitlines()[-1]}")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["0", "0"]
 
 
 def test_reference_dispatch_and_errors():
