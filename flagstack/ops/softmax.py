@@ -6,20 +6,22 @@
   softmax); pass 2 streams it again, in reverse order (what pass 1 read last is re-read first),
   and writes. Traffic from HBM: 1 read + 1 write of the row plus the part of pass 2 that misses
   L2. One program per row (~1000 rows of 304 KB resident) missed it almost entirely: 65% of copy
-  speed on an H100. The grid is 2 programs per SM, but ptxas gives the default tile (32768 x 16
-  warps) 128 registers per thread, the whole register file, so one program per SM runs at a time
-  (offline compile for sm_90): 132 rows (40 MB) in flight, the second half of the grid after the
-  first (WideConfig.maxnreg lets two share an SM). L2 eviction hints (keep pass 1's reads, stream
-  pass 2's reads and writes out) and 32768-element blocks raised this path from 64% to 81-86% of
-  copy speed on the H100.
+  speed on an H100. The grid is 2 programs per SM, but a 32768-element tile takes the whole
+  register file (16 warps x 128 registers per thread, offline compile for sm_90), so one program per
+  SM runs at a time: 132 rows (40 MB) in flight, the second half of the grid after the first.
+  L2 eviction hints (keep pass 1's reads, stream pass 2's reads and writes out) and 32768-element
+  blocks raised this path from 64% to 81-86% of copy speed on the H100. softmax then multiplies by
+  1 / sum instead of dividing each element (an IEEE fp32 division is ~10 instructions) and runs its
+  tile at 32 warps: 4096 x 151,936 bf16 8065 -> 7837 -> 7665 us, 85.8% of copy speed (log_softmax,
+  with no division, 7648 us at 16 warps; not timed at 32). Capping registers so two programs share
+  an SM, or loading the next block before reducing this one, were slower (8523-9403 us). The
+  narrow and split kernels finish softmax with the same reciprocal (not timed separately).
 - wide rows, few of them (fewer rows than SMs, e.g. one decode step's logits): each row is cut into
   chunks over many programs. Stage 1 writes each chunk's (max, sum); stage 2 combines a row's
   partials and writes its chunk. Same 2 reads + 1 write, but the whole GPU works on a single row.
 Other dims are moved last (a copy when they are not already last). exp is exp2 of a scaled argument.
 """
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 import triton
@@ -32,43 +34,15 @@ from flagstack.ops.registry import BenchCase, register, register_aten
 
 LOG2E = tl.constexpr(1.4426950408889634)
 NARROW_MAX = 16384  # widest row kept whole in registers (fp32: 32 values per thread at 16 warps)
-# wide rows: elements per iteration, warps per program, programs per SM (rows in flight: the more,
-# the more loads in flight, the less of each row still in L2 for pass 2; see the module docstring)
-# H100, 4096 x 151,936 bf16: 8192 / 16 / 2 without hints ran at 64% of copy speed, 32768 with the
-# hints below at 81% (softmax) and 86% (log_softmax)
-LOOP_BLOCK, LOOP_WARPS, LOOP_PROGRAMS_PER_SM = 32768, 16, 2
+# wide rows: elements per iteration, warps per program (softmax, log_softmax), programs per SM (rows in
+# flight: the more, the more loads in flight, the less of each row still in L2 for pass 2; see the
+# module docstring)
+LOOP_BLOCK, LOOP_PROGRAMS_PER_SM = 32768, 2
+LOOP_WARPS = {False: 32, True: 16}
 # L2 eviction hints (pass 1 loads, pass 2 loads and stores): pass 1 marks the row to stay in L2 for
 # pass 2, which streams it out and keeps its output from evicting the rows still to be re-read
 LOOP_POLICIES = ("evict_last", "evict_first")
 SPLIT_BLOCK = 4096  # few wide rows: columns per program
-
-
-@dataclass(frozen=True)
-class WideConfig:
-    """The wide-row kernel's launch choices, for scripts/llm_ops_sweep.py (defaults: the measured ones).
-
-    recip: softmax's pass 2 multiplies by 1/sum instead of dividing each element (an IEEE fp32
-    division is ~10 instructions; log_softmax, which has none, ran at 86% of copy speed where softmax
-    ran at 81%). lane_sum: pass 1 keeps a per-lane running sum rescaled by the block max, so each
-    block needs one cross-warp reduction (the max) instead of two; it holds BLOCK more fp32 values,
-    so pair it with a smaller block or more warps. maxnreg: a register cap per thread. ptxas gives
-    the default tile 128 registers x 512 threads, the whole register file, so only one program per
-    SM is resident whatever programs_per_sm says (offline compile for sm_90, Triton 3.6); a cap of
-    65536 / (2 * 32 * warps) lets two share an SM (a bit of spilling above 8 warps x 8192).
-    prefetch: pass 1 issues the next block's load before reducing the current one (Triton does not
-    pipeline this loop by itself), holding two blocks: pair it with 16384 x 16 warps or 32 warps.
-    """
-
-    block: int = LOOP_BLOCK
-    warps: int = LOOP_WARPS
-    programs_per_sm: int = LOOP_PROGRAMS_PER_SM
-    recip: bool = False
-    lane_sum: bool = False
-    maxnreg: int | None = None
-    prefetch: bool = False
-
-
-DEFAULT_WIDE = WideConfig()
 
 
 @triton.jit
@@ -78,14 +52,12 @@ def _safe_max(m):
 
 
 @triton.jit
-def _finish(x, m, s, LOG: tl.constexpr, RECIP: tl.constexpr = False):
-    """softmax = exp(x - m) / s, log_softmax = (x - m) - log(s), from the row max m and sum s
-    (RECIP: softmax as exp2(x log2 e - m log2 e) * (1 / s), one FMA, one ex2 and one multiply)."""
+def _finish(x, m, s, LOG: tl.constexpr):
+    """softmax = exp(x - m) / s as exp2(x log2 e - m log2 e) * (1 / s): one FMA, one ex2 and one multiply
+    per element; log_softmax = (x - m) - log(s). From the row max m and sum s."""
     if LOG:
         return (x - m) - tl.log(s)
-    if RECIP:
-        return tl.exp2(x * LOG2E - m * LOG2E) * (1.0 / s)
-    return tl.exp2((x - m) * LOG2E) / s
+    return tl.exp2(x * LOG2E - m * LOG2E) * (1.0 / s)
 
 
 @triton.jit
@@ -112,22 +84,8 @@ def _online_update(x, m, s):
 
 
 @triton.jit
-def _fold_block(x, m, s, lanes, LANE_SUM: tl.constexpr):
-    """Pass 1's update of the running max m and sum s (LANE_SUM: per-lane sums `lanes` instead of s)."""
-    if LANE_SUM:
-        m_new = tl.maximum(m, tl.max(x, axis=0))
-        shift = _safe_max(m_new)
-        lanes = lanes * tl.exp2((m - shift) * LOG2E) + tl.exp2((x - shift) * LOG2E)
-        m = m_new
-    else:
-        m, s = _online_update(x, m, s)
-    return m, s, lanes
-
-
-@triton.jit
 def _wide_kernel(x_ptr, y_ptr, n_rows, n_cols, x_row_stride, y_row_stride, LOG: tl.constexpr,
-                 BLOCK: tl.constexpr, PASS1_POLICY: tl.constexpr, PASS2_POLICY: tl.constexpr,
-                 RECIP: tl.constexpr = False, LANE_SUM: tl.constexpr = False, PREFETCH: tl.constexpr = False):
+                 BLOCK: tl.constexpr, PASS1_POLICY: tl.constexpr, PASS2_POLICY: tl.constexpr):
     cols = tl.arange(0, BLOCK)
     n_blocks = tl.cdiv(n_cols, BLOCK)
     # persistent: rows in flight = grid size; an int64 row keeps row * stride from overflowing
@@ -136,27 +94,16 @@ def _wide_kernel(x_ptr, y_ptr, n_rows, n_cols, x_row_stride, y_row_stride, LOG: 
         y_row = y_ptr + row * y_row_stride
         m = tl.full((), float("-inf"), tl.float32)
         s = tl.zeros((), tl.float32)
-        lanes = tl.zeros((BLOCK,), tl.float32)  # LANE_SUM: per-lane sums of exp(x - m)
-        if PREFETCH:  # the next block's load is in flight while this one is reduced
-            x = tl.load(x_row + cols, mask=cols < n_cols, other=float("-inf"), eviction_policy=PASS1_POLICY)
-            for start in range(BLOCK, n_cols + BLOCK, BLOCK):  # the last load is fully masked: no traffic
-                x_next = tl.load(x_row + start + cols, mask=start + cols < n_cols, other=float("-inf"),
-                                 eviction_policy=PASS1_POLICY)
-                m, s, lanes = _fold_block(x.to(tl.float32), m, s, lanes, LANE_SUM)
-                x = x_next
-        else:
-            for start in range(0, n_cols, BLOCK):
-                x = tl.load(x_row + start + cols, mask=start + cols < n_cols, other=float("-inf"),
-                            eviction_policy=PASS1_POLICY).to(tl.float32)
-                m, s, lanes = _fold_block(x, m, s, lanes, LANE_SUM)
-        if LANE_SUM:
-            s = tl.sum(lanes, axis=0)
+        for start in range(0, n_cols, BLOCK):
+            x = tl.load(x_row + start + cols, mask=start + cols < n_cols, other=float("-inf"),
+                        eviction_policy=PASS1_POLICY).to(tl.float32)
+            m, s = _online_update(x, m, s)
         m = _safe_max(m)
         for i in range(0, n_blocks):
             start = (n_blocks - 1 - i) * BLOCK  # last block first: it is still in L2
             mask = start + cols < n_cols
             x = tl.load(x_row + start + cols, mask=mask, other=float("-inf"), eviction_policy=PASS2_POLICY)
-            tl.store(y_row + start + cols, _finish(x.to(tl.float32), m, s, LOG, RECIP).to(y_ptr.dtype.element_ty),
+            tl.store(y_row + start + cols, _finish(x.to(tl.float32), m, s, LOG).to(y_ptr.dtype.element_ty),
                      mask=mask, eviction_policy=PASS2_POLICY)
 
 
@@ -196,34 +143,25 @@ def _launch_narrow(x: torch.Tensor, y: torch.Tensor, log: bool) -> None:
         num_warps=warps)
 
 
-def _launch_wide(x: torch.Tensor, y: torch.Tensor, log: bool, block: int = LOOP_BLOCK,
-                 warps: int = LOOP_WARPS, programs_per_sm: int = LOOP_PROGRAMS_PER_SM, *,
-                 recip: bool = False, lane_sum: bool = False, maxnreg: int | None = None,
-                 prefetch: bool = False) -> None:
-    programs = min(x.shape[0], programs_per_sm * sm_count(x.device, cpu=4))
-    switches = (("RECIP", recip), ("LANE_SUM", lane_sum), ("PREFETCH", prefetch))
-    flags: dict = {k: True for k, on in switches if on}  # all off: the default kernel, one compile
-    if maxnreg is not None and x.is_cuda:
-        flags["maxnreg"] = maxnreg
+def _launch_wide(x: torch.Tensor, y: torch.Tensor, log: bool, block: int = LOOP_BLOCK) -> None:
+    programs = min(x.shape[0], LOOP_PROGRAMS_PER_SM * sm_count(x.device, cpu=4))
     _wide_kernel[(programs,)](x, y, x.shape[0], x.shape[1], x.stride(0), y.stride(0), LOG=log, BLOCK=block,
-                              PASS1_POLICY=LOOP_POLICIES[0], PASS2_POLICY=LOOP_POLICIES[1], num_warps=warps,
-                              **flags)
+                              PASS1_POLICY=LOOP_POLICIES[0], PASS2_POLICY=LOOP_POLICIES[1],
+                              num_warps=LOOP_WARPS[log])
 
 
-def _launch_split(x: torch.Tensor, y: torch.Tensor, log: bool, block: int = SPLIT_BLOCK,
-                  warps: int | None = None) -> None:
+def _launch_split(x: torch.Tensor, y: torch.Tensor, log: bool, block: int = SPLIT_BLOCK) -> None:
     n_rows, n_cols = x.shape
     n_chunks = cdiv(n_cols, block)
     stats = torch.empty(2, n_rows, n_chunks, dtype=torch.float32, device=x.device)
     grid = (n_chunks, n_rows)
-    warps = warps or min(16, max(1, block // 512))
+    warps = min(16, max(1, block // 512))
     _split_stats_kernel[grid](x, stats[0], stats[1], n_cols, x.stride(0), n_chunks, BLOCK=block, num_warps=warps)
     _split_write_kernel[grid](x, y, stats[0], stats[1], n_cols, x.stride(0), y.stride(0), n_chunks, LOG=log,
                               BLOCK=block, CHUNKS=next_power_of_2(n_chunks), num_warps=warps)
 
 
-def _softmax_triton(x: torch.Tensor, dim: int, dtype: torch.dtype | None, log: bool,
-                    wide: WideConfig = DEFAULT_WIDE) -> torch.Tensor:
+def _softmax_triton(x: torch.Tensor, dim: int, dtype: torch.dtype | None, log: bool) -> torch.Tensor:
     if x.dim() == 0:
         return _softmax_triton(x.reshape(1), 0, dtype, log).reshape(())
     if x.numel() == 0:
@@ -235,24 +173,21 @@ def _softmax_triton(x: torch.Tensor, dim: int, dtype: torch.dtype | None, log: b
     if rows.shape[1] <= NARROW_MAX:
         _launch_narrow(rows, out, log)
     elif rows.shape[0] >= sm_count(x.device, cpu=4):
-        _launch_wide(rows, out, log, wide.block, wide.warps, wide.programs_per_sm, recip=wide.recip,
-                     lane_sum=wide.lane_sum, maxnreg=wide.maxnreg, prefetch=wide.prefetch)
+        _launch_wide(rows, out, log)
     else:
         _launch_split(rows, out, log)
     out = out.view(moved.shape)
     return out if dim == x.dim() - 1 else out.movedim(-1, dim).contiguous()
 
 
-def softmax_triton(x: torch.Tensor, dim: int = -1, dtype: torch.dtype | None = None, *,
-                   wide: WideConfig = DEFAULT_WIDE) -> torch.Tensor:
+def softmax_triton(x: torch.Tensor, dim: int = -1, dtype: torch.dtype | None = None) -> torch.Tensor:
     """softmax of x along `dim` with the Triton kernels, in fp32, output in `dtype` (default x's)."""
-    return _softmax_triton(x, dim, dtype, log=False, wide=wide)
+    return _softmax_triton(x, dim, dtype, log=False)
 
 
-def log_softmax_triton(x: torch.Tensor, dim: int = -1, dtype: torch.dtype | None = None, *,
-                       wide: WideConfig = DEFAULT_WIDE) -> torch.Tensor:
+def log_softmax_triton(x: torch.Tensor, dim: int = -1, dtype: torch.dtype | None = None) -> torch.Tensor:
     """log_softmax of x along `dim` with the Triton kernels, in fp32, output in `dtype` (default x's)."""
-    return _softmax_triton(x, dim, dtype, log=True, wide=wide)
+    return _softmax_triton(x, dim, dtype, log=True)
 
 
 def softmax_reference(x: torch.Tensor, dim: int = -1, dtype: torch.dtype | None = None) -> torch.Tensor:

@@ -8,38 +8,12 @@ import torch
 from flagstack.ops.sampling import SampleConfig, sample_reference, sample_triton
 from tests.ops.helpers import DEVICE, DTYPES, assert_close
 
-softmax_module = importlib.import_module("flagstack.ops.softmax")
 sampling_module = importlib.import_module("flagstack.ops.sampling")
 
 
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
-
-
-@pytest.mark.parametrize("kwargs", [dict(recip=True), dict(lane_sum=True), dict(prefetch=True),
-                                    dict(recip=True, lane_sum=True, prefetch=True, maxnreg=64)])
-@pytest.mark.parametrize("log", [False, True])
-def test_softmax_wide_variants_with_special_rows(kwargs, log):
-    """+inf, nan and all -inf rows give nan rows as in torch; partly -inf rows exact zeros / -inf
-    (maxnreg is a CUDA launch option, ignored on CPU)."""
-    inf = float("inf")
-    x = torch.randn(6, 150, device=DEVICE) * 4
-    x[0, 7], x[1, 140], x[2] = inf, float("nan"), -inf
-    x[3, ::2], x[4, 64:], x[5, :128] = -inf, -inf, -inf
-    out = torch.empty_like(x)
-    softmax_module._launch_wide(x, out, log, 64, programs_per_sm=1, **kwargs)
-    want = torch.log_softmax(x, -1) if log else torch.softmax(x, -1)
-    assert_close(out, want)
-
-
-def test_softmax_wide_config_through_the_wrapper():
-    """On CPU 4 rows >= the 4 SMs assumed there and wider than NARROW_MAX: the wide kernel with the config
-    (5 blocks of 4096, the last one partial)."""
-    x = torch.randn(4, 16500, dtype=torch.bfloat16, device=DEVICE) * 4
-    wide = softmax_module.WideConfig(block=4096, warps=4, recip=True, lane_sum=True, prefetch=True)
-    assert_close(softmax_module.softmax_triton(x, wide=wide), torch.softmax(x.float(), -1).to(x.dtype))
-    assert_close(softmax_module.log_softmax_triton(x, wide=wide), torch.log_softmax(x.float(), -1).to(x.dtype))
 
 
 FUSED = dict(temperature=[0.0, 0.7, 1.3, 1.0, 0.9], top_k=[0, 8, 5, 0, 1], top_p=[1.0, 0.95, 0.8, 1.0, 0.5],
