@@ -20,7 +20,12 @@ thresholds come from two small kernels instead of torch.topk/sort and their sync
 slice of a row keeps its K largest logits (many programs per row even at batch 1), then one
 program per row takes the K largest of those candidates (the row's top K, sorted) and derives
 top-k, top-p and min-p from them exactly as the torch path does. Extra traffic: one more read of
-the logits (~2 B/token), then the draw as above.
+the logits (~2 B/token), then the draw as above. Both kernels run only as many select-the-max
+rounds as the largest top-k (the thresholds read no entry past it; before: its next power of 2):
+H100, 4096 x 151,936, Qwen3's T 0.6 / top-k 20 / top-p 0.95: thresholds 8712 -> 5512 us, the
+whole sampler 11115 -> 7912 us (torch.compile of the same maths 10809). The draw keeps the accurate
+log: the hardware's approximate log2 saved 1.6% but may pick another token than the reference where
+two keys are within ~2^-22; a key without the division and per-lane argmax state saved < 1%.
 """
 from __future__ import annotations
 
@@ -30,7 +35,6 @@ from typing import Sequence
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra import libdevice
 
 from flagstack.ops import interpreter_compat  # noqa: F401  (loops over scalar args on CPU)
 from flagstack.ops.argmax import (NO_INDEX, argmax_combine_kernel, argmax_result, argmax_rows, argmax_update,
@@ -48,63 +52,9 @@ CHUNK = 4096  # fused path: columns per candidate program (37 programs per 151,9
 ParamLike = torch.Tensor | float | int | Sequence[float] | None
 
 
-@dataclass(frozen=True)
-class SampleConfig:
-    """Launch choices, for scripts/llm_ops_sweep.py; the defaults are the measured ones.
-
-    At 4096 x 151,936 the candidate kernel is likely the largest cost (an estimate from the SASS for
-    sm_90, not yet measured): each 4096-wide slice runs K (the next power of 2 of the largest top-k:
-    32 for top-k 20) rounds of two block reductions, 133 instructions per thread and round, ~1.6e11
-    thread instructions in all, ~5.5 ms of issue time of the 11.2 ms the whole sampler took.
-    exact_rounds: run only max(1, largest top-k) rounds (the thresholds read no entry past it, so
-    they are unchanged). bitonic: tl.topk's network instead of the rounds (3,096 instructions per
-    thread, straight-line: fewer than 32 rounds, more than 20). fast_key: the draw's key as
-    x * (log2 e / T) - log2(q), the same argmax (a positive multiple of x / T - ln q) without a
-    division per element. approx_log: fast_key with the hardware's approximate log2 (~2^-22
-    absolute error: a token differs from the reference only where two keys are that close). The
-    draw's loop for sm_90 (2048 x 4 warps, 16 elements per thread): 777 SASS instructions with
-    the accurate log (libdevice, no MUFU), 322 with approx_log, 293 adding lanes=2; at 6 bytes per
-    element and ~60 instructions per element of issue budget, the accurate log leaves the draw
-    near instruction-bound. block / warps: the draw kernel's tile. lanes (SUB rows per tile): the
-    draw's three block reductions (max, its first index, first NaN) per 2048 elements become one
-    set per span, lanes folding their own elements (argmax_logsumexp's scheme).
-    """
-
-    block: int | None = None  # None: BLOCK
-    warps: int | None = None  # None: warps_for(block)
-    chunk: int | None = None  # None: CHUNK
-    exact_rounds: bool = False
-    bitonic: bool = False
-    fast_key: bool = False
-    approx_log: bool = False  # with fast_key: lg2.approx for log2(q) (CUDA; the interpreter has no libdevice)
-    lanes: int = 0  # > 0: the draw keeps per-lane state over [lanes rows, block // lanes] tiles
-
-
-DEFAULT_CONFIG = SampleConfig()
-
-
-@triton.jit
-def _draw_values(logits_ptr, noise_ptr, row, cols, hi, noise_hi, n_cols, logits_row_stride, t, threshold, greedy,
-                 FAST_KEY: tl.constexpr):  # 0: x / T - ln q, 1 and 2: see SampleConfig.fast_key / approx_log
-    """The values whose argmax is the draw, at `cols` (any shape): the key, or the logit for greedy rows."""
-    x = tl.load(logits_ptr + row * logits_row_stride + cols, mask=cols < hi, other=float("-inf")).to(tl.float32)
-    q = tl.load(noise_ptr + row * n_cols + cols, mask=cols < noise_hi, other=1.0)
-    if FAST_KEY == 2:  # as 1 with lg2.approx (libdevice's fast_log2f; CUDA only)
-        key = tl.where(x >= threshold, x * (1.4426950408889634 / t) - libdevice.fast_log2f(q), float("-inf"))
-    elif FAST_KEY:  # log2 e * (x / T - ln q): same argmax, no division per element
-        key = tl.where(x >= threshold, x * (1.4426950408889634 / t) - tl.log2(q), float("-inf"))
-    else:
-        key = tl.where(x >= threshold, x / t - tl.log(q), float("-inf"))
-    return tl.where(greedy, x, key)
-
-
 @triton.jit(do_not_specialize=["temp_stride"])  # 0 or 1 per call: one compile
 def _sample_kernel(logits_ptr, noise_ptr, temp_ptr, thr_ptr, val_ptr, idx_ptr, n_cols, logits_row_stride,
-                   temp_stride, span, WRITE_VALUE: tl.constexpr, BLOCK: tl.constexpr, FAST_KEY: tl.constexpr = False,
-                   SUB: tl.constexpr = 0):
-    # SUB > 0 (SampleConfig.lanes): the block is a [SUB, BLOCK // SUB] tile whose columns ("lanes")
-    # keep their own (max, first index, first NaN); the cross-lane reductions run once per span, as
-    # in argmax_logsumexp, instead of three per block
+                   temp_stride, span, WRITE_VALUE: tl.constexpr, BLOCK: tl.constexpr):
     split, row = tl.program_id(0), tl.program_id(1).to(tl.int64)
     n_splits = tl.num_programs(0)
     lo = split * span
@@ -113,27 +63,15 @@ def _sample_kernel(logits_ptr, noise_ptr, temp_ptr, thr_ptr, val_ptr, idx_ptr, n
     threshold = tl.load(thr_ptr + row)
     greedy = t == 0.0
     noise_hi = tl.where(greedy, lo, hi)  # greedy rows read no noise
-    if SUB > 0:
-        tile = tl.arange(0, SUB)[:, None] * (BLOCK // SUB) + tl.arange(0, BLOCK // SUB)[None, :]
-        lane_best = tl.full((BLOCK // SUB,), float("-inf"), tl.float32)
-        lane_idx = tl.full((BLOCK // SUB,), NO_INDEX, tl.int32)  # stays NO_INDEX in an all -inf lane
-        lane_nan = tl.full((BLOCK // SUB,), NO_INDEX, tl.int32)
-        for start in range(lo, hi, BLOCK):
-            v = _draw_values(logits_ptr, noise_ptr, row, start + tile, hi, noise_hi, n_cols, logits_row_stride,
-                             t, threshold, greedy, FAST_KEY)
-            lane_best, lane_idx, lane_nan = argmax_update(v, start + tile, lane_best, lane_idx, lane_nan)
-        # across lanes: the first lane index of the max is the span's first; an all -inf span answers lo
-        best, best_idx, nan_idx = argmax_update(lane_best, lane_idx, tl.full((), float("-inf"), tl.float32), lo,
-                                                tl.min(lane_nan, axis=0))
-    else:
-        best = tl.full((), float("-inf"), tl.float32)
-        best_idx = lo
-        nan_idx = tl.full((), NO_INDEX, tl.int32)
-        for start in range(lo, hi, BLOCK):
-            cols = start + tl.arange(0, BLOCK)
-            v = _draw_values(logits_ptr, noise_ptr, row, cols, hi, noise_hi, n_cols, logits_row_stride, t,
-                             threshold, greedy, FAST_KEY)
-            best, best_idx, nan_idx = argmax_update(v, cols, best, best_idx, nan_idx)
+    best = tl.full((), float("-inf"), tl.float32)
+    best_idx = lo
+    nan_idx = tl.full((), NO_INDEX, tl.int32)
+    for start in range(lo, hi, BLOCK):
+        cols = start + tl.arange(0, BLOCK)
+        x = tl.load(logits_ptr + row * logits_row_stride + cols, mask=cols < hi, other=float("-inf")).to(tl.float32)
+        q = tl.load(noise_ptr + row * n_cols + cols, mask=cols < noise_hi, other=1.0)
+        key = tl.where(x >= threshold, x / t - tl.log(q), float("-inf"))
+        best, best_idx, nan_idx = argmax_update(tl.where(greedy, x, key), cols, best, best_idx, nan_idx)
     value, index = argmax_result(best, best_idx, nan_idx)
     if WRITE_VALUE:
         tl.store(val_ptr + row * n_splits + split, value)
@@ -143,8 +81,9 @@ def _sample_kernel(logits_ptr, noise_ptr, temp_ptr, thr_ptr, val_ptr, idx_ptr, n
 @triton.jit
 def _top_sorted(x, K: tl.constexpr, ROUNDS: tl.constexpr):
     """The ROUNDS (<= K) largest values of a 1-D fp32 block, largest first, -inf after them: rounds
-    of take the max, drop its first copy (2 block reductions per round; tl.topk's sorting network
-    takes seconds per call in the CPU interpreter, and K <= 64 rounds cost a few microseconds on a GPU)."""
+    of take the max, drop its first copy (2 block reductions per round). tl.topk's sorting network
+    takes seconds per call in the CPU interpreter and ~3,100 instructions per thread for sm_90, more
+    than 20 rounds (Qwen3's top-k)."""
     idx = tl.arange(0, x.shape[0])
     j = tl.arange(0, K)
     top = tl.full([K], float("-inf"), tl.float32)
@@ -158,16 +97,12 @@ def _top_sorted(x, K: tl.constexpr, ROUNDS: tl.constexpr):
 
 @triton.jit
 def _chunk_top_kernel(logits_ptr, cand_ptr, n_cols, logits_row_stride, CHUNK: tl.constexpr, K: tl.constexpr,
-                      ROUNDS: tl.constexpr, BITONIC: tl.constexpr = False):
-    """cand[row, chunk, :] = the ROUNDS largest logits (fp32) of one CHUNK-wide slice of a row, then
-    -inf (BITONIC: all K largest, by tl.topk)."""
+                      ROUNDS: tl.constexpr):
+    """cand[row, chunk, :] = the ROUNDS largest logits (fp32) of one CHUNK-wide slice of a row, then -inf."""
     chunk, row = tl.program_id(0), tl.program_id(1).to(tl.int64)
     cols = chunk * CHUNK + tl.arange(0, CHUNK)
     x = tl.load(logits_ptr + row * logits_row_stride + cols, mask=cols < n_cols, other=float("-inf"))
-    if BITONIC:
-        top = tl.topk(x.to(tl.float32), K)
-    else:
-        top = _top_sorted(x.to(tl.float32), K, ROUNDS)
+    top = _top_sorted(x.to(tl.float32), K, ROUNDS)
     tl.store(cand_ptr + (row * tl.num_programs(0) + chunk) * K + tl.arange(0, K), top)
 
 
@@ -335,18 +270,16 @@ def _fused_params(logits: torch.Tensor, temperature: ParamLike, top_k: ParamLike
     return params, int(max(ks))
 
 
-def _fused_thresholds(logits: torch.Tensor, params: torch.Tensor, k_max: int,
-                      config: SampleConfig = DEFAULT_CONFIG) -> torch.Tensor:
+def _fused_thresholds(logits: torch.Tensor, params: torch.Tensor, k_max: int) -> torch.Tensor:
     """Per-row thresholds from the two candidate kernels (see the module docstring)."""
     rows, vocab = logits.shape
-    chunk = min(config.chunk or CHUNK, max(2, next_power_of_2(vocab)))
+    chunk = min(CHUNK, max(2, next_power_of_2(vocab)))
     k = max(2, next_power_of_2(k_max))  # k <= chunk since k_max < vocab
-    rounds = max(1, k_max) if config.exact_rounds else k  # entries past k_max are never read
+    rounds = max(1, k_max)  # entries past k_max are never read
     n_chunks = cdiv(vocab, chunk)
     cand = torch.empty(rows, n_chunks * k, dtype=torch.float32, device=logits.device)
     _chunk_top_kernel[(n_chunks, rows)](logits, cand, vocab, logits.stride(0), CHUNK=chunk, K=k, ROUNDS=rounds,
-                                        num_warps=8 if chunk >= 2048 else 4,
-                                        **({"BITONIC": True} if config.bitonic else {}))
+                                        num_warps=8 if chunk >= 2048 else 4)
     threshold = torch.empty(rows, dtype=torch.float32, device=logits.device)
     _threshold_kernel[(rows,)](cand, params, threshold, n_chunks * k, params.stride(0),
                                params.stride(1) if params.shape[1] > 1 else 0, K=k,
@@ -354,15 +287,9 @@ def _fused_thresholds(logits: torch.Tensor, params: torch.Tensor, k_max: int,
     return threshold
 
 
-def _fast_key(config: SampleConfig, logits: torch.Tensor) -> int:
-    """The draw kernel's FAST_KEY: 2 (approximate log2) where asked for and on CUDA, else 1."""
-    return 2 if config.approx_log and logits.is_cuda else 1
-
-
 def sample_triton(logits: torch.Tensor, temperature: ParamLike = 1.0, top_k: ParamLike = None,
                   top_p: ParamLike = None, min_p: ParamLike = None, *, generator: torch.Generator | None = None,
-                  seeds: Sequence[int] | torch.Tensor | None = None,
-                  config: SampleConfig = DEFAULT_CONFIG) -> torch.Tensor:
+                  seeds: Sequence[int] | torch.Tensor | None = None) -> torch.Tensor:
     """Sample one token id per row (int64 [B]) with the fused Triton kernel."""
     logits = logits if logits.stride(-1) == 1 else logits.contiguous()
     fused = _fused_params(logits, temperature, top_k, top_p, min_p)
@@ -371,13 +298,13 @@ def sample_triton(logits: torch.Tensor, temperature: ParamLike = 1.0, top_k: Par
         temps = params[0].expand(logits.shape[0])  # stride 0 when one value serves every row
         if isinstance(seeds, torch.Tensor):
             seeds = seeds.tolist()
-        plan = _Plan(temps, _fused_thresholds(logits, params, k_max, config), _noise(logits, generator, seeds))
+        plan = _Plan(temps, _fused_thresholds(logits, params, k_max), _noise(logits, generator, seeds))
     else:
         plan = _plan(logits, temperature, top_k, top_p, min_p, generator, seeds)
     if plan.noise is None:
         return argmax_rows(logits)
     rows, vocab = logits.shape
-    block = min(config.block or BLOCK, next_power_of_2(vocab))
+    block = min(BLOCK, next_power_of_2(vocab))
     splits = num_splits(rows, vocab, logits.device, block)
     span = cdiv(cdiv(vocab, splits), block) * block
     splits = cdiv(vocab, span)
@@ -386,9 +313,7 @@ def sample_triton(logits: torch.Tensor, temperature: ParamLike = 1.0, top_k: Par
     indices = torch.empty(rows, splits, dtype=torch.int64, device=logits.device) if splits > 1 else out
     _sample_kernel[(splits, rows)](logits, plan.noise, plan.temperature, plan.threshold, values, indices, vocab,
                                    logits.stride(0), plan.temperature.stride(0), span, WRITE_VALUE=splits > 1,
-                                   BLOCK=block, num_warps=config.warps or warps_for(block),
-                                   **({"FAST_KEY": _fast_key(config, logits)} if config.fast_key else {}),
-                                   **({"SUB": config.lanes} if config.lanes else {}))
+                                   BLOCK=block, num_warps=warps_for(block))
     if splits > 1:
         argmax_combine_kernel[(rows,)](values, indices, out, splits, SPLITS=next_power_of_2(splits))
     return out

@@ -83,27 +83,34 @@ def test_triton_matches_reference_token_for_token(rows, vocab):
         assert a[0].item() == 5
 
 
-FUSED_PARAMS = dict(temperature=[0.0, 0.7, 1.3, 1.0, 0.9], top_k=[0, 8, 5, 0, 1],
-                    top_p=[1.0, 0.95, 0.8, 1.0, 0.5], min_p=[0.0, 0.0, 0.05, 0.1, 0.0])
+# the last row's threshold is its k-th largest logit alone (no top-p, no min-p, no ties)
+FUSED_PARAMS = dict(temperature=[0.0, 0.7, 1.3, 1.0, 0.9, 1.0], top_k=[0, 8, 5, 0, 1, 8],
+                    top_p=[1.0, 0.95, 0.8, 1.0, 0.5, 1.0], min_p=[0.0, 0.0, 0.05, 0.1, 0.0, 0.0])
 
 
-def test_fused_thresholds_equal_torch_path(monkeypatch):
-    """Host-known filters with top-k <= K_MAX take the candidate kernels (no torch.topk, no sync):
-    same thresholds as the torch path (here 128-wide slices: 3 per row), same tokens. One slice per
-    row is the path of the short rows in test_greedy_is_argmax_and_seeds_reproduce."""
+@pytest.mark.parametrize("params, k_max", [
+    (FUSED_PARAMS, 8),  # as many rounds as candidates (8)
+    ({**FUSED_PARAMS, "top_k": [0, 6, 5, 0, 1, 6]}, 6),  # 6 rounds of 8 candidates: the rest stay -inf
+    (dict(temperature=0.8, top_k=0, top_p=1.0, min_p=0.1), 0),  # min-p alone: one round (the row max)
+])
+def test_fused_thresholds_equal_torch_path(monkeypatch, params, k_max):
+    """Host-known filters with top-k <= K_MAX take the candidate kernels (no torch.topk, no sync),
+    which run only as many rounds as the largest top-k: same thresholds as the torch path (here
+    128-wide slices: 3 per row), same tokens. One slice per row is the path of the short rows in
+    test_greedy_is_argmax_and_seeds_reproduce."""
     monkeypatch.setattr(sampling, "CHUNK", 128)
-    logits = torch.randn(5, 300, device=DEVICE) * 3
+    logits = torch.randn(6, 300, device=DEVICE) * 3
     logits[1, 100:130] = logits[1].max()  # ties at the top: k-th value and top-p inside a tie run
-    fused = sampling._fused_params(logits, **FUSED_PARAMS)
-    assert fused is not None and fused[1] == 8
+    fused = sampling._fused_params(logits, **params)
+    assert fused is not None and fused[1] == k_max
     got = sampling._fused_thresholds(logits, *fused)
-    rows = [torch.tensor(v, device=DEVICE) for v in FUSED_PARAMS.values()]
+    dtypes = dict(temperature=torch.float32, top_k=torch.int64, top_p=torch.float32, min_p=torch.float32)
+    rows = [sampling._row_param(name, params[name], 6, 0, dtype, logits.device) for name, dtype in dtypes.items()]
     expected = sampling._thresholds(logits, *rows)
     sampled = rows[0] > 0
     torch.testing.assert_close(got[sampled], expected[sampled], rtol=1e-6, atol=0)
-    seed = dict(generator=torch.Generator(DEVICE).manual_seed(3))
-    a = sample_triton(logits, **FUSED_PARAMS, **seed)
-    b = sample_reference(logits, **FUSED_PARAMS, generator=torch.Generator(DEVICE).manual_seed(3))
+    a = sample_triton(logits, **params, generator=torch.Generator(DEVICE).manual_seed(3))
+    b = sample_reference(logits, **params, generator=torch.Generator(DEVICE).manual_seed(3))
     assert torch.equal(a, b)
 
 
