@@ -6,11 +6,18 @@ of deltas and the asyncio side. With the engine in a thread of the server, its p
 Wire: two one-way pipes of pickled tuples.
   parent -> child  ("add", request_id, prompt, params)   ("abort", request_id, ticket | None)
                    ("stats", ticket)                     ("shutdown",)
-  child -> parent  ("ready", info)   ("added", request_id, error | None)   ("step", [wire output, ...])
-                   ("aborted", ticket, found, wire output | None)   ("stats", ticket, stats)   ("failed", error)
-One "step" message per engine step holds the new tokens of every request that got some. A wire output is
-(request_id, finished, [completion fields, ...], (first_token_time, finished_time, num_cached_tokens), head);
-head is (prompt, prompt_token_ids, prompt_logprobs, arrival_time) in a request's first output, else None.
+  child -> parent  ("ready", info)   ("added", request_id, error | None)   ("step", [delta, ...])
+                   ("aborted", ticket, found, delta | None)   ("stats", ticket, stats)   ("failed", error)
+One "step" message per engine step holds a delta of every request that got new tokens, read straight off
+the engine's Request (no output objects in the child, whose time between steps is the GPU's idle time):
+  delta = (request_id, finished, [sample, ...], meta | None)
+  sample = (text, new token ids, cumulative_logprob, new logprobs | None[, finish_reason, stop_reason])
+           one per sequence, in index order; the last two only once it has finished; text is "" unless
+           the engine keeps it (stop strings): the parent decodes the tokens
+  meta = (first_token_time, finished_time, num_cached_tokens, head | None): in the first delta, the
+         finished one, and when the prefix-cache count changed (re-admitted after a preemption)
+  head = (prompt, prompt_token_ids, prompt_logprobs, arrival_time): in the first delta only
+The parent (ParentStream) turns each delta back into the RequestOutput the thread mode gives.
 """
 from __future__ import annotations
 
@@ -27,10 +34,12 @@ import time
 import traceback
 
 from flagstack.engine.engine_thread import deliver, engine_info, engine_stats, post, settle
-from flagstack.engine.outputs import CompletionOutput, DeltaTracker, RequestMetrics, RequestOutput, request_output
+from flagstack.engine.outputs import CompletionOutput, RequestMetrics, RequestOutput
+from flagstack.engine.sequence import Request, Status
 
 PARENT_CHECK_S = 1.0  # how often the child looks whether its parent still exists
 SHUTDOWN_WAIT_S = 30.0
+FINISHED = Status.FINISHED  # read once: an enum member lookup per sequence per step cost 20% of delta()
 
 
 def dumps(message: tuple) -> bytes:
@@ -79,8 +88,7 @@ class ChildLoop:
 
     def __init__(self, core, inbox, outbox) -> None:
         self.core, self.inbox, self.outbox = core, inbox, outbox
-        self.trackers: dict[str, DeltaTracker] = {}  # what each request's stream has been sent
-        self.new: set[str] = set()  # requests whose prompt part is not sent yet
+        self.sent: dict[str, Sent] = {}  # what each unfinished request's stream has been sent
         self.structured = None  # StructuredOutputs, built at the first grammar
 
     def run(self) -> None:
@@ -104,15 +112,14 @@ class ChildLoop:
             except BaseException as err:  # noqa: BLE001 - every waiting stream hears of it
                 self.send(("failed", portable_error(err)))
                 return
-            now = time.time()
-            outputs = []
-            for request in touched:
-                out = request_output(request, now, self.trackers[request.request_id])
-                if out.finished:
-                    del self.trackers[request.request_id]
-                outputs.append(self.wire(out))
-            if outputs:
-                self.send(("step", outputs))
+            if not touched:
+                continue
+            now, sent = time.time(), self.sent
+            deltas = [delta(request, sent[request.request_id], now) for request in touched]
+            for d in deltas:
+                if d[1]:  # finished
+                    del sent[d[0]]
+            self.send(("step", deltas))
 
     def handle(self, message: tuple) -> bool:
         """Apply one parent message; False for shutdown."""
@@ -126,18 +133,15 @@ class ChildLoop:
                 self.send(("added", request_id, portable_error(err)))
                 return True
             # the text is decoded in the parent unless the engine keeps it for stop strings (as in thread mode)
-            self.trackers[request_id] = DeltaTracker(None if params.stop_strings else self.core.tokenizer)
-            self.new.add(request_id)
+            self.sent[request_id] = Sent(params.n, bool(params.stop_strings))
             self.send(("added", request_id, None))
         elif kind == "abort":
             _, request_id, ticket = message
             request = self.core.requests.get(request_id)
             found = self.core.abort(request_id)
-            tracker = self.trackers.pop(request_id, None)
-            out = None
-            if found and tracker is not None:
-                out = self.wire(request_output(request, time.time(), tracker))
-            self.send(("aborted", ticket, found, out))
+            sent = self.sent.pop(request_id, None)
+            final = delta(request, sent, time.time()) if found and sent is not None else None
+            self.send(("aborted", ticket, found, final))
         elif kind == "stats":
             self.send(("stats", message[1], engine_stats(self.core)))
         elif kind == "shutdown":
@@ -155,37 +159,76 @@ class ChildLoop:
                 self.structured = StructuredOutputs(core.tokenizer, core.vocab_size, core.eos_token_ids)
             factory.compile_with(self.structured)
 
-    def wire(self, out: RequestOutput) -> tuple:
-        """A delta RequestOutput as plain tuples (cheaper to pickle than dataclasses); the prompt part once."""
-        head = None
-        if out.request_id in self.new:
-            self.new.discard(out.request_id)
-            head = (out.prompt, out.prompt_token_ids, out.prompt_logprobs, out.metrics.arrival_time)
-        m = out.metrics
-        return (out.request_id, out.finished,
-                [(c.index, c.text, c.token_ids, c.cumulative_logprob, c.logprobs, c.finish_reason, c.stop_reason)
-                 for c in out.outputs],
-                (m.first_token_time, m.finished_time, m.num_cached_tokens), head)
-
     def send(self, message: tuple) -> None:
         self.outbox.send_bytes(dumps(message))
+
+
+class Sent:
+    """What the child has sent of one request: output tokens and (if the engine keeps the text) characters
+    of each sequence, and the prefix-cache count of its last metrics (None: nothing sent yet)."""
+
+    __slots__ = ("tokens", "chars", "cached")
+
+    def __init__(self, n: int, keeps_text: bool) -> None:
+        self.tokens = [0] * n
+        self.chars = [0] * n if keeps_text else None
+        self.cached: int | None = None
+
+
+def delta(request: Request, sent: Sent, now: float) -> tuple:
+    """The request's news since `sent` as a wire delta (see the module docstring), and `sent` updated."""
+    samples = []
+    finished = True
+    tokens, chars = sent.tokens, sent.chars
+    for i, seq in enumerate(request.sequences):
+        before = tokens[i]
+        new_ids = seq.token_ids[seq.num_prompt_tokens + before:]  # only the new tokens: no copy of the output
+        tokens[i] = before + len(new_ids)
+        logprobs = seq.logprobs
+        if logprobs is not None:
+            logprobs = logprobs[before:]
+        text = ""
+        if chars is not None:
+            text = seq.text[chars[i]:]
+            chars[i] = len(seq.text)
+        if seq.status is FINISHED:
+            samples.append((text, new_ids, seq.cumulative_logprob, logprobs, seq.finish_reason, seq.stop_reason))
+        else:
+            finished = False
+            samples.append((text, new_ids, seq.cumulative_logprob, logprobs))
+    meta = None
+    cached = request.sequences[0].num_cached_tokens
+    if finished or cached != sent.cached:  # always true for the first delta (sent.cached is None)
+        head = None
+        if sent.cached is None:
+            head = (request.prompt, request.prompt_token_ids, request.prompt_logprobs, request.arrival)
+        # first_token_time needs no resend: the engine sets it in the step that makes the first delta
+        meta = (request.first_token_time, now if finished else None, cached, head)
+        sent.cached = cached
+    return (request.request_id, finished, samples, meta)
 
 
 # -- parent side -------------------------------------------------------------------------------------------
 class ParentStream:
     """A request's stream as the parent sees it: where its deltas go, and its prompt part once received."""
 
-    __slots__ = ("loop", "deltas", "added", "head")
+    __slots__ = ("loop", "deltas", "added", "head", "first_token_time", "cached")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, deltas: asyncio.Queue, added: asyncio.Future) -> None:
-        self.loop, self.deltas, self.added, self.head = loop, deltas, added, None
+        self.loop, self.deltas, self.added = loop, deltas, added
+        self.head = self.first_token_time = self.cached = None
 
-    def output(self, request_id: str, finished: bool, completions: list, times: tuple, head) -> RequestOutput:
-        if head is not None:
-            self.head = head
+    def output(self, request_id: str, finished: bool, samples: list, meta: tuple | None) -> RequestOutput:
+        """A wire delta as the RequestOutput it stands for (the prompt part and metrics from earlier deltas)."""
+        finished_time = None
+        if meta is not None:
+            self.first_token_time, finished_time, self.cached, head = meta
+            if head is not None:
+                self.head = head
         prompt, prompt_ids, prompt_logprobs, arrival = self.head
         return RequestOutput(request_id, prompt, prompt_ids, prompt_logprobs,
-                             [CompletionOutput(*c) for c in completions], finished, RequestMetrics(arrival, *times))
+                             [CompletionOutput(i, *sample) for i, sample in enumerate(samples)], finished,
+                             RequestMetrics(arrival, self.first_token_time, finished_time, self.cached))
 
 
 class EngineProcess:
@@ -321,13 +364,13 @@ class EngineProcess:
     def _on_step(self, outputs: list[tuple]) -> None:
         deliveries: dict[asyncio.AbstractEventLoop, list] = {}
         with self._lock:
-            for request_id, finished, completions, times, head in outputs:
+            for request_id, finished, samples, meta in outputs:
                 stream = self._streams.get(request_id)
                 if stream is None:
                     continue
                 if finished:
                     del self._streams[request_id]
-                out = stream.output(request_id, finished, completions, times, head)
+                out = stream.output(request_id, finished, samples, meta)
                 deliveries.setdefault(stream.loop, []).append((stream.deltas, out))
         for loop, items in deliveries.items():  # one wake-up per event loop per step
             post(loop, deliver, items)

@@ -55,14 +55,14 @@ class DeltaTracker:
 
     def completion(self, seq: Sequence) -> CompletionOutput:
         tokens = self.tokens.get(seq.seq_id, 0)
-        out_ids = seq.output_token_ids
-        self.tokens[seq.seq_id] = len(out_ids)
+        new_ids = seq.token_ids[seq.num_prompt_tokens + tokens:]  # not a copy of the whole output every step
+        self.tokens[seq.seq_id] = tokens + len(new_ids)
         text = ""
         if self.tokenizer is None:
             chars = self.chars.get(seq.seq_id, 0)
             self.chars[seq.seq_id] = len(seq.text)
             text = seq.text[chars:]
-        return CompletionOutput(seq.index, text, out_ids[tokens:], seq.cumulative_logprob,
+        return CompletionOutput(seq.index, text, new_ids, seq.cumulative_logprob,
                                 None if seq.logprobs is None else seq.logprobs[tokens:],
                                 seq.finish_reason, seq.stop_reason)
 

@@ -256,3 +256,55 @@ def process_alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_wire_deltas_rebuild_the_thread_modes_outputs(tiny):
+    """At every step, the child's wire delta of each touched request, rebuilt by the parent, equals the
+    RequestOutput the thread mode builds from the same state (request_output with a DeltaTracker): samples
+    (n > 1, finishing apart), logprobs, prompt logprobs, stop-string text, metrics, and an abort's final output.
+    In process, stepping with run-ahead as on CUDA."""
+    from flagstack.engine.engine_process import ParentStream, Sent, delta
+    from flagstack.engine.llm import build_engine
+    from flagstack.engine.outputs import DeltaTracker, request_output
+
+    path, prompts, reference = tiny
+    core = build_engine(path, async_scheduling=True, **CPU)
+    cases = {
+        "greedy": (prompts[0], GREEDY),
+        "samples": (prompts[1], SamplingParams(n=3, temperature=1.0, seed=1, max_tokens=9, logprobs=1,
+                                               prompt_logprobs=2, stop_token_ids=[reference[1][2]])),
+        "stop": (prompts[2], SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, stop=[f"w{reference[2][4]}"])),
+        "aborted": (prompts[2][:-1], SamplingParams(temperature=0, max_tokens=30, ignore_eos=True, logprobs=0)),
+    }
+    trackers, sent, streams = {}, {}, {}
+    for request_id, (prompt, params) in cases.items():
+        core.add_request(request_id, prompt, params)
+        trackers[request_id] = DeltaTracker(None if params.stop_strings else core.tokenizer)
+        sent[request_id] = Sent(params.n, bool(params.stop_strings))
+        streams[request_id] = ParentStream(None, None, None)
+
+    def check(request, now):
+        expected = request_output(request, now, trackers[request.request_id])
+        wire = delta(request, sent[request.request_id], now)
+        assert streams[request.request_id].output(*wire) == expected
+        return expected
+
+    finals, steps = {}, 0
+    while core.has_unfinished():
+        touched = core.step()
+        now = time.time()
+        for request in touched:
+            out = check(request, now)
+            if out.finished:
+                finals[out.request_id] = out
+        steps += 1
+        if steps == 4:
+            request = core.requests["aborted"]
+            assert core.abort("aborted")
+            finals["aborted"] = check(request, time.time())
+    reasons = {rid: [c.finish_reason for c in out.outputs] for rid, out in finals.items()}
+    assert reasons["greedy"] == ["length"] and reasons["stop"] == ["stop"] and reasons["aborted"] == ["abort"]
+    assert len(reasons["samples"]) == 3
+    assert finals["stop"].outputs[0].stop_reason == f"w{reference[2][4]}"
+    assert finals["samples"].prompt_logprobs is not None
+    assert all(out.metrics.finished_time is not None for out in finals.values())
