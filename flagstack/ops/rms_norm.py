@@ -182,8 +182,8 @@ def aten_rms_norm(input: torch.Tensor, normalized_shape: list[int], weight: torc
     if n == 0 or tuple(input.shape[input.dim() - n:]) != tuple(normalized_shape):
         raise ValueError(f"normalized_shape {list(normalized_shape)} must match the trailing dims of "
                          f"input {tuple(input.shape)}")
-    if eps is None:
-        eps = torch.finfo(input.dtype).eps
+    if eps is None:  # ATen's default: the epsilon of the type it computes in (fp32 for half types), not the input's
+        eps = torch.finfo(torch.float64 if input.dtype == torch.float64 else torch.float32).eps
     cols = math.prod(normalized_shape)
     kernel_ok = (input.dtype in (torch.float16, torch.bfloat16, torch.float32) and cols <= MAX_COLS
                  and (weight is None or weight.dtype == input.dtype))
