@@ -273,7 +273,8 @@ def test_wire_deltas_rebuild_the_thread_modes_outputs(tiny):
         "greedy": (prompts[0], GREEDY),
         "samples": (prompts[1], SamplingParams(n=3, temperature=1.0, seed=1, max_tokens=9, logprobs=1,
                                                prompt_logprobs=2, stop_token_ids=[reference[1][2]])),
-        "stop": (prompts[2], SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, stop=[f"w{reference[2][4]}"])),
+        "stop": (prompts[2], SamplingParams(temperature=0, max_tokens=12, ignore_eos=True,
+                                            stop=[f"w{reference[2][4]}"])),
         "aborted": (prompts[2][:-1], SamplingParams(temperature=0, max_tokens=30, ignore_eos=True, logprobs=0)),
     }
     trackers, sent, streams = {}, {}, {}
