@@ -7,9 +7,12 @@ Every op goes through flagstack.ops (Triton on CUDA, PyTorch references elsewher
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.weak import WeakIdKeyDictionary
 from transformers import PretrainedConfig
 
 from flagstack.engine.models.attention import PagedAttention
@@ -29,25 +32,46 @@ class RMSNorm(nn.Module):
         return add_rms_norm(x, residual, self.weight, self.eps)
 
 
-DECODE_ROWS = 64  # up to this many rows a CPU GEMM runs as (W @ x^T)^T (see `linear`)
+DECODE_ROWS = 64  # up to this many rows a CPU GEMM takes the decode form (see `linear`)
 GEMV_MAX_OUT = 32768  # one CUDA row goes to ops.gemv for weights up to this many outputs (not lm_head)
+PACK_ROWS_HINT = DECODE_ROWS  # oneDNN packs for this many rows (a hint of 1 was ~20% slower at 7-2048)
+_PACKED: WeakIdKeyDictionary = WeakIdKeyDictionary()  # weight -> (its version when packed, packed copy)
+
+
+def cpu_packing_enabled() -> bool:
+    """Whether CPU fp32 GEMMs use oneDNN-packed weights (FLAGSTACK_CPU_PACKED=0 turns it off)."""
+    return torch.backends.mkldnn.is_available() and os.environ.get("FLAGSTACK_CPU_PACKED", "1") != "0"
+
+
+def packed_weight(weight: torch.Tensor) -> torch.Tensor:
+    """A oneDNN-blocked copy of `weight`, made once per weight and again after the weight changes."""
+    version = 0 if weight.is_inference() else weight._version  # inference tensors keep no version
+    entry = _PACKED.get(weight)
+    if entry is None or entry[0] != version:
+        entry = (version, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), PACK_ROWS_HINT))
+        _PACKED[weight] = entry
+    return entry[1]
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear, except for 1..DECODE_ROWS rows on CPU (decode steps), computed as (W @ x^T)^T, and a
-    single row on CUDA, which goes to ops.gemv (no split-K: 15% less GPU time than cuBLAS over Qwen3-4B's
-    four projections on an H100; cuBLAS already streams the 151,936-row lm_head at ~3 TB/s).
+    """F.linear, except for 1..DECODE_ROWS rows on CPU (decode steps) and a single row on CUDA.
 
-    Measured with MKL on the 2-core AMD CI machine (2 threads, SmolLM2's 30 layers): x @ W^T of a few
-    rows was 1.1-3x slower than W @ x^T (gate_up 8 rows 39 vs 24 ms, lm_head 2 rows 26 vs 8 ms), and
-    a single row runs faster as two (its GEMV path: gate_up 24 vs 17 ms, lm_head 12 vs 8 ms). Prompt
-    sized inputs (512+ rows) gain nothing once the result is made contiguous again, so they keep F.linear.
+    CPU: fp32 without autograd, oneDNN's GEMM on a packed copy of the weight; otherwise (W @ x^T)^T.
+    Measured on the 2-core AMD CI machine (one thread, process CPU time, SmolLM2's four projections of a
+    layer): packed oneDNN 1.4 vs 1.8 ms at 1 row, 4.7 vs 5.1 ms at 32 ((W @ x^T)^T); MKL's x @ W^T of a
+    few rows was 1.1-3x slower than W @ x^T and a single row ran faster as two. Prompt-sized inputs keep
+    F.linear: oneDNN was even at 2048 rows and not faster over whole engine prefill steps.
+    CUDA: one row goes to ops.gemv (no split-K: 15% less GPU time than cuBLAS over Qwen3-4B's four
+    projections on an H100; cuBLAS already streams the 151,936-row lm_head at ~3 TB/s).
     """
     rows = x.shape[0]
     if x.is_cuda and x.dim() == 2 and rows == 1 and bias is None and weight.shape[0] <= GEMV_MAX_OUT:
         return gemv(x, weight)
     if x.device.type != "cpu" or x.dim() != 2 or not 0 < rows <= DECODE_ROWS:
         return F.linear(x, weight, bias)
+    if (x.dtype == weight.dtype == torch.float32 and cpu_packing_enabled()
+            and not (torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad))):
+        return torch.ops.mkldnn._linear_pointwise(x, packed_weight(weight), bias, "none", [], "")
     cols = (x if rows > 1 else x.repeat(2, 1)).t()  # x^T as a transposed view: MKL's fast layout here
     out = torch.mm(weight, cols)[:, :rows].t().contiguous()
     return out if bias is None else out.add_(bias)
