@@ -56,11 +56,13 @@ def packed_weight(weight: torch.Tensor) -> torch.Tensor:
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """F.linear, except for 1..DECODE_ROWS rows on CPU (decode steps) and a single row on CUDA.
 
-    CPU: fp32 without autograd, oneDNN's GEMM on a packed copy of the weight; otherwise (W @ x^T)^T.
-    Measured on the 2-core AMD CI machine (one thread, process CPU time, SmolLM2's four projections of a
-    layer): packed oneDNN 1.4 vs 1.8 ms at 1 row, 4.7 vs 5.1 ms at 32 ((W @ x^T)^T); MKL's x @ W^T of a
-    few rows was 1.1-3x slower than W @ x^T and a single row ran faster as two. Prompt-sized inputs keep
-    F.linear: oneDNN was even at 2048 rows and not faster over whole engine prefill steps.
+    CPU: 2+ rows in fp32 without autograd, oneDNN's GEMM on a packed copy of the weight; otherwise
+    (W @ x^T)^T. Measured on the 2-core AMD CI machine (one thread, process CPU time, SmolLM2's four
+    projections of a layer): packed oneDNN 4.7 vs 5.1 ms at 32 rows ((W @ x^T)^T); at 1 row 1.4 vs 1.8 ms
+    alone, but whole batch-1 generations with 2 threads ran ~5% slower packed (alternated runs), so one
+    row keeps (W @ x^T)^T. MKL's x @ W^T of a few rows was 1.1-3x slower than W @ x^T and a single row ran
+    faster as two. Prompt-sized inputs keep F.linear: oneDNN was even at 2048 rows and not faster over
+    whole engine prefill steps.
     CUDA: one row goes to ops.gemv (no split-K: 15% less GPU time than cuBLAS over Qwen3-4B's four
     projections on an H100; cuBLAS already streams the 151,936-row lm_head at ~3 TB/s).
     """
@@ -69,7 +71,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         return gemv(x, weight)
     if x.device.type != "cpu" or x.dim() != 2 or not 0 < rows <= DECODE_ROWS:
         return F.linear(x, weight, bias)
-    if (x.dtype == weight.dtype == torch.float32 and cpu_packing_enabled()
+    if (rows > 1 and x.dtype == weight.dtype == torch.float32 and cpu_packing_enabled()
             and not (torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad))):
         return torch.ops.mkldnn._linear_pointwise(x, packed_weight(weight), bias, "none", [], "")
     cols = (x if rows > 1 else x.repeat(2, 1)).t()  # x^T as a transposed view: MKL's fast layout here
