@@ -32,7 +32,7 @@ import triton.language as tl
 
 from flagstack.ops.checks import FLOAT_DTYPES, check_tensor, rows_view
 from flagstack.ops.host import cdiv
-from flagstack.ops.pdl import pdl_wait, use_pdl
+from flagstack.ops.pdl import pdl_launch, pdl_wait
 from flagstack.ops.registry import BenchCase, register, register_aten
 
 APPROXIMATIONS = ("none", "tanh")
@@ -123,9 +123,8 @@ def _gated_triton(x: torch.Tensor, act: str) -> torch.Tensor:
     if out.numel() > 0:
         # the input's largest offset bounds every offset the kernel forms (row * stride + col + n)
         flags = _launch_flags(out.numel(), rows.shape[0] * rows.stride(0) + 2 * n)
-        pdl = use_pdl(x.device)
         _gated_kernel[(cdiv(out.numel(), _BLOCK),)](rows, out, out.numel(), n, rows.stride(0), ACT=_ACT_ID[act],
-                                                    BLOCK=_BLOCK, USE_PDL=pdl, launch_pdl=pdl, num_warps=_WARPS,
+                                                    BLOCK=_BLOCK, num_warps=_WARPS, **pdl_launch(x.device),
                                                     **flags)
     return out.view(*x.shape[:-1], n)
 

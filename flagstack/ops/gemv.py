@@ -16,7 +16,7 @@ import triton.language as tl
 
 from flagstack.ops.checks import check_same_device, check_tensor
 from flagstack.ops.host import cdiv
-from flagstack.ops.pdl import pdl_wait, use_pdl
+from flagstack.ops.pdl import pdl_launch, pdl_wait
 from flagstack.ops.registry import BenchCase, register
 
 # From sweep() on an H100 (cold L2, CUDA graphs, bf16): 8 rows x 1024 columns, 4 warps, 2 stages was
@@ -57,9 +57,8 @@ def gemv_triton(x: torch.Tensor, weight: torch.Tensor, config: dict | None = Non
     xv = x.reshape(k)
     xv = xv if xv.stride(0) == 1 else xv.contiguous()
     w = weight if weight.stride(1) == 1 else weight.contiguous()
-    pdl = use_pdl(x.device)
     _gemv_kernel[(cdiv(n, cfg["BLOCK_N"]),)](xv, w, out, n, k, w.stride(0), BLOCK_N=cfg["BLOCK_N"],
-                                             BLOCK_K=cfg["BLOCK_K"], USE_PDL=pdl, launch_pdl=pdl,
+                                             BLOCK_K=cfg["BLOCK_K"], **pdl_launch(x.device),
                                              num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     return out
 

@@ -25,10 +25,16 @@ def _hopper_or_newer(index: int) -> bool:
 
 
 def use_pdl(device: torch.device) -> bool:
-    """Whether kernels on `device` launch as programmatic dependents (pass as USE_PDL and launch_pdl)."""
+    """Whether kernels on `device` launch as programmatic dependents."""
     if device.type != "cuda" or os.environ.get("FLAGSTACK_PDL", "1") == "0":
         return False
     return _hopper_or_newer(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def pdl_launch(device: torch.device) -> dict:
+    """Launch keywords of a kernel that calls pdl_wait: its USE_PDL switch and Triton's launch_pdl."""
+    pdl = use_pdl(device)
+    return {"USE_PDL": pdl, "launch_pdl": pdl}
 
 
 @triton.jit

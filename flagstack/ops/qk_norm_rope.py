@@ -18,7 +18,7 @@ import triton.language as tl
 
 from flagstack.ops.checks import check_same_device, check_tensor
 from flagstack.ops.host import cdiv, next_power_of_2
-from flagstack.ops.pdl import pdl_wait, use_pdl
+from flagstack.ops.pdl import pdl_launch, pdl_wait
 from flagstack.ops.registry import BenchCase, register
 from flagstack.ops.rms_norm import rms_norm_reference
 from flagstack.ops.rotary import (check_heads, check_rope_args, heads_view, rope_cos_sin, rope_cos_sin_cache,
@@ -77,7 +77,7 @@ def qk_norm_rope_triton(q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor
     _qk_norm_rope_kernel[grid](positions, qh, kh, q_weight.contiguous(), k_weight.contiguous(), cos_sin_cache,
                                qh.shape[1], kh.shape[1], qh.stride(0), qh.stride(1), kh.stride(0), kh.stride(1),
                                cos_sin_cache.stride(0), half, eps, IS_NEOX=is_neox, BLOCK_H=block_h,
-                               BLOCK_D=block_d, USE_PDL=use_pdl(q.device), launch_pdl=use_pdl(q.device), num_warps=4)
+                               BLOCK_D=block_d, num_warps=4, **pdl_launch(q.device))
     return q, k
 
 

@@ -26,15 +26,10 @@ import triton.language as tl
 
 from flagstack.ops.checks import check_last_dim, check_same_device, check_tensor, rows_view
 from flagstack.ops.host import cdiv, next_power_of_2
-from flagstack.ops.pdl import pdl_wait, use_pdl
+from flagstack.ops.pdl import pdl_launch, pdl_wait
 from flagstack.ops.registry import BenchCase, register, register_aten
 
 MAX_COLS = 65536  # a whole row lives in registers; wider rows would spill
-
-
-@triton.jit
-def _row_weight(w_ptr, cols, n_cols):
-    return tl.load(w_ptr + cols, mask=cols < n_cols, other=0.0).to(tl.float32)[None, :]
 
 
 @triton.jit(do_not_specialize=["n_rows"])  # token count: one compile for all
@@ -45,7 +40,7 @@ def _rms_norm_kernel(x_ptr, r_ptr, w_ptr, y_ptr, n_rows, n_cols, x_row_stride, r
     cols = tl.arange(0, BLOCK_N)
     mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
     if HAS_WEIGHT:  # before the residual's store (see the module docstring)
-        w = _row_weight(w_ptr, cols, n_cols)
+        w = tl.load(w_ptr + cols, mask=cols < n_cols, other=0.0).to(tl.float32)[None, :]
     pdl_wait(USE_PDL)  # x and the residual come from the kernels before (ops/pdl.py); the weight does not
     x = tl.load(x_ptr + rows[:, None] * x_row_stride + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     if HAS_RESIDUAL:
@@ -77,11 +72,10 @@ def _launch(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor
     num_warps = min(max(block_m * block_n // 256, 1), max_warps)
     r = residual if residual is not None else x
     weight = weight.contiguous() if weight is not None else None
-    pdl = use_pdl(x.device)
     _rms_norm_kernel[(cdiv(n_rows, block_m),)](
         x, r, weight if weight is not None else x, out, n_rows, n_cols, x.stride(0), r.stride(0),
         out.stride(0), eps, HAS_RESIDUAL=residual is not None, HAS_WEIGHT=weight is not None,
-        BLOCK_M=block_m, BLOCK_N=block_n, USE_PDL=pdl, launch_pdl=pdl, num_warps=num_warps)
+        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps, **pdl_launch(x.device))
 
 
 def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:

@@ -12,7 +12,7 @@ import triton.language as tl
 from flagstack.ops.attention.common import INDEX_DTYPES, check_cache
 from flagstack.ops.checks import check_same_device, check_tensor
 from flagstack.ops.host import cdiv, next_power_of_2
-from flagstack.ops.pdl import pdl_wait, use_pdl
+from flagstack.ops.pdl import pdl_launch, pdl_wait
 from flagstack.ops.registry import BenchCase, register
 
 
@@ -54,7 +54,7 @@ def store_kv_triton(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tenso
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         kv_heads, BLOCK_SIZE=block_size, HEAD_DIM=head_dim, BLOCK_H=next_power_of_2(kv_heads),
-        USE_PDL=use_pdl(key.device), launch_pdl=use_pdl(key.device), num_warps=4 if kv_heads * head_dim >= 1024 else 1)
+        num_warps=4 if kv_heads * head_dim >= 1024 else 1, **pdl_launch(key.device))
 
 
 def store_kv_reference(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor,

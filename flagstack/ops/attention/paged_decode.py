@@ -24,7 +24,7 @@ from flagstack.ops.attention.common import (check_attention_args, dot_precision,
                                             score_scale, softmax_tile_step)
 from flagstack.ops.attention.varlen import attend
 from flagstack.ops.host import cdiv, next_power_of_2, sm_count
-from flagstack.ops.pdl import pdl_wait, use_pdl
+from flagstack.ops.pdl import pdl_launch, pdl_wait
 from flagstack.ops.registry import BenchCase, register
 
 MIN_SPLIT_TOKENS = 128  # below this a split's fixed cost (q load, partial write, merge) dominates
@@ -177,7 +177,7 @@ def paged_decode_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
     part_max = torch.empty(parts, dtype=torch.float32, device=q.device)
     part_sum = torch.empty(parts, dtype=torch.float32, device=q.device)
     qk_scale, cap = score_scale(scale, softcap)
-    pdl = use_pdl(q.device)
+    pdl = pdl_launch(q.device)
     _paged_decode_kernel[(num_seqs, kv_heads, cfg.num_splits)](
         q, k_cache, v_cache, seq_lens, block_tables, out, part_out, part_max, part_sum,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
@@ -187,11 +187,11 @@ def paged_decode_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
         BLOCK_SIZE=block_size, BLOCK_N=cfg.block_n, SPLIT=split, USE_WINDOW=sliding_window is not None,
         USE_SOFTCAP=softcap is not None, UPCAST=upcast_for_interpreter(q.dtype),
         PRECISION=dot_precision(q.dtype), SPLIT_P=cfg.split_p and q.dtype != torch.float32,
-        USE_PDL=pdl, launch_pdl=pdl, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl)
     if split:
         _merge_splits_kernel[(num_seqs, q_heads)](
             part_out, part_max, part_sum, out, out.stride(0), out.stride(1), q_heads, cfg.num_splits,
-            HEAD_DIM=head_dim, BLOCK_SPLITS=next_power_of_2(cfg.num_splits), USE_PDL=pdl, launch_pdl=pdl, num_warps=4)
+            HEAD_DIM=head_dim, BLOCK_SPLITS=next_power_of_2(cfg.num_splits), num_warps=4, **pdl)
     return out
 
 
