@@ -6,7 +6,8 @@ predecessor finishes: it must then wait (`gdc_wait`) before it reads anything an
 lets its own dependent start (`gdc_launch_dependents`) once it has passed that wait, so the order of every
 read after a write is kept. Reads of data no kernel writes (weights) may go before the wait: the GEMV streams
 its first weight tile during the previous kernel's tail. Measured on an H100 (36 x 4 Qwen3-4B GEMVs in one
-CUDA graph): 2.83 -> 2.72 ms (bench/results/pdl-probe-*). FLAGSTACK_PDL=0 turns it off; elsewhere than on CUDA it is off.
+CUDA graph): 2.83 -> 2.72 ms (bench/results/pdl-probe-*). FLAGSTACK_PDL=0 turns it off; it is off elsewhere
+than on CUDA.
 """
 from __future__ import annotations
 
