@@ -5,7 +5,7 @@ from flagstack.ops.argmax import argmax
 from flagstack.ops.argmax_logsumexp import argmax_logsumexp
 from flagstack.ops.aten import disable, enable, is_enabled, use_aten
 from flagstack.ops.embedding import embedding
-from flagstack.ops.gemv import gemv
+from flagstack.ops.gemv import gemv, silu_mul_gemv
 from flagstack.ops.registry import all_ops, get, get_backend, set_backend, use_backend
 from flagstack.ops.qk_norm_rope import qk_norm_rope
 from flagstack.ops.rms_norm import add_rms_norm, rms_norm
@@ -16,5 +16,5 @@ from flagstack.ops.softmax import log_softmax, softmax
 __all__ = ["attention", "challenge", "all_ops", "get", "get_backend", "set_backend", "use_backend", "rms_norm",
            "add_rms_norm", "silu_and_mul", "gelu_and_mul", "silu", "gelu",
            "rotary_embedding", "rope_cos_sin_cache", "qk_norm_rope", "embedding",
-           "softmax", "log_softmax", "argmax", "argmax_logsumexp", "gemv", "sample", "compute_logprobs", "enable",
-           "disable", "is_enabled", "use_aten"]
+           "softmax", "log_softmax", "argmax", "argmax_logsumexp", "gemv", "silu_mul_gemv", "sample",
+           "compute_logprobs", "enable", "disable", "is_enabled", "use_aten"]

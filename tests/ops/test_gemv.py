@@ -1,9 +1,11 @@
-"""gemv (batch-1 Linear): against F.linear computed in float64 and rounded once, on odd and real shapes."""
+"""gemv (batch-1 Linear) and silu_mul_gemv (the down projection with silu_and_mul folded in): against
+F.linear computed in float64 and rounded once, on odd and real shapes."""
 import pytest
 import torch
 
-from flagstack.ops import gemv, use_backend
-from flagstack.ops.gemv import QWEN3_4B_SHAPES, gemv_triton
+from flagstack.ops import gemv, silu_mul_gemv, use_backend
+from flagstack.ops.activation import silu_and_mul_triton
+from flagstack.ops.gemv import QWEN3_4B_SHAPES, gemv_triton, silu_mul_gemv_reference, silu_mul_gemv_triton
 from tests.ops.helpers import DEVICE, DTYPES, ON_GPU, assert_close, gpu_only
 
 ODD_SHAPES = [(1, 1), (3, 5), (9, 1030), (37, 300), (8, 1024)]  # N, K: partial row and column tiles
@@ -52,3 +54,65 @@ def test_dispatch_and_errors():
                        ((x, w.half()), "dtype"), ((x, w[0]), "weight")):
         with pytest.raises(ValueError, match=match):
             gemv(*bad)
+
+
+# silu_mul_gemv: the down projection with silu_and_mul folded in (x = [gate | up], 2K wide)
+
+def _silu_mul_expected(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up in float64 rounded to x's dtype (as silu_and_mul stores it), then the product in
+    float64, rounded once."""
+    gate, up = x.double().chunk(2, dim=-1)
+    act = (torch.nn.functional.silu(gate) * up).to(x.dtype)
+    return torch.nn.functional.linear(act.double(), w.double()).to(x.dtype)
+
+
+def _gate_up(k: int, dtype: torch.dtype, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator(device=DEVICE).manual_seed(seed)
+    return (torch.randn(1, 2 * k, device=DEVICE, generator=g) * 3).to(dtype)  # both silu branches
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16] if not ON_GPU else DTYPES)
+@pytest.mark.parametrize("n, k", [(1, 1), (9, 1030), (37, 300)])
+def test_silu_mul_odd_shapes_and_unfused_path(n, k, dtype):
+    x, (_, w) = _gate_up(k, dtype), _inputs(n, k, dtype)
+    out = silu_mul_gemv_triton(x, w)
+    assert_close(out, _silu_mul_expected(x, w), reduce_dim=10)
+    unfused = gemv_triton(silu_and_mul_triton(x), w)  # the engine's unfused CUDA path
+    if ON_GPU:  # GPU exp may round differently in the two kernels' code: compare within tolerance
+        assert_close(out, unfused)
+    else:
+        assert torch.equal(out, unfused)
+
+
+@gpu_only
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_silu_mul_qwen3_down_shape(dtype):
+    n, k = QWEN3_4B_SHAPES[3]
+    x, (_, w) = _gate_up(k, dtype), _inputs(n, k, dtype)
+    out = silu_mul_gemv_triton(x, w)
+    assert_close(out, _silu_mul_expected(x, w), reduce_dim=10)
+    assert_close(out, gemv_triton(silu_and_mul_triton(x), w))
+    assert_close(out, silu_mul_gemv_reference(x, w), reduce_dim=10)
+
+
+def test_silu_mul_vector_strided_input_empty_and_reference():
+    x, (_, w) = _gate_up(24, torch.float32), _inputs(40, 24, torch.float32)
+    want = _silu_mul_expected(x, w)
+    strided = torch.stack([x, -x], dim=-1).flatten(-2)[:, ::2]  # x's values at stride 2
+    assert_close(silu_mul_gemv_triton(strided[0], w.t().contiguous().t()), want[0], reduce_dim=10)
+    assert_close(silu_mul_gemv_reference(x, w), want, reduce_dim=10)
+    assert silu_mul_gemv_triton(x, w[:0]).shape == (1, 0)
+    assert torch.equal(silu_mul_gemv_triton(x[:, :0], w[:, :0]), torch.zeros(1, 40, device=DEVICE))
+
+
+def test_silu_mul_dispatch_and_errors():
+    x, (_, w) = _gate_up(16, torch.float32), _inputs(6, 16, torch.float32)
+    for backend in ("triton", "reference"):
+        with use_backend(backend):
+            assert_close(silu_mul_gemv(x, w), _silu_mul_expected(x, w), reduce_dim=10)
+    for bad, match in (((torch.zeros(2, 32, device=DEVICE), w), "one row"),
+                       ((x[:, :16], w), r"2 \* weight.shape\[1\] \(\[gate \| up\]\) \(32\), got 16"),
+                       ((x, w.half()), "weight dtype"), ((x, w[0]), "weight must have 2 dimensions"),
+                       ((x[None], w), "x must have 1..2 dimensions"), (([0.0] * 32, w), "x must be a torch")):
+        with pytest.raises(ValueError, match=match):
+            silu_mul_gemv(*bad)
