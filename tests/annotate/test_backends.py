@@ -16,8 +16,8 @@ from tests.engine.test_llm import word_tokenizer
 
 
 def _reference(model, prompt, cand) -> float:
-    with torch.no_grad():
-        logits = model(torch.tensor([prompt + cand])).logits[0].float()
+    with torch.no_grad():  # on the model's device: an HF-backend test on a GPU moves the shared model there
+        logits = model(torch.tensor([prompt + cand], device=model.device)).logits[0].float()
     logp = torch.log_softmax(logits, -1)
     return float(sum(logp[len(prompt) - 1 + k, t] for k, t in enumerate(cand)))
 
