@@ -9,9 +9,10 @@ from flagstack.ops import rotary_embedding
 
 
 class LlamaAttention(Attention):
-    def rotate(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
-               cos_sin_cache: torch.Tensor) -> None:
+    def rotate(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               cos_sin_cache: torch.Tensor) -> bool:
         rotary_embedding(positions, q, k, cos_sin_cache, self.head_dim, True)
+        return False
 
 
 class LlamaForCausalLM(CausalLM):
