@@ -3,7 +3,7 @@
 # own time limit; logs and result files are packed into $OUT/results.tgz (the device tool returns at most
 # 8 files), with a short summary printed last.
 # Stages: ops-tests challenge-tests challenge-new engine-tests attention attn-sweep annotate serve engine
-# engine-nohf ops-llm ops-challenge score score-speed profile gemv-sweep gdr-sweep decode-short kv-layout
+# engine-nohf ops-llm ops-challenge score score-speed profile gemv-sweep gdr-sweep decode-short kv-layout decode-gap
 source scripts/gpu-env.sh
 OUT=${OUT:-/tmp/out}; RES=/tmp/res; rm -rf "$RES"; mkdir -p "$OUT" "$RES"  # a warm machine keeps /tmp
 summary=()
@@ -37,6 +37,7 @@ for spec in "$@"; do
     gdr-sweep) run_stage $name $secs python3 scripts/gdr_state_sweep.py "$RES/gdr-sweep.json" ;;
     decode-short) run_stage $name $secs python3 scripts/decode_short_sweep.py ;;
     kv-layout) run_stage $name $secs python3 scripts/kv_layout_ab.py ;;
+    decode-gap) run_stage $name $secs python3 scripts/decode_gap_probe.py ;;
     *) summary+=("$name: unknown stage") ;;
   esac
   tar czf "$OUT/results.tgz" -C "$RES" .

@@ -1,0 +1,63 @@
+"""Where do the last ~3% between our paged decode and SDPA over contiguous K/V go (batch >= 64)?
+Times, interleaved over rounds (medians, GPU time in CUDA graphs, L2 flushed): the default kernel on shuffled
+16-token pages; the same kernel when every sequence is one contiguous head-major page (paging removed); a few
+launch configs the earlier sweep did not try (8 warps on 128-token tiles, deeper pipelines); and SDPA.
+`python3 scripts/decode_gap_probe.py [ROUNDS]`
+"""
+import statistics
+import sys
+
+import torch
+import torch.nn.functional as F
+
+from flagstack.bench.attention import HEAD_DIM, KV_HEADS, decode_inputs
+from flagstack.bench.common import time_us
+from flagstack.ops.attention.paged_decode import DecodeConfig, paged_decode_triton
+
+CONFIGS = [DecodeConfig(128, 1, 8, 2), DecodeConfig(128, 1, 8, 3), DecodeConfig(128, 1, 4, 3),
+           DecodeConfig(256, 1, 8, 2), DecodeConfig(64, 1, 2, 4), DecodeConfig(128, 1, 4, 2, split_p=False)]
+
+
+def contiguous_pages(batch: int, context: int, q: torch.Tensor) -> tuple:
+    """One page per sequence, head-major ([seq, kv_head, token, dim] memory), identity block table."""
+    shape = (batch, KV_HEADS, context, HEAD_DIM)
+    k = torch.randn(shape, dtype=q.dtype, device=q.device).transpose(1, 2)
+    v = torch.randn(shape, dtype=q.dtype, device=q.device).transpose(1, 2)
+    table = torch.arange(batch, dtype=torch.int32, device=q.device)[:, None]
+    return k, v, table
+
+
+def probe(batch: int, context: int, rounds: int) -> dict:
+    q, k, v, lens, table, scale = decode_inputs(batch, context)
+    kc, vc, tc = contiguous_pages(batch, context, q)
+    ks, vs = kc.transpose(1, 2), vc.transpose(1, 2)  # [seq, kv_head, token, dim] for SDPA: the same bytes
+    variants = {"default": lambda: paged_decode_triton(q, k, v, lens, table, scale),
+                "one-page": lambda: paged_decode_triton(q, kc, vc, lens, tc, scale),
+                "sdpa": lambda: F.scaled_dot_product_attention(q[:, :, None], ks, vs, scale=scale, enable_gqa=True)}
+    for cfg in CONFIGS:
+        variants[f"bn{cfg.block_n} w{cfg.num_warps} s{cfg.num_stages}{'' if cfg.split_p else ' fp32pv'}"] = (
+            lambda cfg=cfg: paged_decode_triton(q, k, v, lens, table, scale, config=cfg))
+    times = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, fn in variants.items():
+            try:
+                times[name].append(time_us(fn, warmup_ms=5, rep_ms=40, cold_graph=True))
+            except Exception as err:  # noqa: BLE001 -- e.g. out of shared memory: noted, not fatal
+                print(f"{batch}x{context} {name}: {type(err).__name__}: {str(err)[:80]}", flush=True)
+    row = {name: statistics.median(t) for name, t in times.items() if t}
+    sdpa = row["sdpa"]
+    print(f"batch {batch} ctx {context}: " + ", ".join(f"{n} {t:.1f} us ({sdpa / t:.3f}x sdpa)"
+                                                       for n, t in row.items()), flush=True)
+    del q, k, v, kc, vc, ks, vs
+    torch.cuda.empty_cache()
+    return row
+
+
+def main() -> None:
+    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+    for batch, context in ((64, 1024), (256, 2048), (64, 8192)):
+        probe(batch, context, rounds)
+
+
+if __name__ == "__main__":
+    main()
