@@ -22,10 +22,14 @@ def check_tensor(name: str, t: object, *, dtypes: tuple = FLOAT_DTYPES, min_dim:
 
 def check_same_device(**tensors: torch.Tensor) -> None:
     """Raise ValueError if the named tensors are not all on one device."""
-    devices = {n: t.device for n, t in tensors.items() if isinstance(t, torch.Tensor)}
-    if len(set(devices.values())) > 1:
-        listing = ", ".join(f"{n} on {d}" for n, d in devices.items())
-        raise ValueError(f"tensors must be on one device: {listing}")
+    first = None
+    for t in tensors.values():  # the common all-on-one-device case with no dict or set built per op call
+        if isinstance(t, torch.Tensor):
+            if first is None:
+                first = t.device
+            elif t.device != first:
+                listing = ", ".join(f"{n} on {t.device}" for n, t in tensors.items() if isinstance(t, torch.Tensor))
+                raise ValueError(f"tensors must be on one device: {listing}")
 
 
 def check_last_dim(name: str, t: torch.Tensor, size: int, what: str) -> None:
