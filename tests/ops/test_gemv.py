@@ -3,9 +3,10 @@ F.linear computed in float64 and rounded once, on odd and real shapes."""
 import pytest
 import torch
 
-from flagstack.ops import gemv, silu_mul_gemv, use_backend
+from flagstack.ops import get, gemv, silu_mul_gemv, use_backend
 from flagstack.ops.activation import silu_and_mul_triton
 from flagstack.ops.gemv import QWEN3_4B_SHAPES, gemv_triton, silu_mul_gemv_reference, silu_mul_gemv_triton
+from flagstack.ops.selftest import check_case
 from tests.ops.helpers import DEVICE, DTYPES, ON_GPU, assert_close, gpu_only
 
 ODD_SHAPES = [(1, 1), (3, 5), (9, 1030), (37, 300), (8, 1024)]  # N, K: partial row and column tiles
@@ -93,6 +94,22 @@ def test_silu_mul_qwen3_down_shape(dtype):
     assert_close(out, _silu_mul_expected(x, w), reduce_dim=10)
     assert_close(out, gemv_triton(silu_and_mul_triton(x), w))
     assert_close(out, silu_mul_gemv_reference(x, w), reduce_dim=10)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_silu_mul_rounds_the_activation_once_to_nearest(dtype):
+    """With W = I each output is the activation itself, which must be silu(gate) * up in fp32 rounded once
+    to nearest (bf16 by hand under the interpreter, whose fp32 -> bf16 casts truncate)."""
+    x = _gate_up(300, dtype)
+    gate, up = x.float().chunk(2, dim=-1)
+    want = (torch.nn.functional.silu(gate) * up).to(dtype)
+    assert torch.equal(silu_mul_gemv_triton(x, torch.eye(300, dtype=dtype, device=DEVICE)), want)
+
+
+def test_silu_mul_passes_its_self_check_in_bf16():
+    """`flagstack ops test` on its bench case (Qwen3-4B's down width, 5 rows of W), bf16 on CPU too."""
+    result = check_case(get("silu_mul_gemv"), 5, torch.bfloat16, DEVICE)
+    assert result.status == "pass", result.detail
 
 
 def test_silu_mul_vector_strided_input_empty_and_reference():
