@@ -1,7 +1,8 @@
 """Where do the last ~3% between our paged decode and SDPA over contiguous K/V go (batch >= 64)?
 Times, interleaved over rounds (medians, GPU time in CUDA graphs, L2 flushed): the default kernel on shuffled
 16-token pages; the same kernel when every sequence is one contiguous head-major page (paging removed); a few
-launch configs the earlier sweep did not try (8 warps on 128-token tiles, deeper pipelines); and SDPA.
+launch configs the earlier sweep did not try (8 warps on 128-token tiles, deeper pipelines); the default kernel
+on 16-token pages in allocation order (page lookups kept, scattered reads removed); and SDPA.
 `python3 scripts/decode_gap_probe.py [ROUNDS]`
 """
 import statistics
@@ -14,8 +15,7 @@ from flagstack.bench.attention import HEAD_DIM, KV_HEADS, decode_inputs
 from flagstack.bench.common import time_us
 from flagstack.ops.attention.paged_decode import DecodeConfig, paged_decode_triton
 
-CONFIGS = [DecodeConfig(128, 1, 8, 2), DecodeConfig(128, 1, 8, 3), DecodeConfig(128, 1, 4, 3),
-           DecodeConfig(256, 1, 8, 2), DecodeConfig(64, 1, 2, 4), DecodeConfig(128, 1, 4, 2, split_p=False)]
+CONFIGS = [DecodeConfig(64, 1, 2, 4), DecodeConfig(64, 1, 2, 3), DecodeConfig(32, 1, 2, 4), DecodeConfig(64, 1, 4, 4)]
 
 
 def contiguous_pages(batch: int, context: int, q: torch.Tensor) -> tuple:
@@ -31,7 +31,9 @@ def probe(batch: int, context: int, rounds: int) -> dict:
     q, k, v, lens, table, scale = decode_inputs(batch, context)
     kc, vc, tc = contiguous_pages(batch, context, q)
     ks, vs = kc.transpose(1, 2), vc.transpose(1, 2)  # [seq, kv_head, token, dim] for SDPA: the same bytes
+    ordered = torch.arange(table.numel(), dtype=table.dtype, device=table.device).view_as(table)
     variants = {"default": lambda: paged_decode_triton(q, k, v, lens, table, scale),
+                "ordered": lambda: paged_decode_triton(q, k, v, lens, ordered, scale),
                 "one-page": lambda: paged_decode_triton(q, kc, vc, lens, tc, scale),
                 "sdpa": lambda: F.scaled_dot_product_attention(q[:, :, None], ks, vs, scale=scale, enable_gqa=True)}
     for cfg in CONFIGS:

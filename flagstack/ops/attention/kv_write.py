@@ -64,8 +64,13 @@ def store_kv_reference(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Te
     if slots.numel() and int(slots.min()) < 0:  # padding rows (CUDA-graph batches) are not stored
         valid = slots >= 0
         slots, key, value = slots[valid], key[valid], value[valid]
-    k_cache.view(-1, *k_cache.shape[2:]).index_copy_(0, slots, key.to(k_cache.dtype))
-    v_cache.view(-1, *v_cache.shape[2:]).index_copy_(0, slots, value.to(v_cache.dtype))
+    if k_cache.is_contiguous() and v_cache.is_contiguous():
+        k_cache.view(-1, *k_cache.shape[2:]).index_copy_(0, slots, key.to(k_cache.dtype))
+        v_cache.view(-1, *v_cache.shape[2:]).index_copy_(0, slots, value.to(v_cache.dtype))
+    else:  # e.g. a head-major cache seen through transposed strides: an indexed write takes any strides
+        blocks, offsets = slots // k_cache.shape[1], slots % k_cache.shape[1]
+        k_cache[blocks, offsets] = key.to(k_cache.dtype)
+        v_cache[blocks, offsets] = value.to(v_cache.dtype)
 
 
 def _validate(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,

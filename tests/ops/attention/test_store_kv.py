@@ -41,6 +41,19 @@ def test_strided_inputs_int32_slots_and_cast():
     assert torch.equal(ours[0], ref[0]) and torch.equal(ours[1], ref[1])
 
 
+def test_head_major_cache_views():
+    # a [blocks, kv_heads, block_size, dim] cache passed as a transposed view: both implementations take its strides
+    key, value = torch.randn(6, 2, 64, device=DEVICE), torch.randn(6, 2, 64, device=DEVICE)
+    k_cache = torch.zeros(3, 2, 16, 64, device=DEVICE).transpose(1, 2)
+    slots = torch.tensor([0, 15, 16, -1, 47, 20], device=DEVICE)
+    ours, ref = run_both(key, value, k_cache, k_cache.clone(), slots)
+    for got in (ours, ref):
+        for t in (0, 1, 2, 4, 5):  # token t went to slot slots[t]
+            block, offset = divmod(int(slots[t]), 16)
+            assert torch.equal(got[0][block, offset], key[t]) and torch.equal(got[1][block, offset], value[t])
+        assert int((got[0] != 0).any(-1).sum()) == 2 * 5  # 5 tokens x 2 heads written, the -1 slot skipped
+
+
 def test_empty_step_and_dispatch():
     k_cache = torch.zeros(2, 16, 1, 16, device=DEVICE)
     empty = torch.empty(0, 1, 16, device=DEVICE)
