@@ -23,21 +23,13 @@ class PagedAttention(nn.Module):
         self.k_cache: torch.Tensor | None = None
         self.v_cache: torch.Tensor | None = None
 
-    def caches(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(k_cache, v_cache); RuntimeError before the runner has allocated them."""
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        meta = get_context()
         if self.k_cache is None or self.v_cache is None:
             raise RuntimeError("PagedAttention has no KV cache: the runner must allocate it first")
-        return self.k_cache, self.v_cache
-
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_stored: bool = False) -> torch.Tensor:
-        """Attention of q over the cache after this step's k/v are written (kv_stored: already written
-        by the caller, e.g. fused into the q/k rotation)."""
-        meta = get_context()
-        k_cache, v_cache = self.caches()
-        if not kv_stored:
-            attn_ops.store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
+        attn_ops.store_kv(k, v, self.k_cache, self.v_cache, meta.slot_mapping)
         if meta.is_decode:
-            return attn_ops.paged_decode(q, k_cache, v_cache, meta.seq_lens,
+            return attn_ops.paged_decode(q, self.k_cache, self.v_cache, meta.seq_lens,
                                          meta.block_tables, self.scale, self.sliding_window, self.softcap)
-        return attn_ops.varlen_attention(q, k_cache, v_cache, meta.cu_seqlens_q, meta.seq_lens,
+        return attn_ops.varlen_attention(q, self.k_cache, self.v_cache, meta.cu_seqlens_q, meta.seq_lens,
                                          meta.block_tables, self.scale, self.sliding_window, self.softcap)

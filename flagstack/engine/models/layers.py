@@ -4,11 +4,6 @@ the decoder layer / stack, and the causal-LM wrapper the engine talks to.
 The two architectures differ only in how q and k are prepared before attention (Qwen3 normalizes
 each head before RoPE), so each model file supplies that one step (`Attention.rotate`).
 Every op goes through flagstack.ops (Triton on CUDA, PyTorch references elsewhere).
-
-FLAGSTACK_FUSED_DECODE=1 (read once, at import; off by default until measured on an H100) turns on two
-fusions on CUDA, each a launch less per layer: a single decode row's silu_and_mul runs inside the down
-projection's GEMV (ops.silu_mul_gemv), and Qwen3's qk_norm_rope also writes k and v into the paged KV
-cache (its store_kv form; PagedAttention then skips store_kv), for any number of tokens.
 """
 from __future__ import annotations
 
@@ -21,7 +16,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 from transformers import PretrainedConfig
 
 from flagstack.engine.models.attention import PagedAttention
-from flagstack.ops import add_rms_norm, embedding, gemv, rms_norm, rope_cos_sin_cache, silu_and_mul, silu_mul_gemv
+from flagstack.ops import add_rms_norm, embedding, gemv, rms_norm, rope_cos_sin_cache, silu_and_mul
 
 
 class RMSNorm(nn.Module):
@@ -41,19 +36,6 @@ DECODE_ROWS = 64  # up to this many rows a CPU GEMM takes the decode form (see `
 GEMV_MAX_OUT = 32768  # one CUDA row goes to ops.gemv for weights up to this many outputs (not lm_head)
 PACK_ROWS_HINT = DECODE_ROWS  # oneDNN packs for this many rows (a hint of 1 was ~20% slower at 7-2048)
 _PACKED: WeakIdKeyDictionary = WeakIdKeyDictionary()  # weight -> (its version when packed, packed copy)
-# Device types the decode fusions run on (see the module docstring); tests add "cpu" to run them through
-# the Triton interpreter.
-FUSED_DECODE_DEVICES: tuple[str, ...] = ("cuda",) if os.environ.get("FLAGSTACK_FUSED_DECODE", "0") == "1" else ()
-
-
-def fused_decode(x: torch.Tensor) -> bool:
-    """Whether the decode fusions (FLAGSTACK_FUSED_DECODE=1, CUDA) apply to tensors on x's device."""
-    return x.device.type in FUSED_DECODE_DEVICES
-
-
-def gemv_fits(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    """Whether x is a single row for the GEMV kernel: no bias, weight up to GEMV_MAX_OUT outputs."""
-    return x.dim() == 2 and x.shape[0] == 1 and bias is None and weight.shape[0] <= GEMV_MAX_OUT
 
 
 def cpu_packing_enabled() -> bool:
@@ -85,7 +67,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     projections on an H100; cuBLAS already streams the 151,936-row lm_head at ~3 TB/s).
     """
     rows = x.shape[0]
-    if x.is_cuda and gemv_fits(x, weight, bias):
+    if x.is_cuda and x.dim() == 2 and rows == 1 and bias is None and weight.shape[0] <= GEMV_MAX_OUT:
         return gemv(x, weight)
     if x.device.type != "cpu" or x.dim() != 2 or not 0 < rows <= DECODE_ROWS:
         return F.linear(x, weight, bias)
@@ -118,8 +100,7 @@ class FusedLinear(Linear):
 
 
 class GatedMLP(nn.Module):
-    """down(silu(gate(x)) * up(x)) with gate and up in one GEMM (and, for a single decode row with the
-    decode fusions on, silu_and_mul inside the down projection's GEMV)."""
+    """down(silu(gate(x)) * up(x)) with gate and up in one GEMM."""
 
     def __init__(self, hidden: int, intermediate: int, bias: bool) -> None:
         super().__init__()
@@ -127,10 +108,7 @@ class GatedMLP(nn.Module):
         self.down_proj = Linear(intermediate, hidden, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate_up, down = self.gate_up_proj(x), self.down_proj
-        if fused_decode(gate_up) and gemv_fits(gate_up, down.weight, down.bias):
-            return silu_mul_gemv(gate_up, down.weight)
-        return down(silu_and_mul(gate_up))
+        return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
 
 
 def head_dim_of(config: PretrainedConfig) -> int:
@@ -151,19 +129,18 @@ class Attention(nn.Module):
         self.o_proj = Linear(self.q_size, config.hidden_size, bias=bias)
         self.attn = PagedAttention(self.num_heads, self.num_kv_heads, self.head_dim, self.head_dim ** -0.5)
 
-    def rotate(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-               cos_sin_cache: torch.Tensor) -> bool:
-        """Apply position encoding to q [T, Hq*D] and k [T, Hkv*D] in place; a fused form may also write
-        k and v [T, Hkv*D] into the KV cache (self.attn's): returns whether it did."""
+    def rotate(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
+               cos_sin_cache: torch.Tensor) -> None:
+        """Apply position encoding to q [T, Hq*D] and k [T, Hkv*D] in place."""
         raise NotImplementedError
 
     def forward(self, positions: torch.Tensor, x: torch.Tensor, cos_sin_cache: torch.Tensor) -> torch.Tensor:
         qkv = self.qkv_proj(x)
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        kv_stored = self.rotate(positions, q, k, v, cos_sin_cache)
+        self.rotate(positions, q, k, cos_sin_cache)
         t = x.shape[0]
         o = self.attn(q.view(t, self.num_heads, self.head_dim), k.view(t, self.num_kv_heads, self.head_dim),
-                      v.view(t, self.num_kv_heads, self.head_dim), kv_stored=kv_stored)
+                      v.view(t, self.num_kv_heads, self.head_dim))
         return self.o_proj(o.reshape(t, self.q_size))
 
 

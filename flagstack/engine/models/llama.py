@@ -9,10 +9,9 @@ from flagstack.ops import rotary_embedding
 
 
 class LlamaAttention(Attention):
-    def rotate(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-               cos_sin_cache: torch.Tensor) -> bool:
+    def rotate(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
+               cos_sin_cache: torch.Tensor) -> None:
         rotary_embedding(positions, q, k, cos_sin_cache, self.head_dim, True)
-        return False
 
 
 class LlamaForCausalLM(CausalLM):
