@@ -1,7 +1,7 @@
 """Where do the last ~3% between our paged decode and SDPA over contiguous K/V go (batch >= 64)?
 Times, interleaved over rounds (medians, GPU time in CUDA graphs, L2 flushed): the default kernel on shuffled
 16-token pages; the same kernel when every sequence is one contiguous head-major page (paging removed); a few
-launch configs (2-warp tiles, and one block-table load per page instead of per token: page-tiles); the default kernel
+2-warp launch configs (bench/results/decode-gap-probe-*.md also records earlier configs); the default kernel
 on 16-token pages in allocation order (page lookups kept, scattered reads removed); and SDPA.
 `python3 scripts/decode_gap_probe.py [ROUNDS]`
 """
@@ -15,8 +15,7 @@ from flagstack.bench.attention import HEAD_DIM, KV_HEADS, decode_inputs
 from flagstack.bench.common import time_us
 from flagstack.ops.attention.paged_decode import DecodeConfig, paged_decode_triton
 
-CONFIGS = [DecodeConfig(128, 1, 4, 2, page_tiles=True), DecodeConfig(64, 1, 2, 4),
-           DecodeConfig(64, 1, 2, 4, page_tiles=True), DecodeConfig(64, 1, 2, 3), DecodeConfig(32, 1, 2, 4)]
+CONFIGS = [DecodeConfig(64, 1, 2, 4), DecodeConfig(64, 1, 2, 3), DecodeConfig(32, 1, 2, 4)]
 
 
 def contiguous_pages(batch: int, context: int, q: torch.Tensor) -> tuple:
@@ -38,7 +37,7 @@ def probe(batch: int, context: int, rounds: int) -> dict:
                 "one-page": lambda: paged_decode_triton(q, kc, vc, lens, tc, scale),
                 "sdpa": lambda: F.scaled_dot_product_attention(q[:, :, None], ks, vs, scale=scale, enable_gqa=True)}
     for cfg in CONFIGS:
-        variants[f"bn{cfg.block_n} w{cfg.num_warps} s{cfg.num_stages}{' page-tiles' if cfg.page_tiles else ''}"] = (
+        variants[f"bn{cfg.block_n} w{cfg.num_warps} s{cfg.num_stages}"] = (
             lambda cfg=cfg: paged_decode_triton(q, k, v, lens, table, scale, config=cfg))
     times = {name: [] for name in variants}
     for _ in range(rounds):

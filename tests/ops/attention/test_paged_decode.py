@@ -27,17 +27,6 @@ def test_context_lengths_gqa_head_dims(group, head_dim, block_size, dtype):
     check(lens, group, head_dim, block_size, dtype, config=DecodeConfig(block_n=16))
 
 
-@pytest.mark.parametrize("block_n, block_size, splits, window", [
-    (32, 8, 1, None),  # a tile of 4 whole pages
-    (16, 64, 1, None),  # a tile inside one page: the page's row offset comes from `start`
-    (16, 16, 3, 20),  # one page per tile, splits, and a window that starts mid-page
-    (32, 16, 2, None)])
-def test_page_tiles_one_table_load_per_page(block_n, block_size, splits, window):
-    lens = [1, block_size - 1, block_size + 1, 3 * block_size + 5, 77]
-    check(lens, 4, 64, block_size, torch.float16, kv_heads=2, window=window,
-          config=DecodeConfig(block_n=block_n, num_splits=splits, page_tiles=True))
-
-
 def test_half_precision_p_without_split():
     # P rounded to fp16 once, as flash kernels do: errors up to ~5e-4 on outputs of ~0.1-1
     check([9, 40], 4, 64, 16, torch.float16, atol=1e-3, config=DecodeConfig(block_n=16, split_p=False))
