@@ -5,14 +5,13 @@ Times, interleaved over rounds (medians, GPU time in CUDA graphs, L2 flushed): t
 on 16-token pages in allocation order (page lookups kept, scattered reads removed); and SDPA.
 `python3 scripts/decode_gap_probe.py [ROUNDS]`
 """
-import statistics
 import sys
 
 import torch
 import torch.nn.functional as F
 
 from flagstack.bench.attention import HEAD_DIM, KV_HEADS, decode_inputs
-from flagstack.bench.common import time_us
+from flagstack.bench.common import interleaved_medians
 from flagstack.ops.attention.paged_decode import DecodeConfig, paged_decode_triton
 
 CONFIGS = [DecodeConfig(64, 1, 2, 4), DecodeConfig(64, 1, 2, 3), DecodeConfig(32, 1, 2, 4)]
@@ -39,14 +38,7 @@ def probe(batch: int, context: int, rounds: int) -> dict:
     for cfg in CONFIGS:
         variants[f"bn{cfg.block_n} w{cfg.num_warps} s{cfg.num_stages}"] = (
             lambda cfg=cfg: paged_decode_triton(q, k, v, lens, table, scale, config=cfg))
-    times = {name: [] for name in variants}
-    for _ in range(rounds):
-        for name, fn in variants.items():
-            try:
-                times[name].append(time_us(fn, warmup_ms=5, rep_ms=40, cold_graph=True))
-            except Exception as err:  # noqa: BLE001 -- e.g. out of shared memory: noted, not fatal
-                print(f"{batch}x{context} {name}: {type(err).__name__}: {str(err)[:80]}", flush=True)
-    row = {name: statistics.median(t) for name, t in times.items() if t}
+    row = interleaved_medians(variants, rounds, warmup_ms=5, rep_ms=40, cold_graph=True)
     sdpa = row["sdpa"]
     print(f"batch {batch} ctx {context}: " + ", ".join(f"{n} {t:.1f} us ({sdpa / t:.3f}x sdpa)"
                                                        for n, t in row.items()), flush=True)

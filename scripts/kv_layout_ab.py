@@ -4,7 +4,6 @@ same rounds. The kernels take any strides, so HND is the same logical cache view
 Each variant is timed in every round, the rounds interleaved; medians reported.
 `python3 scripts/kv_layout_ab.py [ROUNDS]`
 """
-import statistics
 import sys
 
 import torch
@@ -12,7 +11,7 @@ import torch.nn.functional as F
 
 from flagstack.bench.attention import (HEAD_DIM, KV_HEADS, attention_flops, decode_bytes, decode_inputs,
                                        prefill_inputs)
-from flagstack.bench.common import time_us
+from flagstack.bench.common import interleaved_medians
 from flagstack.ops.attention.paged_decode import paged_decode_triton
 from flagstack.ops.attention.varlen import varlen_attention_triton
 
@@ -32,12 +31,9 @@ def decode_point(batch: int, context: int, block_size: int, rounds: int) -> dict
     variants = {"nhd": lambda: paged_decode_triton(q, k, v, lens, table, scale),
                 "hnd": lambda: paged_decode_triton(q, kh, vh, lens, table, scale),
                 "sdpa": lambda: F.scaled_dot_product_attention(q[:, :, None], kc, vc, scale=scale, enable_gqa=True)}
-    times = {name: [] for name in variants}
-    for _ in range(rounds):
-        for name, fn in variants.items():
-            times[name].append(time_us(fn, warmup_ms=5, rep_ms=40, cold_graph=True))
+    medians = interleaved_medians(variants, rounds, warmup_ms=5, rep_ms=40, cold_graph=True)
     row = {"case": "decode", "batch": batch, "ctx": context, "block_size": block_size}
-    row.update({f"{name}_us": statistics.median(t) for name, t in times.items()})
+    row.update({f"{name}_us": us for name, us in medians.items()})
     row["GB/s hnd"] = decode_bytes(batch, context) / row["hnd_us"] / 1e3
     row["nhd/sdpa"] = row["sdpa_us"] / row["nhd_us"]
     row["hnd/sdpa"] = row["sdpa_us"] / row["hnd_us"]
@@ -52,15 +48,11 @@ def prefill_point(seqs: int, new: int, cached: int, rounds: int) -> dict:
     kh, vh = hnd(k), hnd(v)
     variants = {"nhd": lambda: varlen_attention_triton(q, k, v, *rest),
                 "hnd": lambda: varlen_attention_triton(q, kh, vh, *rest)}
-    times = {name: [] for name in variants}
-    for _ in range(rounds):
-        for name, fn in variants.items():
-            times[name].append(time_us(fn, warmup_ms=5, rep_ms=60))
     flops = attention_flops(seqs, new, cached)
     row = {"case": "prefill" if cached == 0 else "extend", "batch": seqs, "ctx": new + cached, "block_size": 16}
-    for name, t in times.items():
-        row[f"{name}_us"] = statistics.median(t)
-        row[f"{name} TFLOP/s"] = flops / row[f"{name}_us"] / 1e6
+    for name, us in interleaved_medians(variants, rounds, warmup_ms=5, rep_ms=60).items():
+        row[f"{name}_us"] = us
+        row[f"{name} TFLOP/s"] = flops / us / 1e6
     del args, q, k, v, kh, vh
     torch.cuda.empty_cache()
     return row

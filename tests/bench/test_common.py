@@ -6,8 +6,8 @@ import time
 import pytest
 import torch
 
-from flagstack.bench.common import (ResultsFile, copy_time_us, device_description, gbps, markdown_table, slug,
-                                    time_us, write_results)
+from flagstack.bench.common import (ResultsFile, copy_time_us, device_description, gbps, interleaved_medians,
+                                    markdown_table, slug, time_us, write_results)
 
 META = {"device": "Test GPU 80GB", "note": "x"}
 
@@ -74,6 +74,21 @@ def test_bad_kind_and_key(tmp_path):
 def test_time_us_measures_a_known_sleep():
     us = time_us(lambda: time.sleep(0.002), "cpu", warmup_ms=0, rep_ms=10)
     assert 1900 < us < 20000
+
+
+def test_interleaved_medians_times_each_variant_and_leaves_out_failures(capsys):
+    order = []
+
+    def broken():
+        raise RuntimeError("out of resources")
+
+    variants = {"short": lambda: order.append("short") or time.sleep(0.001),
+                "long": lambda: order.append("long") or time.sleep(0.004), "broken": broken}
+    medians = interleaved_medians(variants, 2, device="cpu", warmup_ms=0, rep_ms=5)
+    assert set(medians) == {"short", "long"} and 900 < medians["short"] < medians["long"]
+    assert "broken: RuntimeError: out of resources" in capsys.readouterr().out
+    first_long = order.index("long")
+    assert "short" in order[first_long:]  # the second round timed "short" again after "long"
 
 
 def test_copy_time_and_helpers():
