@@ -1,4 +1,5 @@
 """flagstack.ops: Triton operators, each with a PyTorch reference, picked per call by the registry."""
+from flagstack.ops import interpreter_compat  # noqa: F401  (first: makes TRITON_INTERPRET=1 runs match the GPU)
 from flagstack.ops import attention, challenge
 from flagstack.ops.activation import gelu, gelu_and_mul, silu, silu_and_mul
 from flagstack.ops.argmax import argmax

@@ -12,7 +12,6 @@ import torch
 import triton
 import triton.language as tl
 
-from flagstack.ops import interpreter_compat  # noqa: F401  (loops over scalar args on CPU)
 from flagstack.ops.checks import FLOAT_DTYPES, check_tensor, rows_view
 from flagstack.ops.host import cdiv, next_power_of_2, sm_count
 from flagstack.ops.registry import BenchCase, register, register_aten

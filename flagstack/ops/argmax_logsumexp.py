@@ -21,7 +21,6 @@ import torch
 import triton
 import triton.language as tl
 
-from flagstack.ops import interpreter_compat  # noqa: F401  (loops over scalar args on CPU)
 from flagstack.ops.argmax import NO_INDEX, argmax_result, argmax_update, num_splits, warps_for
 from flagstack.ops.checks import check_tensor
 from flagstack.ops.host import cdiv, next_power_of_2

@@ -16,8 +16,6 @@ price of 2K elem of x per program from L2 (Qwen3-4B down: 39 KB beside a 156 KB 
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
@@ -31,37 +29,21 @@ from flagstack.ops.registry import BenchCase, register
 # From sweep() on an H100 (cold L2, CUDA graphs, bf16): 8 rows x 1024 columns, 4 warps, 2 stages was
 # best summed over the four Qwen3-4B shapes, 87.9 us against cuBLAS's 103.4 us (2026-11-27).
 CONFIG = {"BLOCK_N": 8, "BLOCK_K": 1024, "num_warps": 4, "num_stages": 2}
-# Under TRITON_INTERPRET=1 a cast from fp32 to bf16 truncates (silu_and_mul's bf16 output differed from
-# round-to-nearest in 4884 of 9728 elements), where the GPU rounds to nearest even: the bf16 activation is
-# then rounded by hand, or its bias piles up in the dot (errors of 2-3 ulps in 1 of 5 outputs).
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-
-
 @triton.jit
-def _round_as(x, ptr, RNE_BY_HAND: tl.constexpr):
-    """fp32 x rounded to nearest even in ptr's element dtype, returned as fp32 (RNE_BY_HAND: bf16 by its bits)."""
-    if RNE_BY_HAND:
-        bits = x.to(tl.uint32, bitcast=True)
-        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
-        return tl.where(x == x, bits.to(tl.float32, bitcast=True), x)  # a NaN stays one
-    return x.to(ptr.dtype.element_ty).to(tl.float32)
-
-
-@triton.jit
-def _load_x(x_ptr, start, cols, k, SILU_MUL: tl.constexpr, RNE_BY_HAND: tl.constexpr):
+def _load_x(x_ptr, start, cols, k, SILU_MUL: tl.constexpr):
     """x[start:start + BLOCK_K] in fp32; with SILU_MUL, silu(gate) * up of x = [gate | up] (each K long),
     rounded to x's dtype first as silu_and_mul stores it."""
     mask = start + cols < k
     x = tl.load(x_ptr + start + cols, mask=mask, other=0.0).to(tl.float32)
     if SILU_MUL:
         up = tl.load(x_ptr + k + start + cols, mask=mask, other=0.0).to(tl.float32)
-        x = _round_as(_activate(x, 0) * up, x_ptr, RNE_BY_HAND)
+        x = (_activate(x, 0) * up).to(x_ptr.dtype.element_ty).to(tl.float32)
     return x
 
 
 @triton.jit
 def _gemv_kernel(x_ptr, w_ptr, y_ptr, n, k, w_row_stride, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                 SILU_MUL: tl.constexpr, RNE_BY_HAND: tl.constexpr, USE_PDL: tl.constexpr):
+                 SILU_MUL: tl.constexpr, USE_PDL: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.arange(0, BLOCK_K)
     row_ok = rows < n
@@ -72,7 +54,7 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, n, k, w_row_stride, BLOCK_N: tl.constexpr,
     pdl_wait(USE_PDL)
     acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
     for start in range(0, k, BLOCK_K):
-        x = _load_x(x_ptr, start, cols, k, SILU_MUL, RNE_BY_HAND)
+        x = _load_x(x_ptr, start, cols, k, SILU_MUL)
         acc += w.to(tl.float32) * x[None, :]
         nxt = start + BLOCK_K  # the next tile (all masked off after the last one: no memory traffic)
         w = tl.load(w_ptrs + nxt, mask=row_ok[:, None] & (nxt + cols < k)[None, :], other=0.0,
@@ -94,7 +76,6 @@ def _gemv(x: torch.Tensor, weight: torch.Tensor, silu_mul: bool, config: dict | 
     w = weight if weight.stride(1) == 1 else weight.contiguous()
     _gemv_kernel[(cdiv(n, cfg["BLOCK_N"]),)](xv, w, out, n, k, w.stride(0), BLOCK_N=cfg["BLOCK_N"],
                                              BLOCK_K=cfg["BLOCK_K"], SILU_MUL=silu_mul,
-                                             RNE_BY_HAND=INTERPRETED and x.dtype == torch.bfloat16,
                                              **pdl_launch(x.device), num_warps=cfg["num_warps"],
                                              num_stages=cfg["num_stages"])
     return out

@@ -36,7 +36,6 @@ import torch
 import triton
 import triton.language as tl
 
-from flagstack.ops import interpreter_compat  # noqa: F401  (loops over scalar args on CPU)
 from flagstack.ops.argmax import (NO_INDEX, argmax_combine_kernel, argmax_result, argmax_rows, argmax_update,
                                   num_splits, warps_for)
 from flagstack.ops.checks import check_tensor

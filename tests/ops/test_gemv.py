@@ -99,7 +99,7 @@ def test_silu_mul_qwen3_down_shape(dtype):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_silu_mul_rounds_the_activation_once_to_nearest(dtype):
     """With W = I each output is the activation itself, which must be silu(gate) * up in fp32 rounded once
-    to nearest (bf16 by hand under the interpreter, whose fp32 -> bf16 casts truncate)."""
+    to nearest (under the interpreter too: ops.interpreter_compat makes its fp32 -> bf16 casts round)."""
     x = _gate_up(300, dtype)
     gate, up = x.float().chunk(2, dim=-1)
     want = (torch.nn.functional.silu(gate) * up).to(dtype)

@@ -11,7 +11,6 @@ import torch
 import triton
 import triton.language as tl
 
-from flagstack.ops import interpreter_compat  # noqa: F401  (loops over loaded scalars on CPU)
 from flagstack.ops.checks import check_same_device, check_tensor
 
 LOG2E = math.log2(math.e)

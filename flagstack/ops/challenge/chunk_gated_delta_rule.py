@@ -24,7 +24,6 @@ import torch
 import triton
 import triton.language as tl
 
-from flagstack.ops import interpreter_compat  # noqa: F401  (loops over scalar args on CPU)
 from flagstack.ops.checks import check_same_device, check_tensor
 from flagstack.ops.host import cdiv, next_power_of_2
 from flagstack.ops.registry import BenchCase, register

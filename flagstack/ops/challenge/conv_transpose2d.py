@@ -21,7 +21,6 @@ import torch
 import triton
 import triton.language as tl
 
-from flagstack.ops import interpreter_compat  # noqa: F401  (loops over scalar args on CPU)
 from flagstack.ops.challenge.images import bench_images, output_memory_format
 from flagstack.ops.challenge.pointwise import aten_dtype_name, check_kernel_dtype, check_same_dtype, resize_out
 from flagstack.ops.host import cdiv, next_power_of_2

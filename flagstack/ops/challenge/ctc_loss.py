@@ -23,7 +23,6 @@ import torch
 import triton
 import triton.language as tl
 
-from flagstack.ops import interpreter_compat  # noqa: F401  (loops over scalar args on CPU)
 from flagstack.ops.challenge.pointwise import check_kernel_dtype, check_same_dtype, resize_out
 from flagstack.ops.host import next_power_of_2
 from flagstack.ops.registry import BenchCase, register, register_aten

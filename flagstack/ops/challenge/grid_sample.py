@@ -22,7 +22,6 @@ import torch
 import triton
 import triton.language as tl
 
-from flagstack.ops import interpreter_compat  # noqa: F401  (loops over scalar args on CPU)
 from flagstack.ops.challenge.images import bench_images
 from flagstack.ops.challenge.pointwise import aten_dtype_name, check_kernel_dtype, check_same_dtype, resize_out, \
     to_compute_dtype
