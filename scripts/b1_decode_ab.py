@@ -1,7 +1,8 @@
 """Batch-1 decode A/B on CUDA, Qwen3-4B config with random weights: environment settings that are read at import
-(e.g. FLAGSTACK_FUSED_DECODE) each get their own process, alternated; each process times --runs greedy
+(e.g. FLAGSTACK_PDL) each get their own process, alternated; each process times --runs greedy
 generations of 128 prompt + 256 output tokens after a warm-up and prints their median tok/s.
-`python3 scripts/b1_decode_ab.py FLAGSTACK_FUSED_DECODE=0 FLAGSTACK_FUSED_DECODE=1 --rounds 2`
+`python3 scripts/b1_decode_ab.py FLAGSTACK_PDL=0 FLAGSTACK_PDL=1 --rounds 2`
+(bench/results/b1-fused-decode-ab-*.md: its run on the decode fusions, since removed)
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 # own time limit; logs and result files are packed into $OUT/results.tgz (the device tool returns at most
 # 8 files), with a short summary printed last.
 # Stages: ops-tests challenge-tests challenge-new engine-tests attention attn-sweep annotate serve engine
-# engine-nohf ops-llm ops-challenge score score-speed profile gemv-sweep gdr-sweep decode-short kv-layout decode-gap b1-fused new-tests ops-256
+# engine-nohf ops-llm ops-challenge score score-speed profile gemv-sweep gdr-sweep decode-short kv-layout decode-gap b1-pdl new-tests ops-256
 source scripts/gpu-env.sh
 OUT=${OUT:-/tmp/out}; RES=/tmp/res; rm -rf "$RES"; mkdir -p "$OUT" "$RES"  # a warm machine keeps /tmp
 summary=()
@@ -39,9 +39,9 @@ for spec in "$@"; do
     decode-short) run_stage $name $secs python3 scripts/decode_short_sweep.py ;;
     kv-layout) run_stage $name $secs python3 scripts/kv_layout_ab.py ;;
     decode-gap) run_stage $name $secs python3 scripts/decode_gap_probe.py ;;
-    b1-fused) run_stage $name $secs python3 scripts/b1_decode_ab.py FLAGSTACK_FUSED_DECODE=0 FLAGSTACK_FUSED_DECODE=1 ;;
+    b1-pdl) run_stage $name $secs python3 scripts/b1_decode_ab.py FLAGSTACK_PDL=0 FLAGSTACK_PDL=1 ;;
     new-tests) run_stage $name $secs python3 -m pytest -q -p no:cacheprovider tests/ops/test_gemv.py \
-      tests/ops/test_qk_norm_rope.py tests/engine/test_fused_decode.py tests/ops/attention tests/ops/test_registry.py ;;
+      tests/ops/test_qk_norm_rope.py tests/ops/attention tests/ops/test_registry.py ;;
     *) summary+=("$name: unknown stage") ;;
   esac
   tar czf "$OUT/results.tgz" -C "$RES" .
