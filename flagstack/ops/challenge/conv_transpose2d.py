@@ -8,10 +8,11 @@ output tile of BLOCK_M pixels x BLOCK_N channels gathers, per kernel tap, the [B
 rows that reach it and does tl.dot with the tap's [BLOCK_K, BLOCK_N] weights, in fp32. Each program holds
 pixels of one stride phase (oh % SH, ow % SW): a tap reaches either all of them or none, so the
 (SH*SW - 1) / (SH*SW) of taps that miss a phase are skipped whole instead of being masked per pixel.
-The kernel reads x and w channels-last (the wrapper copies them so: a pixel's channels are one 16-byte
-vector load). Memory traffic: the copy of x, read x ~once per tap that hits the phase (from L2) and w per
-tile, write out once; 16x64x64x64 * 64x32x3x3 stride 2 bf16 reads 8.4 MB and writes 17 MB (~9 us at
-3.0 TB/s; the copy adds ~6 us).
+The kernel reads x and w channels-last (the wrapper copies them so, x through copy_channels: a pixel's channels
+are one 16-byte vector load). Memory traffic: the copy of x, read x ~once per tap that hits the phase (from
+L2) and w per tile, write out once; 16x64x64x64 * 64x32x3x3 stride 2 bf16 reads 8.4 MB and writes 17 MB (~9 us
+at 3.0 TB/s; the copy adds ~4 us). It takes ~41 us on an H100, so memory is not its limit; the strided NCHW
+stores are not it either: writing an NHWC output instead was slower (62 against 57.5 us, session 7's probe).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
+from flagstack.ops.challenge.channels_copy import to_memory_format
 from flagstack.ops.challenge.images import bench_images, output_memory_format
 from flagstack.ops.challenge.pointwise import aten_dtype_name, check_kernel_dtype, check_same_dtype, resize_out
 from flagstack.ops.host import cdiv, next_power_of_2
@@ -31,10 +33,23 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 @triton.jit
+def _tap_dot(acc, x_rows, w_tap, row_ok, co_ok, k0, C_IN_G, sxc, swi, PRECISION: tl.constexpr,
+             UPCAST: tl.constexpr, BLOCK_K: tl.constexpr):
+    """acc + the [BLOCK_M, BLOCK_K] input rows of one tap, channels k0.., times the tap's weights."""
+    ci = k0 + tl.arange(0, BLOCK_K)
+    ci_ok = ci < C_IN_G
+    a = tl.load(x_rows[:, None] + ci[None, :] * sxc, mask=row_ok[:, None] & ci_ok[None, :], other=0.0)
+    b = tl.load(w_tap[None, :] + ci[:, None] * swi, mask=ci_ok[:, None] & co_ok[None, :], other=0.0)
+    if UPCAST:  # the interpreter's bf16 dot is wrong (DESIGN.md); fp32 is exact there
+        a, b = a.to(tl.float32), b.to(tl.float32)
+    return tl.dot(a, b, acc, input_precision=PRECISION)
+
+
+@triton.jit
 def _conv_transpose2d_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, N, H, W, OH, OW, QH, QW, C_IN_G, C_OUT_G,
                              sxn, sxc, sxh, sxw, swi, swo, swh, sww, son, soc, soh, sow,
                              SH, SW, PH, PW, DH, DW, KH: tl.constexpr, KW: tl.constexpr, HAS_BIAS: tl.constexpr,
-                             PRECISION: tl.constexpr, UPCAST: tl.constexpr, WIDE: tl.constexpr,
+                             PRECISION: tl.constexpr, UPCAST: tl.constexpr, WIDE: tl.constexpr, ONE_K: tl.constexpr,
                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     # Grid: (pixel tiles x phases, groups x channel tiles). The phases of one tile are neighbouring
     # programs, so their interleaved stores fill the same cache lines while these stay in L2. Pixel m of
@@ -66,16 +81,13 @@ def _conv_transpose2d_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, N, H, W, OH, OW, Q
                     row_ok = pixel_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
                     x_rows = x_group + ih * sxh + iw * sxw
                     w_tap = w_group + kh * swh + kw * sww
-                    for k0 in range(0, C_IN_G, BLOCK_K):
-                        ci = k0 + tl.arange(0, BLOCK_K)
-                        ci_ok = ci < C_IN_G
-                        a = tl.load(x_rows[:, None] + ci[None, :] * sxc, mask=row_ok[:, None] & ci_ok[None, :],
-                                    other=0.0)
-                        b = tl.load(w_tap[None, :] + ci[:, None] * swi, mask=ci_ok[:, None] & co_ok[None, :],
-                                    other=0.0)
-                        if UPCAST:  # the interpreter's bf16 dot is wrong (DESIGN.md); fp32 is exact there
-                            a, b = a.to(tl.float32), b.to(tl.float32)
-                        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+                    if ONE_K:  # straight-line taps: the loads of all of them can be in flight at once
+                        acc = _tap_dot(acc, x_rows, w_tap, row_ok, co_ok, 0, C_IN_G, sxc, swi, PRECISION, UPCAST,
+                                       BLOCK_K)
+                    else:
+                        for k0 in range(0, C_IN_G, BLOCK_K):
+                            acc = _tap_dot(acc, x_rows, w_tap, row_ok, co_ok, k0, C_IN_G, sxc, swi, PRECISION,
+                                           UPCAST, BLOCK_K)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + group * C_OUT_G + co, mask=co_ok, other=0.0).to(tl.float32)[None, :]
     out_at = (n * son + oh * soh + ow * sow)[:, None] + ((group * C_OUT_G + co) * soc)[None, :]
@@ -139,11 +151,12 @@ def _check(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, str
     return out_hw  # type: ignore[return-value]
 
 
-# CUDA launch: pixel tile cap, warps, stages. From scripts/conv_transpose2d_sweep.py on an H100 (core shapes, GPU
-# time): one stage ran 59.7 us against 71.8 with three (torch 55), but with one stage the fp32 test_large case
-# faulted (illegal address) in 4 of 6 runs of the test matrix on the H100, not under CUDA_LAUNCH_BLOCKING=1; with
-# three stages 2 of 2 runs passed (session 6; scripts/conv_fault_repro.py saw no write outside the output).
-# Reading the weight in its own layout instead of the copy below: 85 us.
+# CUDA launch: pixel tile cap, warps, stages. From scripts/conv_probe.py on an H100 (core shape 16x64x64x64 bf16,
+# GPU time by graph replay, session 7): 41.5 us against torch's 55.0 once the taps of a one-K-tile layer run
+# straight-line (the K loop around each tap, with one iteration, had left each tap waiting on its own loads:
+# 57.5 us) and x's channels-last copy went to copy_channels (4 us, torch's copy 20 us). Pixel tiles of 64 or
+# 8 warps: 42-44 us. Stages only pipeline the K loop of layers with more than 64 input channels per group;
+# with one stage the fp32 test_large case faulted (illegal address) in 4 of 6 matrix runs in session 6, so 3.
 CUDA_CONFIG = {"BLOCK_M": 128, "num_warps": 4, "num_stages": 3}
 
 
@@ -184,7 +197,7 @@ def conv_transpose2d_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
     # input channel's output channels at a tap) become contiguous, 16-byte loads instead of one load per
     # element (NCHW put channels 4096 elements apart: 64 scalar loads per thread per tap, 255 registers).
     # The copies cost a read and a write of x (8.4 MB on the core shape) and nothing for the small weight.
-    batched_cl = batched.contiguous(memory_format=torch.channels_last)
+    batched_cl = to_memory_format(batched, torch.channels_last)
     weight_cl = weight.permute(2, 3, 0, 1).contiguous().permute(2, 3, 0, 1)  # [C_in, C_out_g, KH, KW] view
     qh, qw = cdiv(out_hw[0], stride[0]), cdiv(out_hw[1], stride[1])
     block_m, block_n, block_k = _blocks(n * qh * qw, c_in // groups, c_out_g, x.device)
@@ -197,8 +210,8 @@ def conv_transpose2d_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
         # fp16 / bf16 ignore it
         PRECISION="tf32x3" if x.dtype == torch.float32 else "tf32", UPCAST=INTERPRETED and x.dtype == torch.bfloat16,
         WIDE=max(t.numel() for t in (batched_cl, target)) >= 2 ** 31 - block_m * max(stride),
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=CUDA_CONFIG["num_warps"],
-        num_stages=CUDA_CONFIG["num_stages"])
+        ONE_K=c_in // groups <= block_k, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+        num_warps=CUDA_CONFIG["num_warps"], num_stages=CUDA_CONFIG["num_stages"])
     return out if out is not None else target if x.dim() == 4 else target.squeeze(0)
 
 
