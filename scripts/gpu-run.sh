@@ -3,7 +3,7 @@
 # own time limit; logs and result files are packed into $OUT/results.tgz (the device tool returns at most
 # 8 files), with a short summary printed last.
 # Stages: ops-tests challenge-tests challenge-new engine-tests attention attn-sweep annotate serve engine
-# engine-nohf ops-llm ops-challenge score score-speed profile gemv-sweep gdr-sweep decode-short kv-layout decode-gap b1-pdl new-tests ops-256
+# engine-nohf ops-llm ops-challenge score score-speed profile gemv-sweep gdr-sweep decode-short kv-layout decode-gap b1-pdl new-tests ops-256 challenge-profile conv-probe ctc-probe conv-ctc-tests
 source scripts/gpu-env.sh
 OUT=${OUT:-/tmp/out}; RES=/tmp/res; rm -rf "$RES"; mkdir -p "$OUT" "$RES"  # a warm machine keeps /tmp
 summary=()
@@ -42,6 +42,11 @@ for spec in "$@"; do
     b1-pdl) run_stage $name $secs python3 scripts/b1_decode_ab.py FLAGSTACK_PDL=0 FLAGSTACK_PDL=1 ;;
     new-tests) run_stage $name $secs python3 -m pytest -q -p no:cacheprovider tests/ops/test_gemv.py \
       tests/ops/test_qk_norm_rope.py tests/ops/attention tests/ops/test_registry.py ;;
+    challenge-profile) run_stage $name $secs python3 scripts/challenge_profile.py ;;
+    conv-probe) run_stage $name $secs python3 scripts/conv_probe.py ;;
+    ctc-probe) run_stage $name $secs python3 scripts/ctc_probe.py ;;
+    conv-ctc-tests) run_stage $name $secs python3 -m pytest -q -p no:cacheprovider \
+      tests/ops/challenge/test_{conv_transpose2d,ctc_loss,channels_copy}.py ;;
     *) summary+=("$name: unknown stage") ;;
   esac
   tar czf "$OUT/results.tgz" -C "$RES" .
