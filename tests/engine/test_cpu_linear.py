@@ -1,4 +1,4 @@
-"""The CPU decode-sized GEMM on oneDNN-packed weights against float64 matmuls, its cache of packed
+"""The CPU GEMM on oneDNN-packed weights against float64 matmuls, its cache of packed
 weights, and its fallbacks (autograd, switch off, other dtypes)."""
 import pytest
 import torch
@@ -15,7 +15,7 @@ def expected(x, weight, bias=None):
 
 
 @needs_onednn
-@pytest.mark.parametrize("rows", [1, 3, 64])
+@pytest.mark.parametrize("rows", [1, 3, 64, 65, 300])
 def test_packed_linear_matches_float64(rows):
     torch.manual_seed(rows)
     x, weight, bias = torch.randn(rows, 96)[:, 8:72], torch.randn(40, 64), torch.randn(40)
@@ -47,8 +47,9 @@ def test_autograd_and_switch_fall_back(monkeypatch):
         assert_close(layers.linear(x, weight), expected(x, weight.detach()), atol=1e-5)
 
 
-def test_float64_rows_keep_their_dtype():
-    x, weight = torch.randn(3, 16, dtype=torch.float64), torch.randn(8, 16, dtype=torch.float64)
+@pytest.mark.parametrize("rows", [3, 100])
+def test_float64_rows_keep_their_dtype(rows):
+    x, weight = torch.randn(rows, 16, dtype=torch.float64), torch.randn(8, 16, dtype=torch.float64)
     with torch.inference_mode():
         out = layers.linear(x, weight)
     assert out.dtype == torch.float64

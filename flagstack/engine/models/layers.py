@@ -32,9 +32,10 @@ class RMSNorm(nn.Module):
         return add_rms_norm(x, residual, self.weight, self.eps)
 
 
-DECODE_ROWS = 64  # up to this many rows a CPU GEMM takes the decode form (see `linear`)
+DECODE_ROWS = 64  # up to this many rows an unpacked CPU GEMM takes the (W @ x^T)^T form (see `linear`)
 GEMV_MAX_OUT = 32768  # one CUDA row goes to ops.gemv for weights up to this many outputs (not lm_head)
-PACK_ROWS_HINT = DECODE_ROWS  # oneDNN packs for this many rows (a hint of 1 was ~20% slower at 7-2048)
+PACK_ROWS_HINT = DECODE_ROWS  # oneDNN packs for this many rows (a hint of 1 was ~20% slower at 7-2048;
+# hints of 64, 512 and 2048 ran within noise of each other at 8-2048 rows)
 _PACKED: WeakIdKeyDictionary = WeakIdKeyDictionary()  # weight -> (its version when packed, packed copy)
 
 
@@ -54,26 +55,29 @@ def packed_weight(weight: torch.Tensor) -> torch.Tensor:
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear, except for 1..DECODE_ROWS rows on CPU (decode steps) and a single row on CUDA.
+    """F.linear, except on CPU (2-D inputs) and for a single row on CUDA.
 
-    CPU: 2+ rows in fp32 without autograd, oneDNN's GEMM on a packed copy of the weight; otherwise
-    (W @ x^T)^T. Measured on the 2-core AMD CI machine (one thread, process CPU time, SmolLM2's four
-    projections of a layer): packed oneDNN 4.7 vs 5.1 ms at 32 rows ((W @ x^T)^T); at 1 row 1.4 vs 1.8 ms
-    alone, but whole batch-1 generations with 2 threads ran ~5% slower packed (alternated runs), so one
-    row keeps (W @ x^T)^T. MKL's x @ W^T of a few rows was 1.1-3x slower than W @ x^T and a single row ran
-    faster as two. Prompt-sized inputs keep F.linear: oneDNN was even at 2048 rows and not faster over
-    whole engine prefill steps.
+    CPU: 2+ rows in fp32 without autograd, oneDNN's GEMM on a packed copy of the weight, at any row
+    count; a single row, or 2..DECODE_ROWS rows that cannot be packed, (W @ x^T)^T. Measured on the
+    2-core AMD EPYC CI machine (2 threads, SmolLM2's four projections of a layer): packed oneDNN ran
+    120-130 GFLOP/s against MKL F.linear's 95-108 at 512-2048 rows, and 35-80 against 21-54 at 8-64 rows;
+    whole engine prefill steps, interleaved in one process, 404 vs 364 tok/s at 512 tokens and 343 vs 313
+    at 2048 (medians of 5). One row alone was 1.4 vs 1.8 ms packed, but whole batch-1 generations with
+    2 threads ran ~5% slower packed (alternated runs), so one row keeps (W @ x^T)^T; MKL's x @ W^T of a
+    few rows was 1.1-3x slower than W @ x^T and a single row ran faster as two.
     CUDA: one row goes to ops.gemv (no split-K: 15% less GPU time than cuBLAS over Qwen3-4B's four
     projections on an H100; cuBLAS already streams the 151,936-row lm_head at ~3 TB/s).
     """
     rows = x.shape[0]
     if x.is_cuda and x.dim() == 2 and rows == 1 and bias is None and weight.shape[0] <= GEMV_MAX_OUT:
         return gemv(x, weight)
-    if x.device.type != "cpu" or x.dim() != 2 or not 0 < rows <= DECODE_ROWS:
+    if x.device.type != "cpu" or x.dim() != 2 or rows == 0:
         return F.linear(x, weight, bias)
     if (rows > 1 and x.dtype == weight.dtype == torch.float32 and cpu_packing_enabled()
             and not (torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad))):
         return torch.ops.mkldnn._linear_pointwise(x, packed_weight(weight), bias, "none", [], "")
+    if rows > DECODE_ROWS:
+        return F.linear(x, weight, bias)
     cols = (x if rows > 1 else x.repeat(2, 1)).t()  # x^T as a transposed view: MKL's fast layout here
     out = torch.mm(weight, cols)[:, :rows].t().contiguous()
     return out if bias is None else out.add_(bias)
