@@ -8,7 +8,8 @@ from flagstack.ops import registry
 CASES = [("tril", 1024, 1024, torch.float32), ("roll", 1024, 1024, torch.float32),
          ("smooth_l1_loss", 1024, 1024, torch.float32), ("pixel_unshuffle", 1024, 32, torch.bfloat16),
          ("avg_pool3d", 1024, 32, torch.bfloat16), ("upsample_nearest2d", 1024, 64, torch.bfloat16),
-         ("leaky_relu", 4096, 4096, torch.float32), ("grid_sample", 1024, 64, torch.float32)]
+         ("leaky_relu", 4096, 4096, torch.float32), ("grid_sample", 1024, 64, torch.float32),
+         ("conv_transpose2d", 1024, 32, torch.bfloat16), ("conv_transpose2d", 4096, 64, torch.bfloat16)]
 
 for op, rows, cols, dtype in CASES:
     entry = registry.get(op)

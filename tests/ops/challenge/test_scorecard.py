@@ -48,6 +48,9 @@ def test_summary_speed_targets():
     below_bar = OpScore("c", speed=[{"speedup": 0.85}, {"speedup": 4.0}])
     assert below_bar.summary()["targets_met"] is False  # one shape under 0.9x
     assert "targets_met" not in OpScore("d").summary()  # no timings, no verdict
+    host_bound = OpScore("e", speed=[{"speedup": 0.5, "gpu_speedup": 1.4}, {"speedup": 2.0, "gpu_speedup": None}])
+    row = host_bound.summary()  # GPU-only time is reported beside the wall-time verdict, not in it
+    assert row["min_gpu_speedup"] == 1.4 and row["targets_met"] is False
 
 
 def test_write_reports(tmp_path):
