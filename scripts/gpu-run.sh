@@ -3,7 +3,7 @@
 # own time limit; logs and result files are packed into $OUT/results.tgz (the device tool returns at most
 # 8 files), with a short summary printed last.
 # Stages: ops-tests challenge-tests challenge-new engine-tests attention attn-sweep annotate serve engine
-# engine-nohf ops-llm ops-challenge score score-speed profile gemv-sweep gdr-sweep decode-short kv-layout decode-gap b1-pdl new-tests ops-256 challenge-profile conv-probe ctc-probe conv-ctc-tests host-vs-gpu
+# engine-nohf ops-llm ops-challenge score score-speed profile gemv-sweep gdr-sweep decode-short kv-layout decode-gap b1-pdl new-tests ops-256 challenge-profile conv-probe ctc-probe conv-ctc-tests host-vs-gpu ops-graph grid-tests
 source scripts/gpu-env.sh
 OUT=${OUT:-/tmp/out}; RES=/tmp/res; rm -rf "$RES"; mkdir -p "$OUT" "$RES"  # a warm machine keeps /tmp
 summary=()
@@ -48,6 +48,9 @@ for spec in "$@"; do
     conv-ctc-tests) run_stage $name $secs python3 -m pytest -q -p no:cacheprovider \
       tests/ops/challenge/test_{conv_transpose2d,ctc_loss,channels_copy}.py ;;
     host-vs-gpu) run_stage $name $secs python3 scripts/host_vs_gpu_time.py ;;
+    ops-graph) run_stage $name $secs python3 -m flagstack.cli bench ops --suite llm --cuda-graph --rows 256,4096 \
+      --out-dir "$RES" ;;
+    grid-tests) run_stage $name $secs python3 -m pytest -q -p no:cacheprovider tests/ops/challenge/test_grid_sample.py ;;
     *) summary+=("$name: unknown stage") ;;
   esac
   tar czf "$OUT/results.tgz" -C "$RES" .
