@@ -20,6 +20,9 @@ class AttentionMetadata:
     block_tables: torch.Tensor  # [S, max_blocks] int32: the pages of each sequence, in order
     max_query_len: int  # longest run of new tokens in one sequence (1 means a pure decode step)
     max_seq_len: int
+    # When the step reads only some rows (see CausalLM.forward's `rows`), the last layer's queries are
+    # those rows, each the last new token of its sequence: this metadata describes them as decode rows.
+    rows_meta: AttentionMetadata | None = None
 
     @property
     def is_decode(self) -> bool:

@@ -139,10 +139,10 @@ class ModelRunner:
         positions: list[int] = []
         slots: list[int] = []
         cu, seq_lens, tables = [0], [], []
-        sample_rows, sample_seqs = [], []
+        sample_rows, sample_seqs, sample_index = [], [], []  # row, sequence, its index in the batch
         prompt_rows: list[int] = []
         prompt_targets: list[tuple] = []  # (request, scored position)
-        for seq, n in zip(batch.seqs, batch.num_new_tokens):
+        for index, (seq, n) in enumerate(zip(batch.seqs, batch.num_new_tokens)):
             c, offset = seq.num_computed_tokens, cu[-1]
             table = seq.block_table
             if n == 1:  # a decode token (the common case, spelled out: no slices or generators)
@@ -164,6 +164,7 @@ class ModelRunner:
             if c + n == len(seq):
                 sample_rows.append(offset + n - 1)
                 sample_seqs.append(seq)
+                sample_index.append(index)
             request = seq.request
             if request.params.prompt_logprobs is not None and not request.prompt_logprobs_done and seq.parent is None:
                 first = request.params.first_scored_prompt_position(seq.num_prompt_tokens)
@@ -174,10 +175,14 @@ class ModelRunner:
         if pending_rows:
             rows = torch.tensor([pending_rows, source_rows]).to(self.device, non_blocking=True)
             pending = (rows[0], self.last_ids[rows[1]])
-        hidden = self._forward(ids, positions, slots, cu, seq_lens, tables, batch.is_decode, pending)
+        # CPU: when the step reads only its sampled rows, the last layer runs on those alone (a prompt of
+        # 512 tokens spends ~1/30 of its time there for one row's logits); CUDA keeps every row
+        only_sampled = self.device.type == "cpu" and not prompt_rows and 0 < len(sample_rows) < len(ids)
+        hidden = self._forward(ids, positions, slots, cu, seq_lens, tables, batch.is_decode, pending,
+                               (sample_rows, sample_index) if only_sampled else None)
         if prompt_rows:
             self._score_prompt(hidden, prompt_rows, prompt_targets)
-        if len(sample_rows) == hidden.shape[0]:  # a decode step samples every row: no gather
+        if only_sampled or len(sample_rows) == hidden.shape[0]:  # hidden holds just the sampled rows: no gather
             sampled = hidden
         else:  # a copy with device= would wait here for the forward; non_blocking queues it behind it
             sampled = hidden[torch.tensor(sample_rows, dtype=torch.long).to(self.device, non_blocking=True)]
@@ -187,8 +192,11 @@ class ModelRunner:
         return LaunchedStep(sample_seqs, sample)
 
     def _forward(self, ids, positions, slots, cu, seq_lens, tables, is_decode: bool,
-                 pending: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
-        """The model on the step's tokens; `pending` = (rows, ids) to write into the input ids on the device."""
+                 pending: tuple[torch.Tensor, torch.Tensor] | None,
+                 only: tuple[list[int], list[int]] | None = None) -> torch.Tensor:
+        """The model on the step's tokens; `pending` = (rows, ids) to write into the input ids on the device;
+        `only` = (rows, their sequences' batch indices): the hidden states of just those rows, each the
+        last new token of its sequence."""
         graph_bs = next((b for b in self.graph_sizes if b >= len(ids)), None) if is_decode and self.graphs else None
         if graph_bs is not None:
             return self._replay(graph_bs, ids, positions, slots, seq_lens, tables, pending)
@@ -200,11 +208,21 @@ class ModelRunner:
             seq_lens=torch.tensor(seq_lens, dtype=torch.int32).to(dev, non_blocking=True),
             block_tables=padded_tables(tables, width).to(dev, non_blocking=True),
             max_query_len=max(b - a for a, b in zip(cu, cu[1:])), max_seq_len=max(seq_lens))
+        rows = None
+        if only is not None:
+            rows = torch.tensor(only[0], dtype=torch.long).to(dev, non_blocking=True)
+            lens = [seq_lens[i] for i in only[1]]
+            meta.rows_meta = AttentionMetadata(
+                slot_mapping=meta.slot_mapping[rows], cu_seqlens_q=torch.arange(len(lens) + 1, dtype=torch.int32,
+                                                                                device=dev),
+                seq_lens=torch.tensor(lens, dtype=torch.int32).to(dev, non_blocking=True),
+                block_tables=meta.block_tables[torch.tensor(only[1], dtype=torch.long).to(dev, non_blocking=True)],
+                max_query_len=1, max_seq_len=max(lens))
         input_ids = torch.tensor(ids, dtype=torch.long).to(dev, non_blocking=True)
         if pending is not None:
             input_ids[pending[0]] = pending[1]
         with torch.inference_mode(), step_context(meta):
-            return self.model(input_ids, torch.tensor(positions, dtype=torch.long).to(dev, non_blocking=True))
+            return self.model(input_ids, torch.tensor(positions, dtype=torch.long).to(dev, non_blocking=True), rows)
 
     def _score_prompt(self, hidden: torch.Tensor, rows: list[int], targets: list[tuple]) -> None:
         for start in range(0, len(rows), PROMPT_LOGITS_CHUNK):

@@ -48,9 +48,10 @@ class PagedSteps:
             layer.v_cache = torch.zeros_like(layer.k_cache)
         self.lengths = [0] * num_seqs
 
-    def step(self, new_tokens: list[list[int]]) -> torch.Tensor:
+    def step(self, new_tokens: list[list[int]], last_only: bool = False) -> torch.Tensor:
         """Run one step where sequence s brings new_tokens[s] (none: not in this step); fp32 logits of
-        every new token, packed in sequence order."""
+        every new token, packed in sequence order (last_only: of each sequence's last new token, which
+        the model then computes alone in its last layer)."""
         ids, positions, slots, cu = [], [], [], [0]
         active = [s for s, toks in enumerate(new_tokens) if toks]
         for s in active:
@@ -66,6 +67,12 @@ class PagedSteps:
         dev = self.device
         meta = AttentionMetadata(torch.cat(slots).to(dev), torch.tensor(cu, dtype=torch.int32, device=dev),
                                  seq_lens.to(dev), self.block_tables[active].to(dev), max_q, int(seq_lens.max()))
+        rows = None
+        if last_only:
+            rows = torch.tensor(cu[1:], device=dev) - 1
+            meta.rows_meta = AttentionMetadata(meta.slot_mapping[rows], torch.arange(len(active) + 1, dtype=torch.int32,
+                                                                                     device=dev),
+                                               meta.seq_lens, meta.block_tables, 1, meta.max_seq_len)
         with torch.inference_mode(), step_context(meta):
-            hidden = self.model(torch.cat(ids).to(dev), torch.cat(positions).to(dev))
+            hidden = self.model(torch.cat(ids).to(dev), torch.cat(positions).to(dev), rows)
             return self.model.compute_logits(hidden).cpu()

@@ -5,6 +5,7 @@ import copy
 import pytest
 import torch
 
+from flagstack.engine.context import AttentionMetadata, step_context
 from flagstack.engine.loader import load_model
 from flagstack.ops import use_backend
 from tests.engine.model_helpers import VOCAB, PagedSteps, tiny_hf_model
@@ -62,6 +63,29 @@ def test_paged_steps_match_hf(checkpoint):
         full = [seq + n for seq, n in zip(full, new)]
         logits = run.step(new)
         assert_close(logits, torch.stack([hf_logits(hf, seq)[-1] for seq in full]))
+
+
+def test_last_layer_on_last_rows_matches_hf(checkpoint):
+    """forward(rows=...): the last layer runs only each sequence's last new token (after storing every
+    row's K/V), in a packed prefill and in a mixed decode + chunk step; the next step reads that K/V."""
+    _, hf, path = checkpoint
+    loaded = load_model(str(path))
+    prompts, chunk = [[5, 17, 3, 90, 2, 2, 41], [60, 7, 11]], [[4], [9, 1, 2, 40, 8]]
+    run = PagedSteps(loaded.model, 2, 32, loaded.num_kv_heads, loaded.head_dim)
+    assert_close(run.step(prompts, last_only=True), torch.stack([hf_logits(hf, p)[-1] for p in prompts]))
+    full = [p + c for p, c in zip(prompts, chunk)]
+    assert_close(run.step(chunk, last_only=True), torch.stack([hf_logits(hf, f)[-1] for f in full]))
+    assert_close(run.step([[6], [6]]), torch.stack([hf_logits(hf, f + [6])[-1] for f in full]))
+
+
+def test_rows_without_rows_meta_fail_clearly(checkpoint):
+    _, _, path = checkpoint
+    loaded = load_model(str(path))
+    run = PagedSteps(loaded.model, 1, 16, loaded.num_kv_heads, loaded.head_dim)
+    meta = AttentionMetadata(torch.arange(3), torch.tensor([0, 3], dtype=torch.int32),
+                             torch.tensor([3], dtype=torch.int32), run.block_tables, 3, 3)
+    with pytest.raises(RuntimeError, match="rows_meta"), torch.inference_mode(), step_context(meta):
+        loaded.model(torch.tensor([1, 2, 3]), torch.arange(3), torch.tensor([2]))
 
 
 def test_dummy_weights_seeded_and_finite(checkpoint):

@@ -24,10 +24,16 @@ class PagedAttention(nn.Module):
         self.v_cache: torch.Tensor | None = None
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Store every new k/v row; attend q's rows: all the step's new tokens, or fewer rows, each the
+        last new token of its sequence (the step's `rows_meta` then describes them)."""
         meta = get_context()
         if self.k_cache is None or self.v_cache is None:
             raise RuntimeError("PagedAttention has no KV cache: the runner must allocate it first")
         attn_ops.store_kv(k, v, self.k_cache, self.v_cache, meta.slot_mapping)
+        if q.shape[0] != k.shape[0]:
+            if meta.rows_meta is None:
+                raise RuntimeError("attention of a subset of rows needs the step's rows_meta")
+            meta = meta.rows_meta
         if meta.is_decode:
             return attn_ops.paged_decode(q, self.k_cache, self.v_cache, meta.seq_lens,
                                          meta.block_tables, self.scale, self.sliding_window, self.softcap)

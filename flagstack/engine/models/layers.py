@@ -138,14 +138,18 @@ class Attention(nn.Module):
         """Apply position encoding to q [T, Hq*D] and k [T, Hkv*D] in place."""
         raise NotImplementedError
 
-    def forward(self, positions: torch.Tensor, x: torch.Tensor, cos_sin_cache: torch.Tensor) -> torch.Tensor:
+    def forward(self, positions: torch.Tensor, x: torch.Tensor, cos_sin_cache: torch.Tensor,
+                rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Output for every row of x, or only for `rows` (every row's K/V is still stored)."""
         qkv = self.qkv_proj(x)
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         self.rotate(positions, q, k, cos_sin_cache)
         t = x.shape[0]
-        o = self.attn(q.view(t, self.num_heads, self.head_dim), k.view(t, self.num_kv_heads, self.head_dim),
-                      v.view(t, self.num_kv_heads, self.head_dim))
-        return self.o_proj(o.reshape(t, self.q_size))
+        q = q.view(t, self.num_heads, self.head_dim)
+        if rows is not None:
+            q = q.index_select(0, rows)
+        o = self.attn(q, k.view(t, self.num_kv_heads, self.head_dim), v.view(t, self.num_kv_heads, self.head_dim))
+        return self.o_proj(o.reshape(q.shape[0], self.q_size))
 
 
 class DecoderLayer(nn.Module):
@@ -157,13 +161,16 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
     def forward(self, positions: torch.Tensor, h: torch.Tensor, residual: torch.Tensor | None,
-                cos_sin_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                cos_sin_cache: torch.Tensor, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(MLP output, residual) for every row, or only for `rows` (see Attention.forward)."""
         # residual stream kept apart from the normalized input, so each add is fused into the next norm
         if residual is None:
             residual, h = h, self.input_layernorm(h)
         else:
             h, residual = self.input_layernorm(h, residual)
-        h = self.self_attn(positions, h, cos_sin_cache)
+        h = self.self_attn(positions, h, cos_sin_cache, rows)
+        if rows is not None:
+            residual = residual.index_select(0, rows)
         h, residual = self.post_attention_layernorm(h, residual)
         return self.mlp(h), residual
 
@@ -185,16 +192,18 @@ class DecoderModel(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(config, attention_cls) for _ in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, cos_sin_cache: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, cos_sin_cache: torch.Tensor,
+                rows: torch.Tensor | None = None) -> torch.Tensor:
         h = embedding(input_ids, self.embed_tokens.weight)
         residual = None
-        for layer in self.layers:
-            h, residual = layer(positions, h, residual, cos_sin_cache)
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            h, residual = layer(positions, h, residual, cos_sin_cache, rows if i == last else None)
         return self.norm(h, residual)[0]
 
 
 class CausalLM(nn.Module):
-    """The engine-facing model: forward(input_ids[T], positions[T]) -> hidden[T, H] over the paged
+    """The engine-facing model: forward(input_ids[T], positions[T][, rows]) -> hidden[T, H] over the paged
     cache (attention reads flagstack.engine.context), compute_logits(hidden) -> fp32 logits."""
 
     attention_cls: type[Attention] = Attention
@@ -223,8 +232,12 @@ class CausalLM(nn.Module):
     def lm_head_weight(self) -> torch.Tensor:
         return self.model.embed_tokens.weight if self.tie_word_embeddings else self.lm_head.weight
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids, positions, self.cos_sin_cache)
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
+                rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Hidden states [T, H] of the new tokens, or [len(rows), H] of only `rows` (int64 indices, each
+        the last new token of its sequence, described by the step's `rows_meta`): the last layer then
+        stores every row's K/V but runs attention, o_proj and the MLP on those rows alone."""
+        return self.model(input_ids, positions, self.cos_sin_cache, rows)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return linear(hidden, self.lm_head_weight).float()
