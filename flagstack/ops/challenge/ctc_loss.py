@@ -56,6 +56,14 @@ def _extended_target(targets_ptr, target_start, target_stride, target_len, blank
 
 
 @triton.jit
+def _target_start(target_start_ptr, n, row_stride, PADDED: tl.constexpr):
+    """Offset of sequence n's first label: row n of padded targets, or its start in concatenated ones."""
+    if PADDED:
+        return n.to(tl.int64) * row_stride
+    return tl.load(target_start_ptr + n)
+
+
+@triton.jit
 def _shift(x, by: tl.constexpr, s, BLOCK_L: tl.constexpr):
     """x[s - by] (by = +-1, +-2), -inf where that is outside the block."""
     source = s - by
@@ -89,14 +97,15 @@ def _alpha_step(blank, label, lp_blank, lp_label, t, steps, can_skip, blank_live
 
 @triton.jit
 def _alpha_kernel(lp_ptr, targets_ptr, target_start_ptr, input_len_ptr, target_len_ptr, nll_ptr, alpha_ptr,
-                  blank_class, width, lp_st, lp_sn, lp_sc, target_stride, a_sn, a_st, BLOCK_J: tl.constexpr):
+                  blank_class, width, lp_st, lp_sn, lp_sc, target_row_stride, target_stride, a_sn, a_st,
+                  PADDED: tl.constexpr, BLOCK_J: tl.constexpr):
     # The L = 2S + 1 states as S + 1 blanks and S labels, pair j holding states 2j and 2j + 1: all blanks
     # read one log-prob (a scalar load), and the one neighbour a step needs from another lane is the label
     # of pair j - 1 (one tl.gather, where state form needs two).
     n = tl.program_id(0)
     steps = tl.load(input_len_ptr + n)
     target_len = tl.load(target_len_ptr + n)
-    target_at = targets_ptr + tl.load(target_start_ptr + n)
+    target_at = targets_ptr + _target_start(target_start_ptr, n, target_row_stride, PADDED)
     j = tl.arange(0, BLOCK_J)
     blank_live, label_live = j <= target_len, j < target_len
     label = tl.load(target_at + j * target_stride, mask=label_live, other=0).to(tl.int64)
@@ -148,12 +157,12 @@ def _alpha_kernel(lp_ptr, targets_ptr, target_start_ptr, input_len_ptr, target_l
 @triton.jit
 def _gradient_kernel(grad_out_ptr, lp_ptr, targets_ptr, target_start_ptr, input_len_ptr, target_len_ptr, nll_ptr,
                      alpha_ptr, grad_ptr, blank, max_steps, classes, zero_infinity, go_s, nll_s,
-                     lp_st, lp_sn, lp_sc, target_stride, a_sn, a_st, a_ss, g_st, g_sn, g_sc,
-                     BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr):
+                     lp_st, lp_sn, lp_sc, target_row_stride, target_stride, a_sn, a_st, a_ss, g_st, g_sn, g_sc,
+                     PADDED: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr):
     n = tl.program_id(0)
     steps = tl.load(input_len_ptr + n)
     target_len = tl.load(target_len_ptr + n)
-    target_start = tl.load(target_start_ptr + n)
+    target_start = _target_start(target_start_ptr, n, target_row_stride, PADDED)
     s, live, label, _ = _extended_target(targets_ptr, target_start, target_stride, target_len, blank, BLOCK_L)
     has_next_label = ((s % 2) == 1) & (s + 2 < 2 * target_len + 1)
     after = tl.load(targets_ptr + target_start + (s // 2 + 1) * target_stride, mask=has_next_label, other=0)
@@ -196,13 +205,20 @@ def _gradient_kernel(grad_out_ptr, lp_ptr, targets_ptr, target_start_ptr, input_
                 tl.store(grad_row + t * g_st + cls * g_sc, tl.zeros([BLOCK_C], nll.dtype), mask=cls < classes)
 
 
-def _lengths(name: str, lengths) -> list[int]:
-    """Lengths given as a list of ints (the IntList overloads) or an integer tensor (.Tensor ones)."""
-    if isinstance(lengths, torch.Tensor):
-        if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
+def _length_values(input_lengths, target_lengths) -> tuple[list[int], list[int]]:
+    """Both lengths as int lists, given as lists (the IntList overloads) or integer tensors (.Tensor ones);
+    two tensors on one GPU come back in one transfer (each transfer waits for the GPU's queue)."""
+    given = {"input_lengths": input_lengths, "target_lengths": target_lengths}
+    for name, lengths in given.items():
+        if isinstance(lengths, torch.Tensor) and (lengths.dtype.is_floating_point or lengths.dtype.is_complex
+                                                  or lengths.dtype == torch.bool):
             raise RuntimeError(f"{name} must be integral")
-        return [int(v) for v in lengths.reshape(-1).tolist()]
-    return [int(v) for v in lengths]
+    if all(isinstance(v, torch.Tensor) and v.device.type != "cpu" for v in given.values()) and \
+            input_lengths.device == target_lengths.device:
+        both = torch.cat([input_lengths.reshape(-1), target_lengths.reshape(-1)]).tolist()
+        return both[:input_lengths.numel()], both[input_lengths.numel():]
+    return tuple([int(v) for v in (lengths.reshape(-1).tolist() if isinstance(lengths, torch.Tensor) else lengths)]
+                 for lengths in given.values())
 
 
 def _check(log_probs: torch.Tensor, targets: torch.Tensor, input_lengths: list[int], target_lengths: list[int],
@@ -238,14 +254,15 @@ def _check(log_probs: torch.Tensor, targets: torch.Tensor, input_lengths: list[i
     check_kernel_dtype("ctc_loss", log_probs.dtype, DTYPES, log_probs.device)
 
 
-def _target_layout(targets: torch.Tensor, target_lengths: list[int]) -> tuple[torch.Tensor, int]:
-    """Where each sequence's target starts (elements) and the stride between its labels."""
+def _target_layout(targets: torch.Tensor, target_lengths: list[int]) -> tuple[torch.Tensor | None, int, int]:
+    """(where each sequence's target starts in concatenated targets, else None, the stride between padded rows,
+    the stride between labels): padded rows' starts are computed in the kernels, at no launch here."""
     if targets.dim() == 1:
         starts = [0]
         for length in target_lengths[:-1]:
             starts.append(starts[-1] + length)
-        return torch.tensor(starts, device=targets.device) * targets.stride(0), targets.stride(0)
-    return torch.arange(targets.shape[0], device=targets.device) * targets.stride(0), targets.stride(1)
+        return torch.tensor(starts, device=targets.device) * targets.stride(0), 0, targets.stride(0)
+    return None, targets.stride(0), targets.stride(1)
 
 
 def _check_length_devices(log_probs: torch.Tensor, *lengths) -> None:
@@ -265,24 +282,25 @@ def _device_lengths(given, values: list[int], device: torch.device) -> torch.Ten
 
 def _prepare(log_probs, targets, input_lengths, target_lengths, blank):
     """Checked lengths and the per-sequence tensors both kernels take."""
-    in_values, tg_values = _lengths("input_lengths", input_lengths), _lengths("target_lengths", target_lengths)
+    in_values, tg_values = _length_values(input_lengths, target_lengths)
     _check(log_probs, targets, in_values, tg_values, blank)
     device = log_probs.device
-    starts, target_stride = _target_layout(targets.to(device), tg_values)
-    return (targets.to(device), starts, _device_lengths(input_lengths, in_values, device),
-            _device_lengths(target_lengths, tg_values, device), target_stride, max(tg_values))
+    targets = targets.to(device)
+    starts, row_stride, target_stride = _target_layout(targets, tg_values)
+    return (targets, starts, _device_lengths(input_lengths, in_values, device),
+            _device_lengths(target_lengths, tg_values, device), row_stride, target_stride, max(tg_values))
 
 
 def _alpha(log_probs: torch.Tensor, prepared: tuple, blank: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(nll [N], log_alpha [N, T, 2 max(S) + 1]): the forward kernel on _prepare's tensors."""
-    targets, starts, in_lens, tg_lens, target_stride, max_target = prepared
+    targets, starts, in_lens, tg_lens, row_stride, target_stride, max_target = prepared
     steps, batch, _ = log_probs.shape
     width = 2 * max_target + 1
     nll = torch.empty(batch, dtype=log_probs.dtype, device=log_probs.device)
     alpha = torch.full((batch, steps, width), float("-inf"), dtype=log_probs.dtype, device=log_probs.device)
-    _alpha_kernel[(batch,)](log_probs, targets, starts, in_lens, tg_lens, nll, alpha, blank, width,
-                            *log_probs.stride(), target_stride, alpha.stride(0), alpha.stride(1),
-                            BLOCK_J=next_power_of_2(max_target + 1), num_warps=1 if max_target < 128 else 4)
+    _alpha_kernel[(batch,)](log_probs, targets, targets if starts is None else starts, in_lens, tg_lens, nll, alpha,
+                            blank, width, *log_probs.stride(), row_stride, target_stride, alpha.stride(0),
+                            alpha.stride(1), PADDED=starts is None, BLOCK_J=next_power_of_2(max_target + 1), num_warps=1 if max_target < 128 else 4)
     return nll, alpha
 
 
@@ -308,13 +326,13 @@ def ctc_loss_backward_triton(grad: torch.Tensor, log_probs: torch.Tensor, target
     """aten::_ctc_loss_backward: gradient wrt log_probs [T, N, C] from that of the nll [N] and the
     forward's nll and log_alpha."""
     _check_length_devices(log_probs, input_lengths, target_lengths)
-    targets, starts, in_lens, tg_lens, target_stride, _ = _prepare(log_probs, targets, input_lengths, target_lengths,
-                                                                   blank)
+    targets, starts, in_lens, tg_lens, row_stride, target_stride, max_target = _prepare(
+        log_probs, targets, input_lengths, target_lengths, blank)
     steps, batch, classes = log_probs.shape
     if grad.shape != (batch,) and grad.numel() != 1:
         raise RuntimeError(f"grad must have shape [{batch}] (one per sequence), got {list(grad.shape)}")
     if log_alpha.dim() != 3 or tuple(log_alpha.shape[:2]) != (batch, steps) or \
-            log_alpha.shape[2] < 2 * max(_lengths("target_lengths", target_lengths)) + 1:
+            log_alpha.shape[2] < 2 * max_target + 1:
         raise RuntimeError(f"log_alpha must be [N, T, 2 max(target_lengths) + 1], got {list(log_alpha.shape)}")
     if out is None:
         out = torch.empty(log_probs.shape, dtype=log_probs.dtype, device=log_probs.device)
@@ -322,10 +340,11 @@ def ctc_loss_backward_triton(grad: torch.Tensor, log_probs: torch.Tensor, target
         check_same_dtype(log_probs.dtype, out)
         resize_out(out, log_probs.shape)
     grad = grad.to(log_probs.dtype).expand(batch)
-    _gradient_kernel[(batch,)](grad, log_probs, targets, starts, in_lens, tg_lens, neg_log_likelihood, log_alpha,
-                               out, blank, steps, classes, int(bool(zero_infinity)), grad.stride(0),
-                               neg_log_likelihood.stride(0), *log_probs.stride(), target_stride, *log_alpha.stride(),
-                               *out.stride(), BLOCK_L=next_power_of_2(log_alpha.shape[2]),
+    _gradient_kernel[(batch,)](grad, log_probs, targets, targets if starts is None else starts, in_lens, tg_lens,
+                               neg_log_likelihood, log_alpha, out, blank, steps, classes, int(bool(zero_infinity)),
+                               grad.stride(0), neg_log_likelihood.stride(0), *log_probs.stride(), row_stride,
+                               target_stride, *log_alpha.stride(), *out.stride(), PADDED=starts is None,
+                               BLOCK_L=next_power_of_2(log_alpha.shape[2]),
                                BLOCK_C=min(BLOCK_C, next_power_of_2(classes)), num_warps=4)
     return out
 
@@ -347,7 +366,7 @@ def ctc_loss_triton(log_probs: torch.Tensor, targets: torch.Tensor, input_length
     if zero_infinity:
         nll = torch.where(nll == float("inf"), torch.zeros_like(nll), nll)
     if value == REDUCTIONS["mean"]:
-        return (nll / prepared[3].clamp_min(1).to(nll.dtype)).mean()  # prepared[3]: target lengths on the device
+        return (nll / prepared[3].clamp_min(1)).mean()  # prepared[3]: target lengths on the device (int: nll's dtype)
     if value == REDUCTIONS["sum"]:
         return nll.sum()
     return nll.squeeze(0) if unbatched else nll
