@@ -71,10 +71,11 @@ def time_us(fn: Callable[[], Any], device: str | torch.device | None = None, *, 
     return 1e6 * statistics.median(times)
 
 
-def interleaved_medians(variants: dict[str, Callable[[], Any]], rounds: int, **timing: Any) -> dict[str, float]:
-    """Median `time_us` of each variant over `rounds`, every variant timed once per round in turn, so that a
-    drift of the machine (clocks, heat, neighbours) reaches them all alike. A variant that raises is reported
-    and left out of the result."""
+def interleaved_medians(variants: dict[str, Callable[[], Any]], rounds: int, pick: Callable[[list[float]], float]
+                        = statistics.median, **timing: Any) -> dict[str, float]:
+    """Median `time_us` of each variant over `rounds` (or `pick`, e.g. min for the best round), every variant
+    timed once per round in turn, so that a drift of the machine (clocks, heat, neighbours) reaches them all
+    alike. A variant that raises is reported and left out of the result."""
     times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(rounds):
         for name, fn in variants.items():
@@ -82,7 +83,7 @@ def interleaved_medians(variants: dict[str, Callable[[], Any]], rounds: int, **t
                 times[name].append(time_us(fn, **timing))
             except Exception as err:  # noqa: BLE001 -- e.g. a launch config out of shared memory
                 print(f"{name}: {type(err).__name__}: {str(err)[:80]}", flush=True)
-    return {name: statistics.median(t) for name, t in times.items() if t}
+    return {name: pick(t) for name, t in times.items() if t}
 
 
 def _replay_ms(graph: torch.cuda.CUDAGraph, reps: int) -> float:
