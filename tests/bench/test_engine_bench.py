@@ -83,6 +83,23 @@ def test_roofline_on_hand_computed_numbers():
     assert ceiling.floor_s(cost, [step, step]) == pytest.approx(18.72)
 
 
+def test_cpu_ceiling_takes_the_faster_gemm(monkeypatch):
+    """On CPU the GEMM ceiling is the faster of a @ b and the engine's linear (each run once here, with
+    made-up timings: 2 ms and 1 ms for the 1024^3 product, 1 ms for the 256 MiB copy)."""
+    timings = iter([2000.0, 1000.0])
+    calls = []
+
+    def fake_time_us(fn, device):
+        calls.append(fn().shape)
+        return next(timings)
+    monkeypatch.setattr(bench_engine, "time_us", fake_time_us)
+    monkeypatch.setattr(bench_engine, "copy_time_us", lambda nbytes, device: 1000.0)
+    ceiling = bench_engine.measure_ceiling("cpu")
+    assert calls == [(1024, 1024), (1024, 1024)]
+    assert ceiling.flops_per_s == pytest.approx(2 * 1024 ** 3 / 1e-3)
+    assert ceiling.bytes_per_s == pytest.approx((1 << 28) / 1e-3)
+
+
 def test_padded_and_decode_steps():
     assert padded_batch_steps([3, 5], 3) == [[SeqStep(0, 5)] * 2, [SeqStep(5, 1)] * 2, [SeqStep(6, 1)] * 2]
     assert decode_steps(2, 4, 3) == [[SeqStep(4, 1)] * 2, [SeqStep(5, 1)] * 2]
