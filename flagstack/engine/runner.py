@@ -209,15 +209,15 @@ class ModelRunner:
             block_tables=padded_tables(tables, width).to(dev, non_blocking=True),
             max_query_len=max(b - a for a, b in zip(cu, cu[1:])), max_seq_len=max(seq_lens))
         rows = None
-        if only is not None:
+        if only is not None:  # each row attends its whole sequence, as a decode row does
             rows = torch.tensor(only[0], dtype=torch.long).to(dev, non_blocking=True)
+            seqs = torch.tensor(only[1], dtype=torch.long).to(dev, non_blocking=True)
             lens = [seq_lens[i] for i in only[1]]
             meta.rows_meta = AttentionMetadata(
-                slot_mapping=meta.slot_mapping[rows], cu_seqlens_q=torch.arange(len(lens) + 1, dtype=torch.int32,
-                                                                                device=dev),
+                slot_mapping=meta.slot_mapping[rows],
+                cu_seqlens_q=torch.arange(len(lens) + 1, dtype=torch.int32, device=dev),
                 seq_lens=torch.tensor(lens, dtype=torch.int32).to(dev, non_blocking=True),
-                block_tables=meta.block_tables[torch.tensor(only[1], dtype=torch.long).to(dev, non_blocking=True)],
-                max_query_len=1, max_seq_len=max(lens))
+                block_tables=meta.block_tables[seqs], max_query_len=1, max_seq_len=max(lens))
         input_ids = torch.tensor(ids, dtype=torch.long).to(dev, non_blocking=True)
         if pending is not None:
             input_ids[pending[0]] = pending[1]
