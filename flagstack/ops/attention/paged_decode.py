@@ -240,7 +240,13 @@ def _decode_grouped(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     same two reused buffers, a key mask only where the group's lengths differ. The GQA group of each
     single query token are the query rows of its kv head (as in `attend`). On the 2-core CPU, SmolLM2's
     9/3 heads, 32 contexts of 100-640 tokens, 2 threads: 5.3 ms a layer against 8.5 ms for one call per
-    sequence (whose 3 heads leave a thread idle; one thread: about even)."""
+    sequence (whose 3 heads leave a thread idle; one thread: about even).
+
+    Tried against it (same shapes, cold caches, interleaved; this path 6.0-6.7 ms a layer, about 2.3 of it
+    the gathers at copy bandwidth): SDPA's own cost is compute (hot data is as slow: ~60-100 ns per key and
+    kv head at 3 query rows), so pages read in place did not pay: per-page flash calls merged by their
+    log-sum-exp 8.9 ms, per-page bmm 45, a numba loop over the pages 6.0-6.6; a block-diagonal 9-row GEMM
+    ties SDPA; per-head bmm 12; head-major gathers 25x slower; groups of 16 / 32 / all 9.0 / 11.4 / 14.8."""
     num_seqs, q_heads, head_dim = q.shape
     block_size, kv_heads = k_cache.shape[1], k_cache.shape[2]
     rows = q.float().view(num_seqs, kv_heads, q_heads // kv_heads, head_dim)
