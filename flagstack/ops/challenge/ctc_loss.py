@@ -300,7 +300,8 @@ def _alpha(log_probs: torch.Tensor, prepared: tuple, blank: int) -> tuple[torch.
     alpha = torch.full((batch, steps, width), float("-inf"), dtype=log_probs.dtype, device=log_probs.device)
     _alpha_kernel[(batch,)](log_probs, targets, targets if starts is None else starts, in_lens, tg_lens, nll, alpha,
                             blank, width, *log_probs.stride(), row_stride, target_stride, alpha.stride(0),
-                            alpha.stride(1), PADDED=starts is None, BLOCK_J=next_power_of_2(max_target + 1), num_warps=1 if max_target < 128 else 4)
+                            alpha.stride(1), PADDED=starts is None, BLOCK_J=next_power_of_2(max_target + 1),
+                            num_warps=1 if max_target < 128 else 4)
     return nll, alpha
 
 
