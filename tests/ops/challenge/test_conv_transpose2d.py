@@ -98,6 +98,22 @@ def test_empty():
     same_error(lambda: conv_transpose2d_triton(no_rows, weight), lambda: conv_transpose2d_reference(no_rows, weight))
 
 
+def test_weight_relayout_follows_changes():
+    # The kernel's copy of the weight is kept per weight: an in-place change, swapped storage and an
+    # inference tensor (no version to tell a change by) must each still give the current weight's result.
+    x, weight, bias = inputs((2, 4, 3, 3), (4, 3, 2, 2), 1, True, torch.float32)
+    check(conv_transpose2d_triton(x, weight, bias, 2), expected(x, weight, bias, 2))
+    weight.mul_(-2.0)
+    check(conv_transpose2d_triton(x, weight, bias, 2), expected(x, weight, bias, 2))
+    weight.data = make((4, 3, 2, 2), torch.float32)
+    check(conv_transpose2d_triton(x, weight, bias, 2), expected(x, weight, bias, 2))
+    with torch.inference_mode():
+        frozen = make((4, 3, 2, 2), torch.float32)
+        check(conv_transpose2d_triton(x, frozen, bias, 2), expected(x, frozen, bias, 2))
+        frozen.add_(1.0)
+        check(conv_transpose2d_triton(x, frozen, bias, 2), expected(x, frozen, bias, 2))
+
+
 @covers("noncontiguous")
 def test_layouts():
     base, weight, bias = inputs((2, 4, 6, 5), (4, 3, 3, 2), 1, True, torch.float32)
