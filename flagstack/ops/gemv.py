@@ -29,6 +29,8 @@ from flagstack.ops.registry import BenchCase, register
 # From sweep() on an H100 (cold L2, CUDA graphs, bf16): 8 rows x 1024 columns, 4 warps, 2 stages was
 # best summed over the four Qwen3-4B shapes, 87.9 us against cuBLAS's 103.4 us (2026-11-27).
 CONFIG = {"BLOCK_N": 8, "BLOCK_K": 1024, "num_warps": 4, "num_stages": 2}
+
+
 @triton.jit
 def _load_x(x_ptr, start, cols, k, SILU_MUL: tl.constexpr):
     """x[start:start + BLOCK_K] in fp32; with SILU_MUL, silu(gate) * up of x = [gate | up] (each K long),
