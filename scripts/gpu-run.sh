@@ -4,6 +4,7 @@
 # 8 files), with a short summary printed last.
 # Stages: ops-tests challenge-tests challenge-new engine-tests attention attn-sweep annotate serve engine
 # engine-nohf ops-llm ops-challenge score score-speed profile gemv-sweep gdr-sweep decode-short kv-layout decode-gap b1-pdl new-tests ops-256 challenge-profile conv-probe ctc-probe conv-ctc-tests host-vs-gpu ops-graph grid-tests
+# rotary-probe gemv-probe bench-tests conv-score ops-graph-short
 source scripts/gpu-env.sh
 OUT=${OUT:-/tmp/out}; RES=/tmp/res; rm -rf "$RES"; mkdir -p "$OUT" "$RES"  # a warm machine keeps /tmp
 summary=()
@@ -51,6 +52,13 @@ for spec in "$@"; do
     ops-graph) run_stage $name $secs python3 -m flagstack.cli bench ops --suite llm --cuda-graph --rows 256,4096 \
       --out-dir "$RES" ;;
     grid-tests) run_stage $name $secs python3 -m pytest -q -p no:cacheprovider tests/ops/challenge/test_grid_sample.py ;;
+    rotary-probe) run_stage $name $secs python3 scripts/rotary_probe.py ;;
+    gemv-probe) run_stage $name $secs python3 scripts/gemv_probe.py ;;
+    bench-tests) run_stage $name $secs python3 -m pytest -q -p no:cacheprovider tests/bench tests/ops/test_gemv.py ;;
+    conv-score) run_stage $name $secs python3 -m flagstack.cli ops score --no-tests --ops conv_transpose2d \
+      --out-dir "$RES" ;;
+    ops-graph-short) run_stage $name $secs python3 -m flagstack.cli bench ops --cuda-graph --rows 256,4096 \
+      --ops add_rms_norm,rotary_embedding,embedding,silu_mul_gemv,gemv,silu --out-dir "$RES" ;;
     *) summary+=("$name: unknown stage") ;;
   esac
   tar czf "$OUT/results.tgz" -C "$RES" .

@@ -90,9 +90,14 @@ def _liger_rope(a: dict) -> Callable[[], Any] | None:
     return lambda: fn(qv, kv, cos_t, sin_t)
 
 
+LIGER_MAX_ROW = 65536  # Liger's softmax refuses wider rows (one block per row)
+
+
 def _liger_softmax(a: dict) -> Callable[[], Any] | None:
     if a.get("dim", -1) not in (-1, a["x"].dim() - 1) or a.get("dtype") is not None:
         return None  # Liger normalizes the last dim, in the input dtype
+    if a["x"].shape[-1] > LIGER_MAX_ROW:
+        return None
     fn = _liger("liger_softmax")
     return lambda: fn(a["x"])
 

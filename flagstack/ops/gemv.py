@@ -16,6 +16,8 @@ price of 2K elem of x per program from L2 (Qwen3-4B down: 39 KB beside a 156 KB 
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -29,6 +31,23 @@ from flagstack.ops.registry import BenchCase, register
 # From sweep() on an H100 (cold L2, CUDA graphs, bf16): 8 rows x 1024 columns, 4 warps, 2 stages was
 # best summed over the four Qwen3-4B shapes, 87.9 us against cuBLAS's 103.4 us (2026-11-27).
 CONFIG = {"BLOCK_N": 8, "BLOCK_K": 1024, "num_warps": 4, "num_stages": 2}
+# A program's weight stream is latency-bound: bandwidth comes from many programs per SM. Short weights
+# (N < 8 rows x 2 programs x SMs) get fewer rows per program so that every SM still holds two or more.
+PROGRAMS_PER_SM = 2
+H100_SMS = 132  # used off CUDA, so that CPU tests take the configs an H100 takes for the same shapes
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else H100_SMS
+
+
+def rows_per_program(n: int, sms: int) -> int:
+    """CONFIG's BLOCK_N halved (down to 1) while n rows would give fewer than PROGRAMS_PER_SM programs per SM."""
+    rows = CONFIG["BLOCK_N"]
+    while rows > 1 and cdiv(n, rows) < PROGRAMS_PER_SM * sms:
+        rows //= 2
+    return rows
 
 
 @triton.jit
@@ -66,8 +85,8 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, n, k, w_row_stride, BLOCK_N: tl.constexpr,
 
 def _gemv(x: torch.Tensor, weight: torch.Tensor, silu_mul: bool, config: dict | None) -> torch.Tensor:
     """Launch the kernel on one row x (its last dim K, or 2K = [gate | up] with silu_mul)."""
-    cfg = config or CONFIG
     n, k = weight.shape
+    cfg = config or {**CONFIG, "BLOCK_N": rows_per_program(n, _sm_count(x.device))}
     out = torch.empty(*x.shape[:-1], n, dtype=x.dtype, device=x.device)
     if n == 0:
         return out

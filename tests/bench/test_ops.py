@@ -16,6 +16,12 @@ def _args(tmp_path, **over):
     return argparse.Namespace(**{**base, **over})
 
 
+@pytest.fixture(autouse=True)
+def on_cpu(monkeypatch):
+    """These tests check the CPU mode; on a GPU machine the bench would otherwise pick CUDA."""
+    monkeypatch.setattr(bench_ops, "default_device", lambda: "cpu")
+
+
 @pytest.fixture
 def no_compile(monkeypatch):
     monkeypatch.setattr(bench_ops, "_COMPILED", {})

@@ -5,7 +5,8 @@ import torch
 
 from flagstack.ops import get, gemv, silu_mul_gemv, use_backend
 from flagstack.ops.activation import silu_and_mul_triton
-from flagstack.ops.gemv import QWEN3_4B_SHAPES, gemv_triton, silu_mul_gemv_reference, silu_mul_gemv_triton
+from flagstack.ops.gemv import (CONFIG, QWEN3_4B_SHAPES, gemv_triton, rows_per_program, silu_mul_gemv_reference,
+                                 silu_mul_gemv_triton)
 from flagstack.ops.selftest import check_case
 from tests.ops.helpers import DEVICE, DTYPES, ON_GPU, assert_close, gpu_only
 
@@ -23,11 +24,17 @@ def _expected(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.linear(x.double(), w.double()).to(x.dtype)
 
 
+@pytest.mark.parametrize("config", [None, CONFIG], ids=["default", "8-rows"])  # short weights: 1 row
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16] if not ON_GPU else DTYPES)
 @pytest.mark.parametrize("n, k", ODD_SHAPES)
-def test_odd_shapes(n, k, dtype):
+def test_odd_shapes(n, k, dtype, config):
     x, w = _inputs(n, k, dtype)
-    assert_close(gemv_triton(x, w), _expected(x, w), reduce_dim=10)
+    assert_close(gemv_triton(x, w, config), _expected(x, w), reduce_dim=10)
+
+
+def test_rows_per_program_keeps_every_sm_busy():
+    assert [rows_per_program(n, 132) for n, _ in QWEN3_4B_SHAPES] == [8, 8, 8, 8]
+    assert [rows_per_program(n, 132) for n in (1, 256, 576, 1536)] == [1, 1, 2, 4]
 
 
 @gpu_only
