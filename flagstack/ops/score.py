@@ -178,9 +178,12 @@ def time_op(op: str, rows: int, cols: int, dtype: torch.dtype, device: str) -> d
 
 
 def score(ops: list[str] | None = None, *, tests: bool = True, speed: bool = True,
-          out_dir: str | Path = RESULTS_DIR, test_dir: Path = TEST_DIR,
-          workers: int = 0) -> tuple[dict[str, OpScore], list[Path]]:
-    """Score the given challenge ops (default: all with core shapes); returns the scores and files written."""
+          out_dir: str | Path = RESULTS_DIR, test_dir: Path = TEST_DIR, workers: int = 0,
+          fresh: bool = False) -> tuple[dict[str, OpScore], list[Path]]:
+    """Score the given challenge ops (default: all with core shapes); returns the scores and files written.
+
+    The reports are rewritten after each op's timings, so a run stopped part-way keeps what it measured; a
+    rerun the same day on the same device reuses those timings unless `fresh`."""
     ops = ops or list(CORE_SHAPES)
     unknown = [op for op in ops if op not in CORE_SHAPES]
     if unknown:
@@ -190,34 +193,56 @@ def score(ops: list[str] | None = None, *, tests: bool = True, speed: bool = Tru
     # Speed first: timed after an in-process pytest run, our Python-heavy wrappers read 1.5-3x slower on
     # the H100 (conv_transpose2d 67 -> 196 us, torch's times unchanged), so the tests come second.
     if speed and device == "cuda":  # interpreter timings on CPU would say nothing about the kernels
-        for op in ops:
-            scores[op].speed = [time_op(op, *shape, device) for shape in CORE_SHAPES[op]]
+        timed = {} if fresh else previous_speed(out_dir)
+        for done, op in enumerate(ops, 1):
+            scores[op].speed = timed.get(op) or [time_op(op, *shape, device) for shape in CORE_SHAPES[op]]
+            write_reports(scores, out_dir, status=f"in progress: {done} of {len(ops)} ops timed"
+                          + (", tests to come" if tests else ""))
     if tests:
         run_tests(scores, test_dir, workers)
     return scores, write_reports(scores, out_dir, speed_note=None if device == "cuda" or not speed
                                  else "speed not measured: no CUDA device")
 
 
-def write_reports(scores: dict[str, OpScore], out_dir: str | Path, speed_note: str | None = None) -> list[Path]:
+def report_stem(out_dir: str | Path) -> Path:
+    """The reports' path without suffix: score-<device>-<date>, one set per device and day."""
+    return Path(out_dir) / f"score-{slug(device_description())}-{datetime.date.today().isoformat()}"
+
+
+def previous_speed(out_dir: str | Path) -> dict[str, list[dict]]:
+    """Per op, the timings in today's report for this device (empty if there is none)."""
+    path = report_stem(out_dir).with_suffix(".json")
+    if not path.exists():
+        return {}
+    return {op: body["speed"] for op, body in json.loads(path.read_text())["ops"].items() if body.get("speed")}
+
+
+def write_reports(scores: dict[str, OpScore], out_dir: str | Path, speed_note: str | None = None,
+                  status: str = "complete") -> list[Path]:
     """Write score-<device>-<date>.json/.md/.html: a summary table and one table per op."""
-    meta = {"device": device_description(), "date": datetime.date.today().isoformat(), **torch_versions(),
+    meta = {"device": device_description(), "date": datetime.date.today().isoformat(), "status": status,
+            **torch_versions(),
             "targets": f"speedup >= {TARGET_MIN} on every core shape, geomean >= {TARGET_GEOMEAN}, >= FlagGems"}
     if speed_note:
         meta["note"] = speed_note
     summary = [s.summary() for s in scores.values()]
-    stem = Path(out_dir) / f"score-{slug(meta['device'])}-{meta['date']}"
+    stem = report_stem(out_dir)
     stem.parent.mkdir(parents=True, exist_ok=True)
     body = {"meta": meta, "summary": summary,
             "ops": {op: {"checklist": s.checklist(), "speed": s.speed} for op, s in scores.items()}}
-    paths = [stem.with_suffix(".json"), stem.with_suffix(".md"), stem.with_suffix(".html")]
-    paths[0].write_text(json.dumps(body, indent=1, default=str) + "\n")
     md = ["# Challenge ops scorecard", "", *(f"- {k}: {v}" for k, v in meta.items()), "", markdown_table(summary)]
     for op, s in scores.items():
         md += [f"## {op}", "", markdown_table([s.checklist()])]
         if s.speed:
             md.append(markdown_table(s.speed))
-    paths[1].write_text("\n".join(md) + "\n")
-    paths[2].write_text(_html(meta, summary, scores))
+    texts = {".json": json.dumps(body, indent=1, default=str) + "\n", ".md": "\n".join(md) + "\n",
+             ".html": _html(meta, summary, scores)}
+    paths = []
+    for suffix, text in texts.items():  # write then rename: a run killed mid-write leaves the last whole file
+        path, partial = stem.with_suffix(suffix), stem.with_suffix(suffix + ".partial")
+        partial.write_text(text)
+        partial.replace(path)
+        paths.append(path)
     return paths
 
 

@@ -78,3 +78,29 @@ def test_run_tests_over_xdist_workers_keeps_categories(tmp_path):
     fake = scores["fakeop2"]
     assert (fake.passed, fake.failed, fake.skipped) == (1, 1, 1)
     assert fake.checklist()["small"] == "yes" and fake.checklist()["large"] == "skipped"
+
+
+def test_speed_written_as_it_goes_and_resumed(tmp_path, monkeypatch):
+    from flagstack.ops import score as score_module
+    timed = []
+
+    def fake_time_op(op, rows, cols, dtype, device):
+        if op == "cosh" and not timed.count("allow cosh"):
+            raise RuntimeError("machine lost")  # the run dies on its second op
+        timed.append(op)
+        return {"op": op, "shape": f"{rows}x{cols}", "speedup": 1.0}
+    monkeypatch.setattr(score_module.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(score_module, "device_description", lambda: "Test GPU")
+    monkeypatch.setattr(score_module, "time_op", fake_time_op)
+    with pytest.raises(RuntimeError, match="machine lost"):
+        score(["log10", "cosh"], tests=False, out_dir=tmp_path)
+    (report,) = tmp_path.glob("score-*.json")
+    body = json.loads(report.read_text())
+    assert body["meta"]["status"] == "in progress: 1 of 2 ops timed" and len(body["ops"]["log10"]["speed"]) == 3
+    assert not list(tmp_path.glob("*.partial"))
+    timed.append("allow cosh")
+    scores, _ = score(["log10", "cosh"], tests=False, out_dir=tmp_path)
+    assert timed.count("log10") == 3 and timed.count("cosh") == 3  # log10 came from the report, not re-timed
+    assert json.loads(report.read_text())["meta"]["status"] == "complete"
+    score(["log10"], tests=False, out_dir=tmp_path, fresh=True)
+    assert timed.count("log10") == 6
