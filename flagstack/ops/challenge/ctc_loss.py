@@ -58,9 +58,11 @@ def _extended_target(targets_ptr, target_start, target_stride, target_len, blank
 @triton.jit
 def _target_start(target_start_ptr, n, row_stride, PADDED: tl.constexpr):
     """Offset of sequence n's first label: row n of padded targets, or its start in concatenated ones."""
+    # Both returns are compiled even when PADDED holds, the second reading int32 targets in that case; compiled
+    # Triton (not the interpreter) wants one return type: int64 for both.
     if PADDED:
         return n.to(tl.int64) * row_stride
-    return tl.load(target_start_ptr + n)
+    return tl.load(target_start_ptr + n).to(tl.int64)
 
 
 @triton.jit
