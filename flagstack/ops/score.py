@@ -9,6 +9,7 @@ bench/results/score-<device>-<date>.*.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import html
 import json
@@ -182,25 +183,37 @@ def score(ops: list[str] | None = None, *, tests: bool = True, speed: bool = Tru
           fresh: bool = False) -> tuple[dict[str, OpScore], list[Path]]:
     """Score the given challenge ops (default: all with core shapes); returns the scores and files written.
 
-    The reports are rewritten after each op's timings, so a run stopped part-way keeps what it measured; a
-    rerun the same day on the same device reuses those timings unless `fresh`."""
+    Today's report for this device keeps one entry per op: a run updates its ops and leaves the others, and
+    what a run skips (tests or timings) stays as an earlier run measured it. The report is rewritten after
+    each op's timings, so a run stopped part-way keeps what it measured; a rerun reuses those timings
+    unless `fresh`."""
     ops = ops or list(CORE_SHAPES)
     unknown = [op for op in ops if op not in CORE_SHAPES]
     if unknown:
         raise ValueError(f"ops must be challenge ops ({', '.join(CORE_SHAPES)}), got {', '.join(unknown)}")
+    earlier = previous_scores(out_dir)
     scores = {op: OpScore(op) for op in ops}
+    for op in set(ops) & set(earlier):
+        if not tests:
+            scores[op] = dataclasses.replace(earlier[op], speed=[])
+        if not speed or not fresh:
+            scores[op].speed = earlier[op].speed
+
+    def report() -> dict[str, OpScore]:
+        merged = {**earlier, **scores}
+        return {op: merged[op] for op in CORE_SHAPES if op in merged}
     device = "cuda" if torch.cuda.is_available() else "cpu"
     # Speed first: timed after an in-process pytest run, our Python-heavy wrappers read 1.5-3x slower on
     # the H100 (conv_transpose2d 67 -> 196 us, torch's times unchanged), so the tests come second.
     if speed and device == "cuda":  # interpreter timings on CPU would say nothing about the kernels
-        timed = {} if fresh else previous_speed(out_dir)
         for done, op in enumerate(ops, 1):
-            scores[op].speed = timed.get(op) or [time_op(op, *shape, device) for shape in CORE_SHAPES[op]]
-            write_reports(scores, out_dir, status=f"in progress: {done} of {len(ops)} ops timed"
+            if not scores[op].speed:
+                scores[op].speed = [time_op(op, *shape, device) for shape in CORE_SHAPES[op]]
+            write_reports(report(), out_dir, status=f"in progress: {done} of {len(ops)} ops timed"
                           + (", tests to come" if tests else ""))
     if tests:
         run_tests(scores, test_dir, workers)
-    return scores, write_reports(scores, out_dir, speed_note=None if device == "cuda" or not speed
+    return scores, write_reports(report(), out_dir, speed_note=None if device == "cuda" or not speed
                                  else "speed not measured: no CUDA device")
 
 
@@ -209,12 +222,20 @@ def report_stem(out_dir: str | Path) -> Path:
     return Path(out_dir) / f"score-{slug(device_description())}-{datetime.date.today().isoformat()}"
 
 
-def previous_speed(out_dir: str | Path) -> dict[str, list[dict]]:
-    """Per op, the timings in today's report for this device (empty if there is none)."""
+def previous_scores(out_dir: str | Path) -> dict[str, OpScore]:
+    """Today's report for this device read back, one score per op (empty if there is none)."""
     path = report_stem(out_dir).with_suffix(".json")
     if not path.exists():
         return {}
-    return {op: body["speed"] for op, body in json.loads(path.read_text())["ops"].items() if body.get("speed")}
+    body = json.loads(path.read_text())
+    rows = {row["op"]: row for row in body["summary"]}
+    scores = {}
+    for op, entry in body["ops"].items():
+        row, checklist = rows[op], entry["checklist"]
+        scores[op] = OpScore(op, row["passed"], row["failed"], row["skipped"],
+                             covered={c for c, v in checklist.items() if v == "yes"},
+                             gpu_only={c for c, v in checklist.items() if v == "skipped"}, speed=entry["speed"])
+    return scores
 
 
 def write_reports(scores: dict[str, OpScore], out_dir: str | Path, speed_note: str | None = None,

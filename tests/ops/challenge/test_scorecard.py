@@ -104,3 +104,14 @@ def test_speed_written_as_it_goes_and_resumed(tmp_path, monkeypatch):
     assert json.loads(report.read_text())["meta"]["status"] == "complete"
     score(["log10"], tests=False, out_dir=tmp_path, fresh=True)
     assert timed.count("log10") == 6
+    assert set(json.loads(report.read_text())["ops"]) == {"log10", "cosh"}  # a run of one op keeps the other
+
+
+def test_what_a_run_skips_stays_as_measured_before(tmp_path):
+    earlier = OpScore("log10", passed=5, failed=1, covered={"small"}, gpu_only={"large"},
+                      speed=[{"op": "log10", "shape": "4x4", "speedup": 1.3}])
+    write_reports({"log10": earlier}, tmp_path)
+    scores, _ = score(["log10"], tests=False, speed=False, out_dir=tmp_path)
+    again = scores["log10"]
+    assert (again.passed, again.failed, again.covered, again.gpu_only) == (5, 1, {"small"}, {"large"})
+    assert again.speed == earlier.speed
