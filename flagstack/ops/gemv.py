@@ -16,15 +16,13 @@ price of 2K elem of x per program from L2 (Qwen3-4B down: 39 KB beside a 156 KB 
 """
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
 
 from flagstack.ops.activation import _activate
 from flagstack.ops.checks import check_same_device, check_tensor
-from flagstack.ops.host import cdiv
+from flagstack.ops.host import cdiv, sm_count
 from flagstack.ops.pdl import pdl_launch, pdl_wait
 from flagstack.ops.registry import BenchCase, register
 
@@ -35,11 +33,6 @@ CONFIG = {"BLOCK_N": 8, "BLOCK_K": 1024, "num_warps": 4, "num_stages": 2}
 # (N < 8 rows x 2 programs x SMs) get fewer rows per program so that every SM still holds two or more.
 PROGRAMS_PER_SM = 2
 H100_SMS = 132  # used off CUDA, so that CPU tests take the configs an H100 takes for the same shapes
-
-
-@functools.lru_cache(maxsize=None)
-def _sm_count(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else H100_SMS
 
 
 def rows_per_program(n: int, sms: int) -> int:
@@ -86,7 +79,7 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, n, k, w_row_stride, BLOCK_N: tl.constexpr,
 def _gemv(x: torch.Tensor, weight: torch.Tensor, silu_mul: bool, config: dict | None) -> torch.Tensor:
     """Launch the kernel on one row x (its last dim K, or 2K = [gate | up] with silu_mul)."""
     n, k = weight.shape
-    cfg = config or {**CONFIG, "BLOCK_N": rows_per_program(n, _sm_count(x.device))}
+    cfg = config or {**CONFIG, "BLOCK_N": rows_per_program(n, sm_count(x.device, cpu=H100_SMS))}
     out = torch.empty(*x.shape[:-1], n, dtype=x.dtype, device=x.device)
     if n == 0:
         return out

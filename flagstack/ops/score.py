@@ -207,8 +207,9 @@ def score(ops: list[str] | None = None, *, tests: bool = True, speed: bool = Tru
     # the H100 (conv_transpose2d 67 -> 196 us, torch's times unchanged), so the tests come second.
     if speed and device == "cuda":  # interpreter timings on CPU would say nothing about the kernels
         for done, op in enumerate(ops, 1):
-            if not scores[op].speed:
-                scores[op].speed = [time_op(op, *shape, device) for shape in CORE_SHAPES[op]]
+            if scores[op].speed:
+                continue  # resumed from today's report
+            scores[op].speed = [time_op(op, *shape, device) for shape in CORE_SHAPES[op]]
             write_reports(report(), out_dir, status=f"in progress: {done} of {len(ops)} ops timed"
                           + (", tests to come" if tests else ""))
     if tests:

@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from flagstack.ops.challenge.pointwise import aten_dtype_name, check_kernel_dtype, resize_out
-from flagstack.ops.host import cdiv, next_power_of_2
+from flagstack.ops.host import cdiv, next_power_of_2, sm_count
 from flagstack.ops.registry import BenchCase, register, register_aten
 
 DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
@@ -190,8 +190,7 @@ def median_triton(x: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.
     key_bits = _key_bits(x.dtype)
     state = torch.tensor([0, (n - 1) // 2, 0], dtype=torch.int64, device=x.device)
     hist = torch.zeros(256, dtype=torch.int32, device=x.device)
-    sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 2
-    programs = max(1, min(cdiv(n, BLOCK), 4 * sms))
+    programs = max(1, min(cdiv(n, BLOCK), 4 * sm_count(x.device, cpu=2)))
     for shift in range(key_bits - 8, -1, -8):
         _global_histogram_kernel[(programs,)](flat, n, state, hist, SHIFT=shift, KEY_BITS=key_bits, BLOCK=BLOCK,
                                               num_warps=8)
