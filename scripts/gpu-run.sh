@@ -4,7 +4,7 @@
 # 8 files), with a short summary printed last.
 # Stages: ops-tests challenge-tests challenge-new engine-tests attention attn-sweep annotate serve engine
 # engine-nohf ops-llm ops-challenge score score-speed profile gemv-sweep gdr-sweep decode-short kv-layout decode-gap b1-pdl new-tests ops-256 challenge-profile conv-probe ctc-probe conv-ctc-tests host-vs-gpu ops-graph grid-tests
-# rotary-probe gemv-probe bench-tests conv-score ops-graph-short
+# rotary-probe gemv-probe bench-tests conv-score ops-graph-short host-profile profile-b1
 source scripts/gpu-env.sh
 OUT=${OUT:-/tmp/out}; RES=/tmp/res; rm -rf "$RES"; mkdir -p "$OUT" "$RES"  # a warm machine keeps /tmp
 summary=()
@@ -59,6 +59,9 @@ for spec in "$@"; do
       --out-dir "$RES" ;;
     ops-graph-short) run_stage $name $secs python3 -m flagstack.cli bench ops --cuda-graph --rows 256,4096 \
       --ops add_rms_norm,rotary_embedding,embedding,silu_mul_gemv,gemv,silu --out-dir "$RES" ;;
+    host-profile) run_stage $name $secs env FLAGSTACK_CPROFILE=30 python3 scripts/host_overhead.py conv_transpose2d \
+      pixel_unshuffle ;;
+    profile-b1) run_stage $name $secs env FLAGSTACK_PDL=0 python3 scripts/profile_decode.py --batches 1 --top 30 ;;
     *) summary+=("$name: unknown stage") ;;
   esac
   tar czf "$OUT/results.tgz" -C "$RES" .

@@ -3,7 +3,11 @@
 The scorecard times with triton.testing.do_bench, whose L2 flush (~80 us of GPU work) hides host time only
 up to that much: an op whose wrapper takes longer to launch than the flush runs shows its host time
 instead of its GPU time. This prints, per op, shape and implementation: host us per call (200 calls
-queued without a sync), GPU us per call (replayed from a CUDA graph), and the do_bench median."""
+queued without a sync), GPU us per call (replayed from a CUDA graph), and the do_bench median.
+With FLAGSTACK_CPROFILE=N, also the N Python functions where the triton wrapper spends the most time."""
+import cProfile
+import os
+import pstats
 import statistics
 import sys
 import time
@@ -42,3 +46,8 @@ for op in sys.argv[1:] or list(CORE_SHAPES):
             bench = 1e3 * triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
             print(f"{op:24s} {rows}x{cols} {str(dtype)[6:]:9s} {name:7s} host {host_us(fn):7.1f} us  "
                   f"gpu {gpu:7.1f} us  do_bench {bench:7.1f} us", flush=True)
+            top = int(os.environ.get("FLAGSTACK_CPROFILE", "0"))
+            if top and name == "triton":
+                profiler = cProfile.Profile()
+                profiler.runcall(lambda: [fn() for _ in range(500)])
+                pstats.Stats(profiler).sort_stats("tottime").print_stats(top)
