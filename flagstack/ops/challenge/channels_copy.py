@@ -14,6 +14,7 @@ import triton
 import triton.language as tl
 
 from flagstack.ops.host import cdiv
+from flagstack.ops.launch_cache import CachedLauncher, aligned
 
 BLOCK_C, BLOCK_P = 64, 64  # 64 channels x 64 pixels: 8 KB of bf16, each side of it a run of 128 bytes
 
@@ -32,6 +33,9 @@ def _channels_copy_kernel(src_ptr, dst_ptr, C, P, s_n, s_c, s_p, d_n, d_c, d_p,
     tl.store(dst_ptr + n * d_n + c64 * d_c + p64 * d_p, tile, mask=mask)
 
 
+_LAUNCH = CachedLauncher(_channels_copy_kernel)  # conv_transpose2d's host time counts (launch_cache.py)
+
+
 def _pixels_flat(x: torch.Tensor) -> bool:
     """Whether H and W of x can be walked as one pixel axis (stride of h = W * stride of w)."""
     return x.shape[3] == 1 or x.shape[2] == 1 or x.stride(2) == x.shape[3] * x.stride(3)
@@ -47,9 +51,10 @@ def copy_channels(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
     if not (_pixels_flat(src) and _pixels_flat(dst)) or src.dtype != dst.dtype or n > 65535:  # grid's z limit
         return dst.copy_(src)
     if dst.numel():
-        grid = (cdiv(h * w, BLOCK_P), cdiv(c, BLOCK_C), n)
-        _channels_copy_kernel[grid](src, dst, c, h * w, src.stride(0), src.stride(1), src.stride(3),
-                                    dst.stride(0), dst.stride(1), dst.stride(3), BLOCK_C=BLOCK_C, BLOCK_P=BLOCK_P)
+        strides = (src.stride(0), src.stride(1), src.stride(3), dst.stride(0), dst.stride(1), dst.stride(3))
+        _LAUNCH((src.shape, strides, src.dtype, aligned(src), aligned(dst)),
+                (cdiv(h * w, BLOCK_P), cdiv(c, BLOCK_C), n), (src, dst, c, h * w, *strides),
+                {"BLOCK_C": BLOCK_C, "BLOCK_P": BLOCK_P})
     return dst
 
 

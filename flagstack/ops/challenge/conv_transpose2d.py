@@ -17,6 +17,7 @@ stores are not it either: writing an NHWC output instead was slower (62 against 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -27,6 +28,7 @@ from flagstack.ops.challenge.channels_copy import to_memory_format
 from flagstack.ops.challenge.images import bench_images, output_memory_format
 from flagstack.ops.challenge.pointwise import aten_dtype_name, check_kernel_dtype, check_same_dtype, resize_out
 from flagstack.ops.host import cdiv, next_power_of_2
+from flagstack.ops.launch_cache import MAX_ENTRIES, CachedLauncher, aligned
 from flagstack.ops.registry import BenchCase, register, register_aten
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -193,6 +195,48 @@ def _blocks(pixels: int, c_in_g: int, c_out_g: int, device: torch.device) -> tup
     return block_m, block_n, block_k
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What one call key decides: the output's shape and layout, and the launch apart from the tensors."""
+
+    shape: tuple[int, int, int, int]
+    memory_format: torch.memory_format
+    grid: tuple[int, int]
+    sizes: tuple[int, ...]  # N, H, W, OH, OW, QH, QW, C_IN_G, C_OUT_G
+    params: tuple[int, ...]  # SH, SW, PH, PW, DH, DW
+    constexprs: dict
+
+
+_PLANS: dict[tuple, _Plan] = {}  # call key (shapes, strides, dtypes, devices, parameters) -> its plan
+_LAUNCH = CachedLauncher(_conv_transpose2d_kernel)
+
+
+def _plan(key: tuple, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride, padding,
+          output_padding, groups: int, dilation) -> _Plan:
+    """Check the arguments as ATen does and size the launch, once per call key."""
+    out_hw = _check(x, weight, bias, stride, padding, output_padding, groups, dilation)
+    n, c_in, height, width = x.shape
+    c_out_g = weight.shape[1]
+    qh, qw = cdiv(out_hw[0], stride[0]), cdiv(out_hw[1], stride[1])
+    block_m, block_n, block_k = _blocks(n * qh * qw, c_in // groups, c_out_g, x.device)
+    shape = (n, c_out_g * groups, *out_hw)
+    elements = max(x.numel(), n * c_out_g * groups * out_hw[0] * out_hw[1])
+    plan = _Plan(shape, output_memory_format(x),
+                 (cdiv(n * qh * qw, block_m) * stride[0] * stride[1], groups * cdiv(c_out_g, block_n)),
+                 (n, height, width, *out_hw, qh, qw, c_in // groups, c_out_g), (*stride, *padding, *dilation),
+                 dict(KH=weight.shape[2], KW=weight.shape[3], HAS_BIAS=bias is not None,
+                      # fp32: three TF32 passes give ~fp32 accuracy on tensor cores (torch's cuDNN default is one
+                      # pass); fp16 / bf16 ignore it
+                      PRECISION="tf32x3" if x.dtype == torch.float32 else "tf32",
+                      UPCAST=INTERPRETED and x.dtype == torch.bfloat16,
+                      WIDE=elements >= 2 ** 31 - block_m * max(stride), ONE_K=c_in // groups <= block_k,
+                      BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k))
+    if len(_PLANS) >= MAX_ENTRIES:
+        _PLANS.clear()
+    _PLANS[key] = plan
+    return plan
+
+
 def conv_transpose2d_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride=1,
                             padding=0, output_padding=0, groups: int = 1, dilation=1, *,
                             out: torch.Tensor | None = None) -> torch.Tensor:
@@ -204,38 +248,33 @@ def conv_transpose2d_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
         (stride, "stride"), (padding, "padding"), (output_padding, "output_padding"), (dilation, "dilation")))
     batched = x if x.dim() == 4 else x.unsqueeze(0)
     groups = int(groups)
-    out_hw = _check(batched, weight, bias, stride, padding, output_padding, groups, dilation)
-    c_out_g = weight.shape[1]
-    shape = (batched.shape[0], c_out_g * groups, *out_hw)
-    final_shape = shape if x.dim() == 4 else shape[1:]
+    # The host time of a call matters here (launch_cache.py): the checks and the launch's sizes are made once
+    # per key of everything they depend on.
+    key = (batched.shape, batched.stride(), batched.dtype, batched.device, weight.shape, weight.stride(),
+           weight.dtype, weight.device, None if bias is None else (bias.shape, bias.dtype, bias.device),
+           stride, padding, output_padding, groups, dilation)
+    plan = _PLANS.get(key) or _plan(key, batched, weight, bias, stride, padding, output_padding, groups, dilation)
+    final_shape = plan.shape if x.dim() == 4 else plan.shape[1:]
     if out is not None:
         check_same_dtype(x.dtype, out)
         resize_out(out, final_shape)
         target = out if x.dim() == 4 else out.unsqueeze(0)
     else:
-        target = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=output_memory_format(batched))
+        target = torch.empty(plan.shape, dtype=x.dtype, device=x.device, memory_format=plan.memory_format)
     if target.numel() == 0:
         return out if out is not None else target.reshape(final_shape)
-    n, c_in, height, width = batched.shape
     # Channels innermost for the kernel's operands: an A row (one pixel's input channels) and a B row (one
     # input channel's output channels at a tap) become contiguous, 16-byte loads instead of one load per
     # element (NCHW put channels 4096 elements apart: 64 scalar loads per thread per tap, 255 registers).
     # The copies cost a read and a write of x (8.4 MB on the core shape) and nothing for the small weight.
     batched_cl = to_memory_format(batched, torch.channels_last)
     weight_cl = _tap_major(weight)
-    qh, qw = cdiv(out_hw[0], stride[0]), cdiv(out_hw[1], stride[1])
-    block_m, block_n, block_k = _blocks(n * qh * qw, c_in // groups, c_out_g, x.device)
-    grid = (cdiv(n * qh * qw, block_m) * stride[0] * stride[1], groups * cdiv(c_out_g, block_n))
-    _conv_transpose2d_kernel[grid](
-        batched_cl, weight_cl, bias if bias is not None else weight, target, n, height, width, *out_hw, qh, qw,
-        c_in // groups, c_out_g, *batched_cl.stride(), *weight_cl.stride(), *target.stride(), *stride, *padding,
-        *dilation, KH=weight.shape[2], KW=weight.shape[3], HAS_BIAS=bias is not None,
-        # fp32: three TF32 passes give ~fp32 accuracy on tensor cores (torch's cuDNN default is one pass);
-        # fp16 / bf16 ignore it
-        PRECISION="tf32x3" if x.dtype == torch.float32 else "tf32", UPCAST=INTERPRETED and x.dtype == torch.bfloat16,
-        WIDE=max(t.numel() for t in (batched_cl, target)) >= 2 ** 31 - block_m * max(stride),
-        ONE_K=c_in // groups <= block_k, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-        num_warps=CUDA_CONFIG["num_warps"], num_stages=CUDA_CONFIG["num_stages"])
+    bias_or_any = bias if bias is not None else weight_cl  # HAS_BIAS=False never reads it
+    tensors = (batched_cl, weight_cl, bias_or_any, target)
+    # The integers below are functions of the key and of the target's strides (out= may bring any)
+    _LAUNCH((key, target.stride(), *map(aligned, tensors)), plan.grid,
+            (*tensors, *plan.sizes, *batched_cl.stride(), *weight_cl.stride(), *target.stride(), *plan.params),
+            plan.constexprs, num_warps=CUDA_CONFIG["num_warps"], num_stages=CUDA_CONFIG["num_stages"])
     return out if out is not None else target if x.dim() == 4 else target.squeeze(0)
 
 

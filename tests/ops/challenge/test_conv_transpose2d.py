@@ -114,6 +114,22 @@ def test_weight_relayout_follows_changes():
         check(conv_transpose2d_triton(x, frozen, bias, 2), expected(x, frozen, bias, 2))
 
 
+def test_repeated_calls_keep_alignment_and_out_strides_apart():
+    # The wrapper reuses its checks and compiled kernel per call key (launch_cache.py). Calls that share
+    # shapes but differ in what Triton specializes on (a 2-byte-aligned input, the strides of out=) must
+    # each still compute their own result.
+    x, weight, bias = inputs((2, 4, 5, 6), (4, 3, 3, 3), 1, True, torch.float16)
+    storage = make((1 + x.numel(),), torch.float16)
+    shifted = storage[1:].view(x.shape)  # same shape and strides, data 2 bytes past an aligned address
+    for inp in (x, shifted, x, shifted):
+        check(conv_transpose2d_triton(inp, weight, bias, 2, 1, 1), expected(inp, weight, bias, 2, 1, 1))
+    want = expected(x, weight, bias, 2, 1, 1)
+    for out in (torch.empty_like(want), torch.empty_like(want, memory_format=torch.channels_last),
+                torch.empty_like(want)):
+        conv_transpose2d_triton(x, weight, bias, 2, 1, 1, out=out)
+        check(out, want)
+
+
 @covers("noncontiguous")
 def test_layouts():
     base, weight, bias = inputs((2, 4, 6, 5), (4, 3, 3, 2), 1, True, torch.float32)

@@ -1,0 +1,50 @@
+"""Relaunch a compiled Triton kernel without Triton's per-call argument inspection.
+
+`kernel[grid](*args)` looks its binary up on every call: it binds the arguments, specializes each one
+(a tensor's dtype and 16-byte alignment, an integer's width, whether it is 1, whether 16 divides it)
+and hashes the result. For conv_transpose2d's ~40 arguments that cost more Python time on an H100
+host than its whole kernel runs on the GPU (scripts/host_overhead.py: 108 us of host time per call
+against 9.4 us of GPU time on the small core shape; torch's conv takes 18 us of host time). A wrapper
+that already knows everything the specialization depends on (shapes, strides, dtypes, which pointers
+are aligned) can key the compiled kernel by that and launch it directly the next time. FlagGems'
+LibEntry and vLLM's jit cache cut the same cost by inspecting the arguments themselves; here the caller
+builds the key, which keeps this file small and the key explicit where the arguments are made.
+
+The caller's key must fix every value Triton specializes on: each run-time integer (or a function
+of the key, such as a stride of a tensor the wrapper allocates), each pointer's dtype and alignment,
+the constexprs and launch options. Under TRITON_INTERPRET=1 nothing is cached: the interpreter runs
+every launch.
+"""
+from __future__ import annotations
+
+import torch
+
+MAX_ENTRIES = 512  # compiled kernels kept per launcher; a caller seeing more distinct keys starts over
+
+
+def aligned(t: torch.Tensor) -> bool:
+    """Whether t's data pointer is 16-byte aligned: Triton compiles aligned and unaligned pointers apart."""
+    return t.data_ptr() % 16 == 0
+
+
+class CachedLauncher:
+    """Launches one @triton.jit kernel whose constexpr parameters all follow its run-time ones."""
+
+    def __init__(self, kernel) -> None:
+        self.kernel = kernel
+        self._compiled: dict = {}
+
+    def __call__(self, key, grid: tuple[int, ...], args: tuple, constexprs: dict, **options) -> None:
+        """kernel[grid](*args, **constexprs, **options), the compiled kernel looked up by (key, device)."""
+        key = (key, torch.cuda.current_device()) if torch.cuda.is_available() else key
+        entry = self._compiled.get(key)
+        if entry is not None:
+            compiled, trailing = entry
+            compiled[(*grid, 1, 1)[:3]](*args, *trailing)  # the launcher takes every parameter, in order
+            return
+        compiled = self.kernel[grid](*args, **constexprs, **options)
+        if hasattr(compiled, "packed_metadata"):  # a compiled kernel (the interpreter returns none)
+            if len(self._compiled) >= MAX_ENTRIES:
+                self._compiled.clear()
+            names = self.kernel.arg_names[len(args):]
+            self._compiled[key] = (compiled, tuple(constexprs[name] for name in names))
