@@ -26,6 +26,16 @@ from flagstack.ops import registry
 TEST_DIR = Path(__file__).resolve().parents[2] / "tests" / "ops" / "challenge"
 CATEGORIES = ("small", "regular", "large", "ranks", "params", "float_dtypes", "int_dtypes", "empty",
               "nonfinite", "noncontiguous", "inplace", "out", "errors")
+# Categories an op cannot have, and why: they count neither for nor against its checklist.
+NO_INPLACE = "ATen has no in-place form"
+NOT_APPLICABLE: dict[str, dict[str, str]] = {
+    "log10": {"params": "log10 takes no parameters"},
+    **{op: {"inplace": NO_INPLACE} for op in (
+        "logaddexp", "roll", "smooth_l1_loss", "median", "pixel_shuffle", "pixel_unshuffle", "avg_pool3d",
+        "max_pool3d", "upsample_nearest2d", "conv_transpose2d", "grid_sample", "ctc_loss", "svd")},
+    "chunk_gated_delta_rule": {"inplace": "not an ATen op; no in-place form", "out": "not an ATen op; no out= form",
+                               "ranks": "one layout, [batch, tokens, heads, dim], as its recurrent reference"},
+}
 # Core shapes (rows, cols, dtype) per op; the first of each is the one measured in DESIGN.md.
 CORE_SHAPES: dict[str, list[tuple[int, int, torch.dtype]]] = {
     "log10": [(4096, 4096, torch.float32), (4096, 4096, torch.bfloat16), (1024, 1024, torch.float32)],
@@ -74,14 +84,17 @@ class OpScore:
     speed: list = field(default_factory=list)  # one dict per core shape
 
     def checklist(self) -> dict[str, str]:
-        """Category -> 'yes', 'skipped' (tests exist, none ran here) or 'missing'."""
-        return {c: "yes" if c in self.covered else "skipped" if c in self.gpu_only else "missing"
-                for c in CATEGORIES}
+        """Category -> 'yes', 'skipped' (tests exist, none ran here), 'n/a' (NOT_APPLICABLE) or 'missing'."""
+        absent = NOT_APPLICABLE.get(self.op, {})
+        return {c: "yes" if c in self.covered else "skipped" if c in self.gpu_only else "n/a" if c in absent
+                else "missing" for c in CATEGORIES}
 
     def summary(self) -> dict:
         """One row of the summary table: tests, checklist, speedups and whether targets are met."""
+        checklist = self.checklist()
+        applicable = [v for v in checklist.values() if v != "n/a"]
         row = {"op": self.op, "passed": self.passed, "failed": self.failed, "skipped": self.skipped,
-               "categories": f"{sum(v == 'yes' for v in self.checklist().values())}/{len(CATEGORIES)}"}
+               "categories": f"{applicable.count('yes')}/{len(applicable)}"}
         torch_x = [r["speedup"] for r in self.speed if r.get("speedup")]
         fg_x = [r["vs_flaggems"] for r in self.speed if r.get("vs_flaggems")]
         row["min_speedup"] = min(torch_x) if torch_x else None

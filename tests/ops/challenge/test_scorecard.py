@@ -3,6 +3,7 @@ import json
 import textwrap
 
 import pytest
+import torch
 
 from flagstack.ops.score import CATEGORIES, OpScore, geomean, run_tests, score, write_reports
 
@@ -35,6 +36,16 @@ def test_run_tests_counts_outcomes_and_categories(tmp_path):
     assert checklist["large"] == "skipped" and checklist["out"] == "missing"
     assert fake.summary()["categories"] == f"2/{len(CATEGORIES)}"
     assert scores["absent"].passed == 0  # an op without a test file is scored, not an error
+
+
+def test_categories_an_op_cannot_have_count_neither_way():
+    # roll has no in-place form in ATen: "n/a", and left out of the count; a category it lacks stays "missing"
+    assert not hasattr(torch.Tensor, "roll_")
+    roll = OpScore("roll", covered={"small", "out"})
+    assert roll.checklist()["inplace"] == "n/a" and roll.checklist()["empty"] == "missing"
+    assert roll.summary()["categories"] == f"2/{len(CATEGORIES) - 1}"
+    log10 = OpScore("log10", covered={"inplace"})
+    assert log10.checklist()["inplace"] == "yes" and log10.checklist()["params"] == "n/a"
 
 
 def test_summary_speed_targets():
