@@ -4,7 +4,7 @@
 Session 9 probe for issue 4. In a batch-1 step the small kernels between the qkv and o projections (q/k norm
 and rope, KV write, attention, merge: ~8 us a layer) leave HBM idle, and the o projection then streams its
 21 MB from HBM. Here a prefetch kernel issues `cp.async.bulk.prefetch.L2` (Hopper's TMA; fire and forget, no
-registers) over the o weight right after the qkv GEMV. The chain per layer: gemv(qkv) [prefetch(o)] then
+registers) over the o weight right after the qkv GEMV, in line or on a side branch of the graph. The chain per layer: gemv(qkv) [prefetch(o)] then
 SMALL rms_norm launches standing in for the small kernels, then gemv(o); 36 layers with their own weights in
 one CUDA graph, PDL on as in the engine. Prints the graph replay time of each variant, interleaved rounds."""
 import statistics
@@ -49,39 +49,48 @@ def main() -> None:
     norm_w = torch.ones(HIDDEN, device=dev, dtype=torch.bfloat16)
     x = torch.randn(1, HIDDEN, device=dev, dtype=torch.bfloat16)
 
-    def chain(small: int, programs: int | None):
+    side = torch.cuda.Stream()
+
+    def chain(small: int, programs: int | None, branch: bool = False):
         def run():
             h = x
+            main = torch.cuda.current_stream()
             for layer in range(LAYERS):
                 y = gemv_triton(h, qkv[layer])
-                if programs:
+                if programs and branch:  # a side branch of the graph that nothing waits on until the end
+                    side.wait_stream(main)
+                    with torch.cuda.stream(side):
+                        prefetch(o[layer], programs)
+                elif programs:
                     prefetch(o[layer], programs)
                 r = y[:, :HIDDEN]
                 for _ in range(small):
                     r = rms_norm_triton(r, norm_w, 1e-6)
                 a = torch.cat([r, y[:, HIDDEN:HIDDEN + O_IN - HIDDEN]], dim=1) if small else y[:, :O_IN]
                 h = gemv_triton(a, o[layer])
+            main.wait_stream(side)
             return h
         return run
 
     variants = {}
     for small in (0, 4):
-        for programs in (None, 8, 64):
-            fn = chain(small, programs)
+        for programs, branch in ((None, False), (64, False), (64, True), (256, True)):
+            fn = chain(small, programs, branch)
             fn()
             torch.cuda.synchronize()
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 fn()
-            variants[(small, programs)] = graph
+            variants[(small, programs, branch)] = graph
     times = {key: [] for key in variants}
     for _ in range(5):
         for key, graph in variants.items():
             times[key].append(_replay_ms(graph, 20))
     gemv_mb = LAYERS * (QKV * HIDDEN + HIDDEN * O_IN) * 2 / 1e6
-    for (small, programs), ts in times.items():
+    for (small, programs, branch), ts in times.items():
         ms = statistics.median(ts)
-        print(f"{small} small kernels, prefetch {'off' if not programs else f'{programs} programs'}: "
+        where = " on a side branch" if branch else " in line"
+        print(f"{small} small kernels, prefetch {'off' if not programs else f'{programs} programs' + where}: "
               f"{ms * 1e3:.1f} us for {LAYERS} layers ({ms * 1e3 / LAYERS:.2f} us a layer; GEMV weights "
               f"{gemv_mb:.0f} MB, {gemv_mb / 1e3 / ms:.2f} TB/s)", flush=True)
 
