@@ -35,10 +35,11 @@ def _prefetch_kernel(ptr, total_bytes, chunk_bytes, LANES: tl.constexpr, USE_PDL
         "=r,l,r", [addr, size], dtype=tl.int32, is_pure=False, pack=1)
 
 
-def prefetch(w: torch.Tensor, programs: int, lanes: int = 32) -> None:
+def prefetch(w: torch.Tensor, programs: int, pdl: bool, lanes: int = 32) -> None:
     total = w.numel() * w.element_size()
     chunk = -(-total // (programs * lanes) // 16) * 16
-    _prefetch_kernel[(programs,)](w, total, chunk, LANES=lanes, num_warps=1, **pdl_launch(w.device))
+    launch = pdl_launch(w.device) if pdl else {"USE_PDL": False, "launch_pdl": False}
+    _prefetch_kernel[(programs,)](w, total, chunk, LANES=lanes, num_warps=1, **launch)
 
 
 def main() -> None:
@@ -60,9 +61,9 @@ def main() -> None:
                 if programs and branch:  # a side branch of the graph that nothing waits on until the end
                     side.wait_stream(main)
                     with torch.cuda.stream(side):
-                        prefetch(o[layer], programs)
+                        prefetch(o[layer], programs, pdl=False)  # PDL edges across streams fail capture
                 elif programs:
-                    prefetch(o[layer], programs)
+                    prefetch(o[layer], programs, pdl=True)
                 r = y[:, :HIDDEN]
                 for _ in range(small):
                     r = rms_norm_triton(r, norm_w, 1e-6)
