@@ -4,9 +4,13 @@
 Session 9 probe for issue 4. In a batch-1 step the small kernels between the qkv and o projections (q/k norm
 and rope, KV write, attention, merge: ~8 us a layer) leave HBM idle, and the o projection then streams its
 21 MB from HBM. Here a prefetch kernel issues `cp.async.bulk.prefetch.L2` (Hopper's TMA; fire and forget, no
-registers) over the o weight right after the qkv GEMV, in line or on a side branch of the graph. The chain per layer: gemv(qkv) [prefetch(o)] then
+registers) over the o weight right after the qkv GEMV. The chain per layer: gemv(qkv) [prefetch(o)] then
 SMALL rms_norm launches standing in for the small kernels, then gemv(o); 36 layers with their own weights in
-one CUDA graph, PDL on as in the engine. Prints the graph replay time of each variant, interleaved rounds."""
+one CUDA graph, PDL on as in the engine. Prints the graph replay time of each variant, interleaved rounds.
+
+Result (bench/results/l2-prefetch-probe-*.md): slower in every variant. The kernel after the prefetch waits
+for its bulk prefetches to finish, and the o GEMV gains less than that wait costs. Putting the prefetch on a
+side branch of the graph (nothing waiting on it) failed stream capture next to PDL launches."""
 import statistics
 
 import torch
@@ -35,11 +39,10 @@ def _prefetch_kernel(ptr, total_bytes, chunk_bytes, LANES: tl.constexpr, USE_PDL
         "=r,l,r", [addr, size], dtype=tl.int32, is_pure=False, pack=1)
 
 
-def prefetch(w: torch.Tensor, programs: int, pdl: bool, lanes: int = 32) -> None:
+def prefetch(w: torch.Tensor, programs: int, lanes: int = 32) -> None:
     total = w.numel() * w.element_size()
     chunk = -(-total // (programs * lanes) // 16) * 16
-    launch = pdl_launch(w.device) if pdl else {"USE_PDL": False, "launch_pdl": False}
-    _prefetch_kernel[(programs,)](w, total, chunk, LANES=lanes, num_warps=1, **launch)
+    _prefetch_kernel[(programs,)](w, total, chunk, LANES=lanes, num_warps=1, **pdl_launch(w.device))
 
 
 def main() -> None:
@@ -50,48 +53,39 @@ def main() -> None:
     norm_w = torch.ones(HIDDEN, device=dev, dtype=torch.bfloat16)
     x = torch.randn(1, HIDDEN, device=dev, dtype=torch.bfloat16)
 
-    side = torch.cuda.Stream()
-
-    def chain(small: int, programs: int | None, branch: bool = False):
+    def chain(small: int, programs: int | None):
         def run():
             h = x
-            main = torch.cuda.current_stream()
             for layer in range(LAYERS):
                 y = gemv_triton(h, qkv[layer])
-                if programs and branch:  # a side branch of the graph that nothing waits on until the end
-                    side.wait_stream(main)
-                    with torch.cuda.stream(side):
-                        prefetch(o[layer], programs, pdl=False)  # PDL edges across streams fail capture
-                elif programs:
-                    prefetch(o[layer], programs, pdl=True)
+                if programs:
+                    prefetch(o[layer], programs)
                 r = y[:, :HIDDEN]
                 for _ in range(small):
                     r = rms_norm_triton(r, norm_w, 1e-6)
                 a = torch.cat([r, y[:, HIDDEN:HIDDEN + O_IN - HIDDEN]], dim=1) if small else y[:, :O_IN]
                 h = gemv_triton(a, o[layer])
-            main.wait_stream(side)
             return h
         return run
 
     variants = {}
     for small in (0, 4):
-        for programs, branch in ((None, False), (64, False), (64, True), (256, True)):
-            fn = chain(small, programs, branch)
+        for programs in (None, 8, 64):
+            fn = chain(small, programs)
             fn()
             torch.cuda.synchronize()
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 fn()
-            variants[(small, programs, branch)] = graph
+            variants[(small, programs)] = graph
     times = {key: [] for key in variants}
     for _ in range(5):
         for key, graph in variants.items():
             times[key].append(_replay_ms(graph, 20))
     gemv_mb = LAYERS * (QKV * HIDDEN + HIDDEN * O_IN) * 2 / 1e6
-    for (small, programs, branch), ts in times.items():
+    for (small, programs), ts in times.items():
         ms = statistics.median(ts)
-        where = " on a side branch" if branch else " in line"
-        print(f"{small} small kernels, prefetch {'off' if not programs else f'{programs} programs' + where}: "
+        print(f"{small} small kernels, prefetch {'off' if not programs else f'{programs} programs'}: "
               f"{ms * 1e3:.1f} us for {LAYERS} layers ({ms * 1e3 / LAYERS:.2f} us a layer; GEMV weights "
               f"{gemv_mb:.0f} MB, {gemv_mb / 1e3 / ms:.2f} TB/s)", flush=True)
 
