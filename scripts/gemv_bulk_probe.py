@@ -6,7 +6,10 @@ tile ahead, so the bytes it has in flight are bounded by registers; before the w
 (PDL) it can only request its first tile. Here each program first issues `cp.async.bulk.prefetch.L2` over its
 whole slice (BLOCK_N contiguous rows; one request per thread, no registers held), before that wait, then runs
 the same loop, whose loads should then find the slice in L2 or on its way. Timed per Qwen3-4B shape (cold L2,
-CUDA graph) and as the 36 x 4 GEMVs of a decode step in one graph (PDL on, as in the engine)."""
+CUDA graph) and as the 36 x 4 GEMVs of a decode step in one graph (PDL on, as in the engine).
+
+Result (bench/results/gemv-bulk-probe-*.md): slower on every shape and on the step (2.99 against 2.74 ms);
+not kept."""
 import torch
 import triton
 import triton.language as tl
