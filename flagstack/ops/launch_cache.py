@@ -17,6 +17,8 @@ every launch.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 MAX_ENTRIES = 512  # compiled kernels kept per launcher; a caller seeing more distinct keys starts over
@@ -25,6 +27,11 @@ MAX_ENTRIES = 512  # compiled kernels kept per launcher; a caller seeing more di
 def aligned(t: torch.Tensor) -> bool:
     """Whether t's data pointer is 16-byte aligned: Triton compiles aligned and unaligned pointers apart."""
     return t.data_ptr() % 16 == 0
+
+
+@functools.cache
+def _has_cuda() -> bool:
+    return torch.cuda.is_available()
 
 
 class CachedLauncher:
@@ -36,7 +43,7 @@ class CachedLauncher:
 
     def __call__(self, key, grid: tuple[int, ...], args: tuple, constexprs: dict, **options) -> None:
         """kernel[grid](*args, **constexprs, **options), the compiled kernel looked up by (key, device)."""
-        key = (key, torch.cuda.current_device()) if torch.cuda.is_available() else key
+        key = (key, torch.cuda.current_device()) if _has_cuda() else key  # a binary is loaded per device
         entry = self._compiled.get(key)
         if entry is not None:
             compiled, trailing = entry
