@@ -2,24 +2,11 @@
 
 Prints the host time of torch.empty spelled several ways, 2 MB and 33 MB, with the GPU idle and busy, and
 do_bench of pixel_unshuffle's small core shape (ours and torch's) five times in a row."""
-import statistics
-import time
-
 import torch
 import triton.testing
+from host_overhead import host_us  # scripts/ is on the path when a script there runs
 
 from flagstack.ops import registry
-
-
-def per_call_us(fn, calls: int = 500) -> float:
-    rounds = []
-    for _ in range(5):
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        rounds.append((time.perf_counter() - start) / calls * 1e6)
-    torch.cuda.synchronize()
-    return statistics.median(rounds)
 
 
 dev = torch.device("cuda", 0)
@@ -35,12 +22,12 @@ for mb in (2, 33):
         "new_empty": lambda: busy.new_empty(shape, dtype=torch.bfloat16),
     }
     for name, fn in variants.items():
-        idle = per_call_us(fn)
+        idle = host_us(fn, 500)
         def loaded():
             busy.zero_()
             fn()
         print(f"{mb:3d} MB {name:34s} idle {idle:6.1f} us  with a 1 GB zero_ queued each call "
-              f"{per_call_us(loaded, 100):6.1f} us", flush=True)
+              f"{host_us(loaded, 100):6.1f} us", flush=True)
 
 entry = registry.get("pixel_unshuffle")
 case = entry.bench_case(1024, torch.bfloat16, "cuda", cols=32)

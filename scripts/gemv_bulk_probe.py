@@ -13,8 +13,9 @@ not kept."""
 import torch
 import triton
 import triton.language as tl
+from gemv_probe import step_ms  # scripts/ is on the path when a script there runs
 
-from flagstack.bench.common import _replay_ms, cold_graph_time_us
+from flagstack.bench.common import cold_graph_time_us
 from flagstack.ops.gemv import CONFIG, QWEN3_4B_SHAPES, _load_x, gemv_triton
 from flagstack.ops.pdl import pdl_launch, pdl_wait
 
@@ -67,19 +68,6 @@ def bulk(first_tile: bool, lanes: int = 128):
             num_warps=CONFIG["num_warps"], num_stages=CONFIG["num_stages"])
         return out
     return run
-
-
-def step_ms(fn, weights, x_of) -> float:
-    """One graph of the 36 x 4 GEMVs of a decode step, each reading its own weight (7.3 GB in all)."""
-    graph = torch.cuda.CUDAGraph()
-    for w in weights[:4]:
-        fn(x_of[w.shape[1]], w)
-    torch.cuda.synchronize()
-    with torch.cuda.graph(graph):
-        for w in weights:
-            fn(x_of[w.shape[1]], w)
-    graph.replay()
-    return _replay_ms(graph, 20)
 
 
 def main() -> None:

@@ -32,22 +32,27 @@ def host_us(fn, calls: int = 200) -> float:
     return statistics.median(rounds)
 
 
-for op in sys.argv[1:] or list(CORE_SHAPES):
-    entry = registry.get(op)
-    for rows, cols, dtype in CORE_SHAPES[op]:
-        case = entry.bench_case(rows, dtype, "cuda", cols=cols)
-        for name, impl in (("triton", entry.triton), ("torch", entry.reference)):
-            fn = lambda: impl(*case.args, **case.kwargs)  # noqa: E731
-            fn()
-            try:
-                gpu = 1e3 * triton.testing.do_bench_cudagraph(fn, rep=50, return_mode="median")
-            except Exception as err:  # noqa: BLE001 -- an op that syncs cannot be captured
-                gpu = float("nan")
-            bench = 1e3 * triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
-            print(f"{op:24s} {rows}x{cols} {str(dtype)[6:]:9s} {name:7s} host {host_us(fn):7.1f} us  "
-                  f"gpu {gpu:7.1f} us  do_bench {bench:7.1f} us", flush=True)
-            top = int(os.environ.get("FLAGSTACK_CPROFILE", "0"))
-            if top and name == "triton":
-                profiler = cProfile.Profile()
-                profiler.runcall(lambda: [fn() for _ in range(500)])
-                pstats.Stats(profiler).sort_stats("tottime").print_stats(top)
+def main() -> None:
+    for op in sys.argv[1:] or list(CORE_SHAPES):
+        entry = registry.get(op)
+        for rows, cols, dtype in CORE_SHAPES[op]:
+            case = entry.bench_case(rows, dtype, "cuda", cols=cols)
+            for name, impl in (("triton", entry.triton), ("torch", entry.reference)):
+                fn = lambda: impl(*case.args, **case.kwargs)  # noqa: E731
+                fn()
+                try:
+                    gpu = 1e3 * triton.testing.do_bench_cudagraph(fn, rep=50, return_mode="median")
+                except Exception as err:  # noqa: BLE001 -- an op that syncs cannot be captured
+                    gpu = float("nan")
+                bench = 1e3 * triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+                print(f"{op:24s} {rows}x{cols} {str(dtype)[6:]:9s} {name:7s} host {host_us(fn):7.1f} us  "
+                      f"gpu {gpu:7.1f} us  do_bench {bench:7.1f} us", flush=True)
+                top = int(os.environ.get("FLAGSTACK_CPROFILE", "0"))
+                if top and name == "triton":
+                    profiler = cProfile.Profile()
+                    profiler.runcall(lambda: [fn() for _ in range(500)])
+                    pstats.Stats(profiler).sort_stats("tottime").print_stats(top)
+
+
+if __name__ == "__main__":
+    main()
