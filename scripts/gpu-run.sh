@@ -4,7 +4,7 @@
 # 8 files), with a short summary printed last.
 # Stages: ops-tests challenge-tests challenge-new engine-tests attention attn-sweep annotate serve engine
 # engine-nohf ops-llm ops-challenge score score-speed profile gemv-sweep gdr-sweep decode-short kv-layout decode-gap b1-pdl new-tests ops-256 challenge-profile conv-probe ctc-probe conv-ctc-tests host-vs-gpu ops-graph grid-tests
-# rotary-probe gemv-probe bench-tests conv-score ops-graph-short host-profile profile-b1 alloc-probe l2-prefetch gemv-bulk
+# rotary-probe gemv-probe bench-tests conv-score ops-graph-short host-profile profile-b1 alloc-probe l2-prefetch gemv-bulk embedding-probe
 # score-part: `ops score` with tests on the ops in $SCORE_OPS ($SCORE_FLAGS added), into bench/results (today's
 # report there is merged and resumed), then copied to the results.
 source scripts/gpu-env.sh
@@ -71,6 +71,7 @@ for spec in "$@"; do
     alloc-probe) run_stage $name $secs python3 scripts/alloc_probe.py ;;
     l2-prefetch) run_stage $name $secs python3 scripts/l2_prefetch_probe.py ;;
     gemv-bulk) run_stage $name $secs python3 scripts/gemv_bulk_probe.py ;;
+    embedding-probe) run_stage $name $secs python3 scripts/embedding_probe.py ;;
     *) summary+=("$name: unknown stage") ;;
   esac
   tar czf "$OUT/results.tgz" -C "$RES" .
