@@ -13,13 +13,15 @@ builds the key, which keeps this file small and the key explicit where the argum
 The caller's key must fix every value Triton specializes on: each run-time integer (or a function
 of the key, such as a stride of a tensor the wrapper allocates), each pointer's dtype and alignment,
 the constexprs and launch options. Under TRITON_INTERPRET=1 nothing is cached: the interpreter runs
-every launch.
+every launch. Nor before Triton 3.3, whose compiled kernels took only the run-time arguments (from 3.3 on
+they take every parameter, constexprs included, which is what the direct launch passes).
 """
 from __future__ import annotations
 
 import functools
 
 import torch
+import triton
 
 MAX_ENTRIES = 512  # compiled kernels kept per launcher; a caller seeing more distinct keys starts over
 
@@ -27,6 +29,10 @@ MAX_ENTRIES = 512  # compiled kernels kept per launcher; a caller seeing more di
 def aligned(t: torch.Tensor) -> bool:
     """Whether t's data pointer is 16-byte aligned: Triton compiles aligned and unaligned pointers apart."""
     return t.data_ptr() % 16 == 0
+
+
+# Triton versions whose compiled kernels take every parameter in order (see the module docstring)
+DIRECT_LAUNCH = tuple(int(v) for v in triton.__version__.split(".")[:2]) >= (3, 3)
 
 
 @functools.cache
@@ -50,7 +56,7 @@ class CachedLauncher:
             compiled[(*grid, 1, 1)[:3]](*args, *trailing)  # the launcher takes every parameter, in order
             return
         compiled = self.kernel[grid](*args, **constexprs, **options)
-        if hasattr(compiled, "packed_metadata"):  # a compiled kernel (the interpreter returns none)
+        if DIRECT_LAUNCH and hasattr(compiled, "packed_metadata"):  # compiled (the interpreter returns none)
             if len(self._compiled) >= MAX_ENTRIES:
                 self._compiled.clear()
             names = self.kernel.arg_names[len(args):]

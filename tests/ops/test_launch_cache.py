@@ -49,6 +49,16 @@ def test_interpreter_results_are_not_cached(monkeypatch):
     assert kernel.log == [(1,), (1,)]
 
 
+def test_older_triton_always_goes_through_the_jit(monkeypatch):
+    # before Triton 3.3 a compiled kernel took only the run-time arguments: no direct launches there
+    monkeypatch.setattr(launch_cache, "DIRECT_LAUNCH", False)
+    kernel = FakeKernel()
+    launch = CachedLauncher(kernel)
+    for _ in range(2):
+        launch("k", (1,), ("x", 1), {"BLOCK": 1, "FLAG": 0})
+    assert [entry[0] for entry in kernel.log] == ["jit", "jit"]
+
+
 def test_cache_starts_over_when_full(monkeypatch):
     monkeypatch.setattr(launch_cache, "MAX_ENTRIES", 2)
     kernel = FakeKernel()
