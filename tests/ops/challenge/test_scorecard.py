@@ -62,6 +62,8 @@ def test_summary_speed_targets():
     host_bound = OpScore("e", speed=[{"speedup": 0.5, "gpu_speedup": 1.4}, {"speedup": 2.0, "gpu_speedup": None}])
     row = host_bound.summary()  # GPU-only time is reported beside the wall-time verdict, not in it
     assert row["min_gpu_speedup"] == 1.4 and row["targets_met"] is False
+    at_copy = OpScore("f", speed=[{"speedup": 1.0, "speedup_at_copy_speed": 1.02}, {"speedup": 1.0}])
+    assert at_copy.summary()["geomean_at_copy_speed"] == pytest.approx(1.02)  # rows without a copy time left out
 
 
 def test_write_reports(tmp_path):
