@@ -75,6 +75,23 @@ def test_2d(mode, padding, align):
     check_backward(2, grad, x, grid, mode, padding, align)
 
 
+def test_repeated_calls_keep_rank_and_alignment_apart():
+    # The forward kernel is launched by a key of its arguments (launch_cache.py). A 2-D problem and a 3-D one of
+    # depth 1 give the kernel the same shapes and strides, and a 4-byte-offset copy of x only a different
+    # alignment: each must still get its own result, on first and repeated calls.
+    x, grid = problem(2)
+    storage = make((1 + x.numel(),), torch.float32)
+    shifted = storage[1:].view(x.shape).copy_(x)
+    flat_3d = (x.unsqueeze(2), grid.unsqueeze(1).contiguous())
+    grid_3d = torch.cat([flat_3d[1], torch.zeros_like(flat_3d[1][..., :1])], dim=-1)  # z = 0: the single slice
+    want = aten.grid_sampler_2d(x, grid, 0, 0, False)
+    for _ in range(2):
+        check(grid_sampler_2d_triton(x, grid, 0, 0, False), want)
+        check(grid_sampler_2d_triton(shifted, grid, 0, 0, False), want)
+        check(grid_sampler_3d_triton(flat_3d[0], grid_3d, 0, 0, False), aten.grid_sampler_3d(*flat_3d[:1], grid_3d,
+                                                                                              0, 0, False))
+
+
 @covers("small", "params", "ranks")
 @pytest.mark.parametrize("mode,padding,align", MODES_3D)
 def test_3d(mode, padding, align):

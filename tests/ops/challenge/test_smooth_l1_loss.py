@@ -48,6 +48,17 @@ def test_forward(shape, dtype, reduction):
     check(smooth_l1_loss_triton(x, y, reduction), reference(x, y, reduction))
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_repeated_calls_keep_alignment_apart(reduction):
+    # The reduction's kernels are launched by a key of their arguments (launch_cache.py): an input 4 bytes past
+    # an aligned address, otherwise identical, must still get its own result on first and repeated calls.
+    x, y = make((37, 300), torch.float32), make((37, 300), torch.float32)
+    shifted = make((1 + x.numel(),), torch.float32)[1:].view(x.shape).copy_(x)
+    for _ in range(2):
+        for inp in (x, shifted):
+            check(smooth_l1_loss_triton(inp, y, reduction), reference(inp, y, reduction))
+
+
 @covers("params")
 @pytest.mark.parametrize("beta", [0.0, 0.3, 1.0, 4.0])
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
