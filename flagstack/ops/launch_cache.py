@@ -26,6 +26,13 @@ import triton
 MAX_ENTRIES = 512  # compiled kernels kept per launcher; a caller seeing more distinct keys starts over
 
 
+def remember(cache: dict, key, value) -> None:
+    """cache[key] = value, the cache emptied first when it holds MAX_ENTRIES (one caller seeing many shapes)."""
+    if len(cache) >= MAX_ENTRIES:
+        cache.clear()
+    cache[key] = value
+
+
 def aligned(t: torch.Tensor) -> bool:
     """Whether t's data pointer is 16-byte aligned: Triton compiles aligned and unaligned pointers apart."""
     return t.data_ptr() % 16 == 0
@@ -57,7 +64,5 @@ class CachedLauncher:
             return
         compiled = self.kernel[grid](*args, **constexprs, **options)
         if DIRECT_LAUNCH and hasattr(compiled, "packed_metadata"):  # compiled (the interpreter returns none)
-            if len(self._compiled) >= MAX_ENTRIES:
-                self._compiled.clear()
             names = self.kernel.arg_names[len(args):]
-            self._compiled[key] = (compiled, tuple(constexprs[name] for name in names))
+            remember(self._compiled, key, (compiled, tuple(constexprs[name] for name in names)))

@@ -28,7 +28,7 @@ from flagstack.ops.challenge.channels_copy import to_memory_format
 from flagstack.ops.challenge.images import bench_images, output_memory_format
 from flagstack.ops.challenge.pointwise import aten_dtype_name, check_kernel_dtype, check_same_dtype, resize_out
 from flagstack.ops.host import cdiv, next_power_of_2
-from flagstack.ops.launch_cache import MAX_ENTRIES, CachedLauncher, aligned
+from flagstack.ops.launch_cache import CachedLauncher, aligned, remember
 from flagstack.ops.registry import BenchCase, register, register_aten
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -231,9 +231,7 @@ def _plan(key: tuple, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
                       UPCAST=INTERPRETED and x.dtype == torch.bfloat16,
                       WIDE=elements >= 2 ** 31 - block_m * max(stride), ONE_K=c_in // groups <= block_k,
                       BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k))
-    if len(_PLANS) >= MAX_ENTRIES:
-        _PLANS.clear()
-    _PLANS[key] = plan
+    remember(_PLANS, key, plan)
     return plan
 
 
