@@ -13,10 +13,9 @@ not kept."""
 import torch
 import triton
 import triton.language as tl
-from gemv_probe import step_ms  # scripts/ is on the path when a script there runs
+from gemv_probe import time_shapes, time_steps  # scripts/ is on the path when a script there runs
 
-from flagstack.bench.common import cold_graph_time_us
-from flagstack.ops.gemv import CONFIG, QWEN3_4B_SHAPES, _load_x, gemv_triton
+from flagstack.ops.gemv import CONFIG, _load_x, gemv_triton
 from flagstack.ops.pdl import pdl_launch, pdl_wait
 
 
@@ -74,26 +73,9 @@ def main() -> None:
     torch.manual_seed(0)
     variants = {"current": gemv_triton, "bulk + first tile": bulk(True), "bulk": bulk(False),
                 "bulk 32 lanes + first tile": bulk(True, 32)}
-    totals = dict.fromkeys(variants, 0.0)
-    for n, k in QWEN3_4B_SHAPES:
-        x = torch.randn(1, k, dtype=torch.bfloat16, device="cuda")
-        w = torch.randn(n, k, dtype=torch.bfloat16, device="cuda") / k ** 0.5
-        ref = torch.nn.functional.linear(x.float(), w.float())
-        line = []
-        for name, fn in variants.items():
-            torch.testing.assert_close(fn(x, w).float(), ref, rtol=0.016, atol=2e-2)
-            t = cold_graph_time_us(lambda: fn(x, w))
-            totals[name] += t
-            line.append(f"{name} {t:.1f}")
-        print(f"{n}x{k}: " + ", ".join(line), flush=True)
+    totals = time_shapes(variants)
     print("sum over the four shapes: " + ", ".join(f"{name} {t:.1f}" for name, t in totals.items()), flush=True)
-    weights = [torch.randn(n, k, dtype=torch.bfloat16, device="cuda") for _ in range(36) for n, k in QWEN3_4B_SHAPES]
-    x_of = {k: torch.randn(1, k, dtype=torch.bfloat16, device="cuda") for _, k in QWEN3_4B_SHAPES}
-    gb = sum(w.numel() * 2 for w in weights) / 1e9
-    for rnd in range(3):
-        for name, fn in variants.items():
-            ms = step_ms(fn, weights, x_of)
-            print(f"round {rnd} step of 144 GEMVs, {name}: {ms:.3f} ms ({gb / ms:.2f} TB/s)", flush=True)
+    time_steps(variants, list(variants), rounds=3)
 
 
 if __name__ == "__main__":

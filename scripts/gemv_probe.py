@@ -83,6 +83,42 @@ def step_ms(fn, weights, x_of) -> float:
     return _replay_ms(graph, 20)
 
 
+def time_shapes(variants: dict, best: int | None = None) -> dict[str, float]:
+    """Per Qwen3-4B shape, check each variant against F.linear and time it (cold L2, CUDA graph); print the
+    `best` fastest besides 'current' (all if None). A variant that fails (e.g. out of resources) is dropped
+    from `variants`. Returns each variant's time summed over the shapes."""
+    totals = dict.fromkeys(variants, 0.0)
+    for n, k in QWEN3_4B_SHAPES:
+        x = torch.randn(1, k, dtype=torch.bfloat16, device="cuda")
+        w = torch.randn(n, k, dtype=torch.bfloat16, device="cuda") / k ** 0.5
+        ref = torch.nn.functional.linear(x.float(), w.float())
+        line = {}
+        for name, fn in list(variants.items()):
+            try:
+                torch.testing.assert_close(fn(x, w).float(), ref, rtol=0.016, atol=2e-2)
+                line[name] = cold_graph_time_us(lambda: fn(x, w))
+            except Exception as err:  # noqa: BLE001 -- a config out of resources is dropped
+                print(f"  {name} {n}x{k}: {type(err).__name__} {str(err)[:60]}")
+                del variants[name], totals[name]
+                continue
+            totals[name] += line[name]
+        shown = list(line) if best is None else sorted(line, key=line.get)[:best]
+        print(f"{n}x{k}: current {line['current']:.1f} us; "
+              + ", ".join(f"{name} {line[name]:.1f}" for name in shown if name != "current"), flush=True)
+    return totals
+
+
+def time_steps(variants: dict, names: list[str], rounds: int) -> None:
+    """Print the step time (36 x 4 GEMVs in one graph, PDL on) of each named variant, `rounds` interleaved rounds."""
+    weights = [torch.randn(n, k, dtype=torch.bfloat16, device="cuda") for _ in range(36) for n, k in QWEN3_4B_SHAPES]
+    x_of = {k: torch.randn(1, k, dtype=torch.bfloat16, device="cuda") for _, k in QWEN3_4B_SHAPES}
+    gb = sum(w.numel() * 2 for w in weights) / 1e9
+    for rnd in range(rounds):
+        for name in names:
+            ms = step_ms(variants[name], weights, x_of)
+            print(f"round {rnd} step of 144 GEMVs, {name}: {ms:.3f} ms ({gb / ms:.2f} TB/s)", flush=True)
+
+
 def main() -> None:
     torch.manual_seed(0)
     variants = {"current": gemv_triton}
@@ -90,35 +126,10 @@ def main() -> None:
         variants[f"ahead2 {bn}x{bk} w{warps}"] = launcher("ahead2", bn, bk, warps)
     for bn, bk, warps, stages in itertools.product((8, 16), (512, 1024), (4, 8), (3, 4)):
         variants[f"staged {bn}x{bk} w{warps} s{stages}"] = launcher("staged", bn, bk, warps, stages)
-    totals = dict.fromkeys(variants, 0.0)
-    for n, k in QWEN3_4B_SHAPES:
-        x = torch.randn(1, k, dtype=torch.bfloat16, device="cuda")
-        w = torch.randn(n, k, dtype=torch.bfloat16, device="cuda") / k ** 0.5
-        ref = torch.nn.functional.linear(x.float(), w.float())
-        line = []
-        for name, fn in list(variants.items()):
-            try:
-                torch.testing.assert_close(fn(x, w).float(), ref, rtol=0.016, atol=2e-2)
-                t = cold_graph_time_us(lambda: fn(x, w))
-            except Exception as err:  # noqa: BLE001 -- a config out of resources is dropped
-                print(f"  {name} {n}x{k}: {type(err).__name__} {str(err)[:60]}")
-                del variants[name]
-                continue
-            totals[name] += t
-            line.append((t, name))
-        best = sorted(line)[:3]
-        print(f"{n}x{k}: current {dict((b, a) for a, b in line)['current']:.1f} us; best "
-              + ", ".join(f"{name} {t:.1f}" for t, name in best), flush=True)
-    ranked = sorted((totals[name], name) for name in variants)
+    totals = time_shapes(variants, best=3)
+    ranked = sorted((t, name) for name, t in totals.items())
     print("sum over the four shapes:", ", ".join(f"{name} {t:.1f}" for t, name in ranked[:8]), flush=True)
-    weights = [torch.randn(n, k, dtype=torch.bfloat16, device="cuda") for _ in range(36) for n, k in QWEN3_4B_SHAPES]
-    x_of = {k: torch.randn(1, k, dtype=torch.bfloat16, device="cuda") for _, k in QWEN3_4B_SHAPES}
-    gb = sum(w.numel() * 2 for w in weights) / 1e9
-    chosen = ["current"] + [name for _, name in ranked if name != "current"][:4]
-    for rnd in range(2):
-        for name in chosen:
-            ms = step_ms(variants[name], weights, x_of)
-            print(f"round {rnd} step of 144 GEMVs, {name}: {ms:.3f} ms ({gb / ms:.2f} TB/s)", flush=True)
+    time_steps(variants, ["current"] + [name for _, name in ranked if name != "current"][:4], rounds=2)
 
 
 if __name__ == "__main__":
