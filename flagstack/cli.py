@@ -72,7 +72,7 @@ def _ops_score(args: argparse.Namespace) -> int:
     from flagstack.ops import score
 
     scores, paths = score.score(args.ops, tests=not args.no_tests, speed=not args.no_speed, out_dir=args.out_dir,
-                                workers=args.workers, fresh=args.fresh)
+                                workers=args.workers, fresh=args.fresh, note=args.note)
     print(markdown_table([s.summary() for s in scores.values()]))
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0 if all(s.failed == 0 for s in scores.values()) else 1
@@ -88,6 +88,7 @@ def add_ops_commands(sub: argparse._SubParsersAction) -> argparse._SubParsersAct
     score.add_argument("--workers", type=_non_negative_int, default=0,
                        help="run the tests over this many pytest-xdist processes (needs pytest-xdist)")
     score.add_argument("--fresh", action="store_true", help="re-time ops already in today's report")
+    score.add_argument("--note", help="a line for the report's header (kept by later runs that give none)")
     score.add_argument("--out-dir", default="bench/results", help="where the JSON, markdown and HTML go")
     score.set_defaults(func=_ops_score)
     test = ops.add_parser("test", help="every op's Triton kernel against its reference (exit 1 on failure)")

@@ -204,18 +204,20 @@ def time_op(op: str, rows: int, cols: int, dtype: torch.dtype, device: str) -> d
 
 def score(ops: list[str] | None = None, *, tests: bool = True, speed: bool = True,
           out_dir: str | Path = RESULTS_DIR, test_dir: Path = TEST_DIR, workers: int = 0,
-          fresh: bool = False) -> tuple[dict[str, OpScore], list[Path]]:
+          fresh: bool = False, note: str | None = None) -> tuple[dict[str, OpScore], list[Path]]:
     """Score the given challenge ops (default: all with core shapes); returns the scores and files written.
 
     Today's report for this device keeps one entry per op: a run updates its ops and leaves the others, and
     what a run skips (tests or timings) stays as an earlier run measured it. The report is rewritten after
     each op's timings, so a run stopped part-way keeps what it measured; a rerun reuses those timings
-    unless `fresh`."""
+    unless `fresh`. `note` goes into the report's header and stays there through later merges until another
+    run gives one."""
     ops = ops or list(CORE_SHAPES)
     unknown = [op for op in ops if op not in CORE_SHAPES]
     if unknown:
         raise ValueError(f"ops must be challenge ops ({', '.join(CORE_SHAPES)}), got {', '.join(unknown)}")
     earlier = previous_scores(out_dir)
+    note = note or previous_note(out_dir)
     scores = {op: OpScore(op) for op in ops}
     for op in set(ops) & set(earlier):
         if not tests:
@@ -235,11 +237,12 @@ def score(ops: list[str] | None = None, *, tests: bool = True, speed: bool = Tru
                 continue  # resumed from today's report
             scores[op].speed = [time_op(op, *shape, device) for shape in CORE_SHAPES[op]]
             write_reports(report(), out_dir, status=f"in progress: {done} of {len(ops)} ops timed"
-                          + (", tests to come" if tests else ""))
+                          + (", tests to come" if tests else ""), note=note)
     if tests:
         run_tests(scores, test_dir, workers)
-    return scores, write_reports(report(), out_dir, speed_note=None if device == "cuda" or not speed
-                                 else "speed not measured: no CUDA device")
+    if speed and device != "cuda":
+        note = "; ".join(filter(None, [note, "speed not measured: no CUDA device"]))
+    return scores, write_reports(report(), out_dir, note=note)
 
 
 def report_stem(out_dir: str | Path) -> Path:
@@ -247,12 +250,19 @@ def report_stem(out_dir: str | Path) -> Path:
     return Path(out_dir) / f"score-{slug(device_description())}-{datetime.date.today().isoformat()}"
 
 
+def _previous_report(out_dir: str | Path) -> dict:
+    path = report_stem(out_dir).with_suffix(".json")
+    return json.loads(path.read_text()) if path.exists() else {"meta": {}, "summary": [], "ops": {}}
+
+
+def previous_note(out_dir: str | Path) -> str | None:
+    """The note in today's report for this device, if it has one."""
+    return _previous_report(out_dir)["meta"].get("note")
+
+
 def previous_scores(out_dir: str | Path) -> dict[str, OpScore]:
     """Today's report for this device read back, one score per op (empty if there is none)."""
-    path = report_stem(out_dir).with_suffix(".json")
-    if not path.exists():
-        return {}
-    body = json.loads(path.read_text())
+    body = _previous_report(out_dir)
     rows = {row["op"]: row for row in body["summary"]}
     scores = {}
     for op, entry in body["ops"].items():
@@ -263,14 +273,14 @@ def previous_scores(out_dir: str | Path) -> dict[str, OpScore]:
     return scores
 
 
-def write_reports(scores: dict[str, OpScore], out_dir: str | Path, speed_note: str | None = None,
+def write_reports(scores: dict[str, OpScore], out_dir: str | Path, note: str | None = None,
                   status: str = "complete") -> list[Path]:
     """Write score-<device>-<date>.json/.md/.html: a summary table and one table per op."""
     meta = {"device": device_description(), "date": datetime.date.today().isoformat(), "status": status,
             **torch_versions(),
             "targets": f"speedup >= {TARGET_MIN} on every core shape, geomean >= {TARGET_GEOMEAN}, >= FlagGems"}
-    if speed_note:
-        meta["note"] = speed_note
+    if note:
+        meta["note"] = note
     summary = [s.summary() for s in scores.values()]
     stem = report_stem(out_dir)
     stem.parent.mkdir(parents=True, exist_ok=True)

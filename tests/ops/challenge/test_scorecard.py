@@ -68,7 +68,7 @@ def test_summary_speed_targets():
 
 def test_write_reports(tmp_path):
     s = OpScore("log10", passed=3, covered={"small"}, speed=[{"op": "log10", "shape": "4x4", "speedup": 1.3}])
-    paths = write_reports({"log10": s}, tmp_path, speed_note="a note")
+    paths = write_reports({"log10": s}, tmp_path, note="a note")
     body = json.loads(paths[0].read_text())
     assert body["summary"][0]["op"] == "log10" and body["meta"]["note"] == "a note"
     assert body["ops"]["log10"]["checklist"]["small"] == "yes"
@@ -112,11 +112,12 @@ def test_speed_written_as_it_goes_and_resumed(tmp_path, monkeypatch):
     assert body["meta"]["status"] == "in progress: 1 of 2 ops timed" and len(body["ops"]["log10"]["speed"]) == 3
     assert not list(tmp_path.glob("*.partial"))
     timed.append("allow cosh")
-    scores, _ = score(["log10", "cosh"], tests=False, out_dir=tmp_path)
+    scores, _ = score(["log10", "cosh"], tests=False, out_dir=tmp_path, note="run on a test GPU")
     assert timed.count("log10") == 3 and timed.count("cosh") == 3  # log10 came from the report, not re-timed
     assert json.loads(report.read_text())["meta"]["status"] == "complete"
     score(["log10"], tests=False, out_dir=tmp_path, fresh=True)
     assert timed.count("log10") == 6
+    assert json.loads(report.read_text())["meta"]["note"] == "run on a test GPU"  # kept by a run that gave none
     assert set(json.loads(report.read_text())["ops"]) == {"log10", "cosh"}  # a run of one op keeps the other
 
 
