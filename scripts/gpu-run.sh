@@ -6,8 +6,8 @@
 # engine-nohf ops-llm ops-challenge score score-speed profile gemv-sweep gdr-sweep decode-short kv-layout decode-gap b1-pdl new-tests ops-256 challenge-profile conv-probe ctc-probe conv-ctc-tests host-vs-gpu ops-graph grid-tests
 # rotary-probe gemv-probe bench-tests conv-score ops-graph-short host-profile profile-b1 alloc-probe l2-prefetch gemv-bulk embedding-probe
 # launch-cache-tests: the tests of every wrapper that launches by key (ops/launch_cache.py)
-# score-part: `ops score` with tests on the ops in $SCORE_OPS ($SCORE_FLAGS added), into bench/results (today's
-# report there is merged and resumed), then copied to the results.
+# score-part: `ops score` with tests on the ops in $SCORE_OPS (default all; $SCORE_FLAGS added, $SCORE_NOTE as --note),
+# into bench/results (today's report there is merged and resumed), then copied to the results.
 source scripts/gpu-env.sh
 OUT=${OUT:-/tmp/out}; RES=/tmp/res; rm -rf "$RES"; mkdir -p "$OUT" "$RES"  # a warm machine keeps /tmp
 summary=()
@@ -65,8 +65,8 @@ for spec in "$@"; do
     host-profile) run_stage $name $secs env FLAGSTACK_CPROFILE=30 python3 scripts/host_overhead.py conv_transpose2d \
       pixel_unshuffle ;;
     profile-b1) run_stage $name $secs env FLAGSTACK_PDL=0 python3 scripts/profile_decode.py --batches 1 --top 30 ;;
-    score-part) run_stage $name $secs python3 -m flagstack.cli ops score --workers 8 --ops "$SCORE_OPS" $SCORE_FLAGS \
-      --out-dir bench/results; cp bench/results/score-* "$RES"/ ;;
+    score-part) run_stage $name $secs python3 -m flagstack.cli ops score --workers 8 ${SCORE_OPS:+--ops "$SCORE_OPS"} \
+      ${SCORE_NOTE:+--note "$SCORE_NOTE"} $SCORE_FLAGS --out-dir bench/results; cp bench/results/score-* "$RES"/ ;;
     conv-tests) run_stage $name $secs python3 -m pytest -q -p no:cacheprovider tests/ops/test_launch_cache.py \
       tests/ops/challenge/test_{conv_transpose2d,channels_copy}.py ;;
     alloc-probe) run_stage $name $secs python3 scripts/alloc_probe.py ;;
