@@ -5,7 +5,7 @@
 # Stages: ops-tests challenge-tests challenge-new engine-tests attention attn-sweep annotate serve engine
 # engine-nohf ops-llm ops-challenge score score-speed profile gemv-sweep gdr-sweep decode-short kv-layout decode-gap b1-pdl new-tests ops-256 challenge-profile conv-probe ctc-probe conv-ctc-tests host-vs-gpu ops-graph grid-tests
 # rotary-probe gemv-probe bench-tests conv-score ops-graph-short host-profile profile-b1 alloc-probe l2-prefetch gemv-bulk embedding-probe
-# launch-cache-tests: the tests of every wrapper that launches by key (ops/launch_cache.py)
+# launch-cache-tests: the tests of every wrapper that launches by key (ops/launch_cache.py), over 14 processes
 # score-part: `ops score` with tests on the ops in $SCORE_OPS (default all; $SCORE_FLAGS added, $SCORE_NOTE as --note),
 # into bench/results (today's report there is merged and resumed), then copied to the results.
 source scripts/gpu-env.sh
@@ -73,8 +73,9 @@ for spec in "$@"; do
     l2-prefetch) run_stage $name $secs python3 scripts/l2_prefetch_probe.py ;;
     gemv-bulk) run_stage $name $secs python3 scripts/gemv_bulk_probe.py ;;
     embedding-probe) run_stage $name $secs python3 scripts/embedding_probe.py ;;
-    launch-cache-tests) run_stage $name $secs python3 -m pytest -q -n 8 -p no:cacheprovider tests/ops/test_launch_cache.py \
-      tests/ops/challenge/test_{conv_transpose2d,channels_copy,smooth_l1_loss,grid_sample}.py ;;
+    launch-cache-tests) run_stage $name $secs python3 -m pytest -q -n 14 -p no:cacheprovider tests/ops/test_launch_cache.py \
+      tests/ops/challenge/test_{conv_transpose2d,channels_copy,smooth_l1_loss,grid_sample,pixel_shuffle,pixel_unshuffle}.py \
+      tests/ops/challenge/test_{avg_pool3d,max_pool3d,scatter_reduce,asinh,cosh,gcd,leaky_relu,log10,logaddexp}.py ;;
     *) summary+=("$name: unknown stage") ;;
   esac
   tar czf "$OUT/results.tgz" -C "$RES" .

@@ -12,8 +12,9 @@ builds the key, which keeps this file small and the key explicit where the argum
 
 The caller's key must fix every value Triton specializes on: each run-time integer (or a function
 of the key, such as a stride of a tensor the wrapper allocates), each pointer's dtype and alignment,
-the constexprs and launch options. Under TRITON_INTERPRET=1 nothing is cached: the interpreter runs
-every launch. Nor before Triton 3.3, whose compiled kernels took only the run-time arguments (from 3.3 on
+the constexprs and launch options. A caller may instead pass no key and have one read off the
+arguments (launch_key: a short loop, cheaper than Triton's binding). Under TRITON_INTERPRET=1 nothing is
+cached: the interpreter runs every launch. Nor before Triton 3.3, whose compiled kernels took only the run-time arguments (from 3.3 on
 they take every parameter, constexprs included, which is what the direct launch passes).
 """
 from __future__ import annotations
@@ -47,6 +48,56 @@ def _has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def launch_key(args: tuple, constexprs: dict, options: dict) -> tuple:
+    """A key fixing all that Triton specializes a launch on, read off the arguments themselves: each
+    tensor's dtype and 16-byte alignment, each integer's (and bool's) value (Triton looks at its width,
+    whether it is 1 and whether 16 divides it), floats by type only, tuples element by element."""
+    return (tuple(_arg_key(a) for a in args), tuple(constexprs.items()), tuple(options.items()))
+
+
+def _arg_key(arg):
+    if isinstance(arg, torch.Tensor):
+        return arg.dtype, arg.data_ptr() % 16 == 0
+    if isinstance(arg, (tuple, list)):
+        return tuple(_arg_key(a) for a in arg)
+    if isinstance(arg, float):
+        return float
+    return type(arg), arg  # int, bool, None
+
+
+def _stream_getter():
+    """Triton's own lookup of a device's current stream (torch's raw stream: graph capture included)."""
+    return triton.runtime.driver.active.get_current_stream
+
+
+def _listened() -> bool:
+    """Whether a launch hook is set (Triton keeps an empty HookChain when none is; older ones None)."""
+    hook = triton.knobs.runtime.launch_enter_hook
+    return hook is not None and bool(getattr(hook, "calls", True))
+
+
+def _direct_launch(compiled, trailing: tuple):
+    """A function (grid, args, device) that relaunches `compiled`. Where Triton's launcher needs no scratch
+    memory it calls the launcher's C entry point itself: CompiledKernel's own [grid] path costs ~15 us of
+    Python a call on a slow host (a stream lookup, launch metadata, a scratch check per call)."""
+    run = compiled.run  # loads the binary on first use
+    if (getattr(run, "launch", None) is None or run.global_scratch_size or run.profile_scratch_size
+            or not hasattr(triton, "knobs")):
+        return lambda grid, args, device: compiled[(*grid, 1, 1)[:3]](*args, *trailing)
+    launch, function, metadata = run.launch, compiled.function, compiled.packed_metadata
+    cooperative, pdl = run.launch_cooperative_grid, run.launch_pdl
+    stream_of = _stream_getter()
+
+    def relaunch(grid, args, device) -> None:
+        if _listened():  # a profiler listens: Triton's own path calls its hooks
+            compiled[(*grid, 1, 1)[:3]](*args, *trailing)
+            return
+        x, y, z = (*grid, 1, 1)[:3]
+        launch(x, y, z, stream_of(device), function, cooperative, pdl, None, None, metadata, None, None, None,
+               *args, *trailing)
+    return relaunch
+
+
 class CachedLauncher:
     """Launches one @triton.jit kernel whose constexpr parameters all follow its run-time ones."""
 
@@ -55,14 +106,23 @@ class CachedLauncher:
         self._compiled: dict = {}
 
     def __call__(self, key, grid: tuple[int, ...], args: tuple, constexprs: dict, **options) -> None:
-        """kernel[grid](*args, **constexprs, **options), the compiled kernel looked up by (key, device)."""
-        key = (key, torch.cuda.current_device()) if _has_cuda() else key  # a binary is loaded per device
-        entry = self._compiled.get(key)
-        if entry is not None:
-            compiled, trailing = entry
-            compiled[(*grid, 1, 1)[:3]](*args, *trailing)  # the launcher takes every parameter, in order
+        """kernel[grid](*args, **constexprs, **options), the compiled kernel looked up by (key, device); a key
+        of None is made from the arguments (launch_key)."""
+        if key is None:
+            key = launch_key(args, constexprs, options)
+        device = torch.cuda.current_device() if _has_cuda() else None  # a binary is loaded per device
+        relaunch = self._compiled.get((key, device))
+        if relaunch is not None:
+            relaunch(grid, args, device)
             return
         compiled = self.kernel[grid](*args, **constexprs, **options)
-        if DIRECT_LAUNCH and hasattr(compiled, "packed_metadata"):  # compiled (the interpreter returns none)
-            names = self.kernel.arg_names[len(args):]
-            remember(self._compiled, key, (compiled, tuple(constexprs[name] for name in names)))
+        names = self.kernel.arg_names[len(args):]
+        # compiled (the interpreter returns none), and every later parameter given (else: no direct launch)
+        if DIRECT_LAUNCH and hasattr(compiled, "packed_metadata") and all(n in constexprs for n in names):
+            remember(self._compiled, (key, device), _direct_launch(compiled, tuple(constexprs[n] for n in names)))
+
+
+@functools.cache
+def launcher(kernel) -> CachedLauncher:
+    """The one CachedLauncher of `kernel`, for wrappers that choose their kernel per call."""
+    return CachedLauncher(kernel)

@@ -2,12 +2,16 @@
 key go straight to the compiled kernel it returned, with every parameter in signature order. A fake kernel
 stands in for Triton's (the interpreter compiles nothing); GPU runs of the conv_transpose2d and
 channels_copy tests cover real kernels."""
+import pytest
+import torch
+
 from flagstack.ops import launch_cache
-from flagstack.ops.launch_cache import CachedLauncher
+from flagstack.ops.launch_cache import CachedLauncher, launch_key
 
 
 class FakeCompiled:
     packed_metadata = object()
+    run = None  # no C launcher: relaunches go through compiled[grid]
 
     def __init__(self, log):
         self.log = log
@@ -66,3 +70,50 @@ def test_cache_starts_over_when_full(monkeypatch):
     for key in ("a", "b", "c", "a"):
         launch(key, (1,), ("x", 1), {"BLOCK": 1, "FLAG": 0})
     assert [entry[0] for entry in kernel.log] == ["jit"] * 4  # "c" cleared the cache holding "a"
+
+
+class FakeLauncher:
+    """Triton's CudaLauncher as the bare path sees it: a C entry point and no scratch memory."""
+    global_scratch_size = profile_scratch_size = 0
+    launch_cooperative_grid, launch_pdl = False, True
+
+    def __init__(self, log):
+        self.launch = lambda *args: log.append(("bare", args))
+
+
+def test_relaunch_calls_the_c_launcher_with_tritons_argument_layout(monkeypatch):
+    kernel = FakeKernel()
+    compiled = FakeCompiled(kernel.log)
+    compiled.run, compiled.function = FakeLauncher(kernel.log), "fn"
+    monkeypatch.setattr(FakeKernel, "__getitem__", lambda self, grid: lambda *a, **k: compiled)
+    monkeypatch.setattr(launch_cache, "_stream_getter", lambda: lambda device: 77)
+    launch = CachedLauncher(kernel)
+    for grid in ((3,), (3, 2)):
+        launch("k", grid, ("x", 5), {"BLOCK": 8, "FLAG": True})
+    (bare,) = kernel.log
+    assert bare == ("bare", (3, 2, 1, 77, "fn", False, True, None, None, compiled.packed_metadata, None, None, None,
+                             "x", 5, 8, True))
+
+
+def test_launch_key_tells_apart_what_triton_specializes_on():
+    x = torch.zeros(8, dtype=torch.float32)
+    base = launch_key((x, 16, 2.0, (4, 1)), {"BLOCK": 8}, {"num_warps": 4})
+    assert base == launch_key((torch.ones(8), 16, 3.5, (4, 1)), {"BLOCK": 8}, {"num_warps": 4})  # floats by type
+    for args, constexprs, options in [((x[1:], 16, 2.0, (4, 1)), {"BLOCK": 8}, {"num_warps": 4}),  # misaligned
+                                      ((x.half(), 16, 2.0, (4, 1)), {"BLOCK": 8}, {"num_warps": 4}),
+                                      ((x, 17, 2.0, (4, 1)), {"BLOCK": 8}, {"num_warps": 4}),
+                                      ((x, True, 2.0, (4, 1)), {"BLOCK": 8}, {"num_warps": 4}),
+                                      ((x, 16, 2.0, (4, 2)), {"BLOCK": 8}, {"num_warps": 4}),
+                                      ((x, 16, 2.0, (4, 1)), {"BLOCK": 16}, {"num_warps": 4}),
+                                      ((x, 16, 2.0, (4, 1)), {"BLOCK": 8}, {"num_warps": 8})]:
+        assert launch_key(args, constexprs, options) != base
+
+
+@pytest.mark.parametrize("key", ["given", None])
+def test_no_key_means_one_read_off_the_arguments(key):
+    kernel = FakeKernel()
+    launch = CachedLauncher(kernel)
+    for n in (16, 16, 17):
+        launch(key, (1,), ("x", n), {"BLOCK": 1, "FLAG": 0})
+    # a given key is trusted to fix n; without one, n = 17 is a new key
+    assert [entry[0] for entry in kernel.log] == (["jit", "cached", "cached"] if key else ["jit", "cached", "jit"])

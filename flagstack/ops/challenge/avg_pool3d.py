@@ -18,6 +18,7 @@ import triton.language as tl
 from flagstack.ops.challenge.pointwise import check_kernel_dtype, check_same_dtype, resize_out
 from flagstack.ops.challenge.pool3d import block_offsets, check_pool3d, needs_int64, split_volume, triple
 from flagstack.ops.host import cdiv
+from flagstack.ops.launch_cache import launcher
 from flagstack.ops.registry import BenchCase, register, register_aten
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -128,9 +129,11 @@ def avg_pool3d_triton(x: torch.Tensor, kernel_size, stride=(), padding=0, ceil_m
         return out
     target = out if out.is_contiguous() else torch.empty(shape, dtype=x.dtype, device=x.device)
     (kt, kh, kw), (st, sh, sw), (pt, ph, pw) = kernel, stride, padding
-    _avg_pool_kernel[(cdiv(n, BLOCK),)](x.contiguous(), target, n, *x.shape[-3:], *out_thw, divisor, KT=kt, KH=kh,
-                                        KW=kw, ST=st, SH=sh, SW=sw, PT=pt, PH=ph, PW=pw, COUNT_PAD=count_include_pad,
-                                        WIDE=needs_int64(x, out), BLOCK=BLOCK, num_warps=4)
+    # launched by key (launch_cache.py): on a slow host Triton's binding outlasts a small pool's GPU time
+    launcher(_avg_pool_kernel)(
+        None, (cdiv(n, BLOCK),), (x.contiguous(), target, n, *x.shape[-3:], *out_thw, divisor),
+        {"KT": kt, "KH": kh, "KW": kw, "ST": st, "SH": sh, "SW": sw, "PT": pt, "PH": ph, "PW": pw,
+         "COUNT_PAD": count_include_pad, "WIDE": needs_int64(x, out), "BLOCK": BLOCK}, num_warps=4)
     if target is not out:
         out.copy_(target)
     return out

@@ -20,6 +20,7 @@ import triton.language as tl
 from flagstack.ops.challenge.pointwise import check_kernel_dtype, check_same_dtype, resize_out
 from flagstack.ops.challenge.pool3d import block_offsets, check_pool3d, needs_int64, split_volume, triple
 from flagstack.ops.host import cdiv
+from flagstack.ops.launch_cache import launcher
 from flagstack.ops.registry import BenchCase, register, register_aten
 
 GRAD_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -113,9 +114,11 @@ def max_pool3d_with_indices_triton(x: torch.Tensor, kernel_size, stride=(), padd
     values = out if out.is_contiguous() else torch.empty(shape, dtype=x.dtype, device=x.device)
     where = indices if indices.is_contiguous() else torch.empty(shape, dtype=torch.int64, device=x.device)
     (kt, kh, kw), (st, sh, sw), (pt, ph, pw), (dt, dh, dw) = kernel, stride, padding, dilation
-    _max_pool_kernel[(cdiv(n, BLOCK),)](x.contiguous(), values, where, n, *x.shape[-3:], *out_thw, _lowest(x.dtype),
-                                        KT=kt, KH=kh, KW=kw, ST=st, SH=sh, SW=sw, PT=pt, PH=ph, PW=pw, DT=dt, DH=dh,
-                                        DW=dw, WIDE=needs_int64(x, out), BLOCK=BLOCK, num_warps=4)
+    # launched by key (launch_cache.py): on a slow host Triton's binding outlasts a small pool's GPU time
+    launcher(_max_pool_kernel)(
+        None, (cdiv(n, BLOCK),), (x.contiguous(), values, where, n, *x.shape[-3:], *out_thw, _lowest(x.dtype)),
+        {"KT": kt, "KH": kh, "KW": kw, "ST": st, "SH": sh, "SW": sw, "PT": pt, "PH": ph, "PW": pw, "DT": dt,
+         "DH": dh, "DW": dw, "WIDE": needs_int64(x, out), "BLOCK": BLOCK}, num_warps=4)
     for result, target in ((values, out), (where, indices)):
         if result is not target:
             target.copy_(result)

@@ -21,6 +21,8 @@ sync, so on CUDA they are skipped instead (ATen's CUDA kernel asserts on the dev
 """
 from __future__ import annotations
 
+import struct
+
 import torch
 import triton
 import triton.language as tl
@@ -28,6 +30,7 @@ import triton.language as tl
 from flagstack.ops.challenge.pointwise import check_kernel_dtype, check_same_dtype, flat_offsets, resize_out, \
     to_compute_dtype
 from flagstack.ops.host import cdiv
+from flagstack.ops.launch_cache import launcher
 from flagstack.ops.registry import BenchCase, register, register_aten
 
 REDUCES = {"sum": 0, "prod": 1, "mean": 2, "amax": 3, "amin": 4}
@@ -180,7 +183,8 @@ def _acc_dtype(dtype: torch.dtype, reduce: int) -> torch.dtype:
 
 def _float_key(value: float, key_dtype: torch.dtype) -> int:
     """float_key of a (non-NaN) float, on the host: its bits as a signed int, magnitude bits flipped if negative."""
-    bits = int(torch.tensor(value, dtype=torch.float64 if key_dtype == torch.int64 else torch.float32).view(key_dtype))
+    wide = key_dtype == torch.int64  # struct, not a torch.tensor: this runs on every amax/amin call
+    bits = struct.unpack("<q" if wide else "<i", struct.pack("<d" if wide else "<f", value))[0]
     return bits ^ torch.iinfo(key_dtype).max if bits < 0 else bits
 
 
@@ -250,24 +254,26 @@ def _scatter_into(out: torch.Tensor, x: torch.Tensor, dim: int, index: torch.Ten
     acc = torch.empty(x.shape, dtype=acc_dtype, device=x.device)
     count_needed = reduce == REDUCES["mean"] or not include_self
     count = torch.zeros(x.shape, dtype=torch.int32, device=x.device) if count_needed else acc  # acc: unused
-    _identity_kernel[(cdiv(n, BLOCK),)](acc, n, _identity(reduce, x.dtype, acc_dtype), BLOCK=BLOCK,
-                                               num_warps=4)
+    # Launched by keys read off the arguments (launch_cache.py): Triton's binding of three launches took
+    # 100-175 us of host time a call on an H200 machine's slow host, against 40-60 us of GPU time.
+    launcher(_identity_kernel)(None, (cdiv(n, BLOCK),), (acc, n, _identity(reduce, x.dtype, acc_dtype)),
+                               {"BLOCK": BLOCK}, num_warps=4)
     index_, src_ = (t.reshape(1) if t.dim() == 0 else t for t in (index, src))  # 0-dim: one element
     acc_strides = list(acc.stride()) or [1]
     dim_stride, acc_strides[dim] = acc_strides[dim], 0
     wide = max(sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))  # largest element offset
                for t in (index_, src_, acc)) >= 2 ** 31 - BLOCK
     m = index.numel()
-    _scatter_kernel[(cdiv(m, BLOCK),)](index_, src_, acc, count, m, tuple(index_.shape), tuple(index_.stride()),
-                                              tuple(src_.stride()), tuple(acc_strides), dim_stride,
-                                              (list(x.shape) or [1])[dim], REDUCE=reduce, COUNT=count_needed,
-                                              KEYS=keys, RANK=index_.dim(), WIDE=wide, BLOCK=BLOCK, num_warps=4,
-                                              FLAT=index_.is_contiguous() and src_.is_contiguous()
-                                              and index_.shape == src_.shape)
+    launcher(_scatter_kernel)(
+        None, (cdiv(m, BLOCK),), (index_, src_, acc, count, m, tuple(index_.shape), tuple(index_.stride()),
+                                  tuple(src_.stride()), tuple(acc_strides), dim_stride, (list(x.shape) or [1])[dim]),
+        {"REDUCE": reduce, "COUNT": count_needed, "KEYS": keys, "RANK": index_.dim(),
+         "FLAT": index_.is_contiguous() and src_.is_contiguous() and index_.shape == src_.shape, "WIDE": wide,
+         "BLOCK": BLOCK}, num_warps=4)
     target = out if out.is_contiguous() else torch.empty_like(x, memory_format=torch.contiguous_format)
-    _finish_kernel[(cdiv(n, BLOCK),)](x.contiguous(), acc, count, target, n, REDUCE=reduce,
-                                             INCLUDE_SELF=include_self, COUNT=count_needed, KEYS=keys, BLOCK=BLOCK,
-                                             num_warps=4)
+    launcher(_finish_kernel)(None, (cdiv(n, BLOCK),), (x.contiguous(), acc, count, target, n),
+                             {"REDUCE": reduce, "INCLUDE_SELF": include_self, "COUNT": count_needed, "KEYS": keys,
+                              "BLOCK": BLOCK}, num_warps=4)
     if target is not out:
         out.copy_(target)
     return out
