@@ -75,7 +75,7 @@ for spec in "$@"; do
     embedding-probe) run_stage $name $secs python3 scripts/embedding_probe.py ;;
     launch-cache-tests) run_stage $name $secs python3 -m pytest -q -n 14 -p no:cacheprovider tests/ops/test_launch_cache.py \
       tests/ops/challenge/test_{conv_transpose2d,channels_copy,smooth_l1_loss,grid_sample,pixel_shuffle,pixel_unshuffle}.py \
-      tests/ops/challenge/test_{avg_pool3d,max_pool3d,scatter_reduce,asinh,cosh,gcd,leaky_relu,log10,logaddexp}.py ;;
+      tests/ops/challenge/test_{avg_pool3d,max_pool3d,scatter_reduce,asinh,cosh,gcd,leaky_relu,log10,logaddexp,tril}.py ;;
     *) summary+=("$name: unknown stage") ;;
   esac
   tar czf "$OUT/results.tgz" -C "$RES" .
