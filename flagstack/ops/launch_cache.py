@@ -6,16 +6,18 @@ and hashes the result. For conv_transpose2d's ~40 arguments that cost more Pytho
 host than its whole kernel runs on the GPU (scripts/host_overhead.py: 108 us of host time per call
 against 9.4 us of GPU time on the small core shape; torch's conv takes 18 us of host time). A wrapper
 that already knows everything the specialization depends on (shapes, strides, dtypes, which pointers
-are aligned) can key the compiled kernel by that and launch it directly the next time. FlagGems'
-LibEntry and vLLM's jit cache cut the same cost by inspecting the arguments themselves; here the caller
-builds the key, which keeps this file small and the key explicit where the arguments are made.
+are aligned) can key the compiled kernel by that and launch it directly the next time, through the
+compiled kernel's C launcher. FlagGems' LibEntry and vLLM's jit cache cut the same cost.
 
-The caller's key must fix every value Triton specializes on: each run-time integer (or a function
-of the key, such as a stride of a tensor the wrapper allocates), each pointer's dtype and alignment,
-the constexprs and launch options. A caller may instead pass no key and have one read off the
-arguments (launch_key: a short loop, cheaper than Triton's binding). Under TRITON_INTERPRET=1 nothing is
-cached: the interpreter runs every launch. Nor before Triton 3.3, whose compiled kernels took only the run-time arguments (from 3.3 on
-they take every parameter, constexprs included, which is what the direct launch passes).
+A key comes from the caller, who knows the shapes and layouts (conv_transpose2d keys its whole call plan
+that way), or is read off the arguments (`launch_key`: a short loop over them, cheaper than Triton's
+binding; the pointwise ops, pools, tril, pixel_shuffle and scatter_reduce use it). A caller's key must
+fix every value Triton specializes on: each run-time integer (or a function of the key, such as a stride
+of a tensor the wrapper allocates), each pointer's dtype and alignment, the constexprs and launch options.
+
+Under TRITON_INTERPRET=1 nothing is cached: the interpreter runs every launch. Nor before Triton 3.3,
+whose compiled kernels took only the run-time arguments (from 3.3 on they take every parameter,
+constexprs included, which is what the direct launch passes).
 """
 from __future__ import annotations
 

@@ -70,6 +70,7 @@ CORE_SHAPES: dict[str, list[tuple[int, int, torch.dtype]]] = {
 }
 HOST_SYNC = {"ctc_loss", "svd"}  # ctc_loss (both) read the lengths on the host; torch's cuSOLVER svd may check
 ROUNDS = 3  # timing rounds per core shape (the best is kept)
+NO_CUDA_NOTE = "speed not measured: no CUDA device"
 TARGET_MIN, TARGET_GEOMEAN = 0.9, 1.2  # speedup over torch: every core shape, and their geomean
 
 
@@ -240,8 +241,8 @@ def score(ops: list[str] | None = None, *, tests: bool = True, speed: bool = Tru
                           + (", tests to come" if tests else ""), note=note)
     if tests:
         run_tests(scores, test_dir, workers)
-    if speed and device != "cuda":
-        note = "; ".join(filter(None, [note, "speed not measured: no CUDA device"]))
+    if speed and device != "cuda" and NO_CUDA_NOTE not in (note or ""):
+        note = "; ".join(filter(None, [note, NO_CUDA_NOTE]))
     return scores, write_reports(report(), out_dir, note=note)
 
 
