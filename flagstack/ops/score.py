@@ -83,19 +83,22 @@ class OpScore:
     covered: set = field(default_factory=set)  # categories with a passing test
     gpu_only: set = field(default_factory=set)  # categories whose tests were all skipped here
     speed: list = field(default_factory=list)  # one dict per core shape
+    tested: bool = False  # whether this report ran the op's tests (a speed-only report did not)
 
     def checklist(self) -> dict[str, str]:
-        """Category -> 'yes', 'skipped' (tests exist, none ran here), 'n/a' (NOT_APPLICABLE) or 'missing'."""
+        """Category -> 'yes', 'skipped' (tests exist, none ran here), 'n/a' (NOT_APPLICABLE), 'missing', or
+        'not run' for every applicable category when the report ran no tests."""
         absent = NOT_APPLICABLE.get(self.op, {})
-        return {c: "yes" if c in self.covered else "skipped" if c in self.gpu_only else "n/a" if c in absent
-                else "missing" for c in CATEGORIES}
+        return {c: "n/a" if c in absent else "not run" if not self.tested else "yes" if c in self.covered
+                else "skipped" if c in self.gpu_only else "missing" for c in CATEGORIES}
 
     def summary(self) -> dict:
         """One row of the summary table: tests, checklist, speedups and whether targets are met."""
         checklist = self.checklist()
         applicable = [v for v in checklist.values() if v != "n/a"]
-        row = {"op": self.op, "passed": self.passed, "failed": self.failed, "skipped": self.skipped,
-               "categories": f"{applicable.count('yes')}/{len(applicable)}"}
+        counts = (self.passed, self.failed, self.skipped) if self.tested else (None, None, None)
+        row = {"op": self.op, **dict(zip(("passed", "failed", "skipped"), counts)),
+               "categories": f"{applicable.count('yes')}/{len(applicable)}" if self.tested else "not run"}
         torch_x = [r["speedup"] for r in self.speed if r.get("speedup")]
         fg_x = [r["vs_flaggems"] for r in self.speed if r.get("vs_flaggems")]
         row["min_speedup"] = min(torch_x) if torch_x else None
@@ -153,6 +156,8 @@ def run_tests(scores: dict[str, OpScore], test_dir: Path = TEST_DIR, workers: in
     files = [str(test_dir / f"test_{op}.py") for op in scores if (test_dir / f"test_{op}.py").exists()]
     if not files:
         return
+    for op in scores:
+        scores[op].tested = (test_dir / f"test_{op}.py").exists()
     common = ["-q", "-p", "no:cacheprovider", "--no-header", "-W", "ignore::pytest.PytestUnknownMarkWarning"]
     collector = _Collector(scores)
     if workers > 1:  # xdist collects in its workers: read the categories in a collect-only pass here first
@@ -268,9 +273,10 @@ def previous_scores(out_dir: str | Path) -> dict[str, OpScore]:
     scores = {}
     for op, entry in body["ops"].items():
         row, checklist = rows[op], entry["checklist"]
-        scores[op] = OpScore(op, row["passed"], row["failed"], row["skipped"],
-                             covered={c for c, v in checklist.items() if v == "yes"},
-                             gpu_only={c for c, v in checklist.items() if v == "skipped"}, speed=entry["speed"])
+        counts = [row[k] or 0 for k in ("passed", "failed", "skipped")]  # None: the report ran no tests
+        scores[op] = OpScore(op, *counts, covered={c for c, v in checklist.items() if v == "yes"},
+                             gpu_only={c for c, v in checklist.items() if v == "skipped"}, speed=entry["speed"],
+                             tested=sum(counts) > 0)
     return scores
 
 

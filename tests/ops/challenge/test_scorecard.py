@@ -36,15 +36,16 @@ def test_run_tests_counts_outcomes_and_categories(tmp_path):
     assert checklist["large"] == "skipped" and checklist["out"] == "missing"
     assert fake.summary()["categories"] == f"2/{len(CATEGORIES)}"
     assert scores["absent"].passed == 0  # an op without a test file is scored, not an error
+    assert fake.tested and not scores["absent"].tested
 
 
 def test_categories_an_op_cannot_have_count_neither_way():
     # roll has no in-place form in ATen: "n/a", and left out of the count; a category it lacks stays "missing"
     assert not hasattr(torch.Tensor, "roll_")
-    roll = OpScore("roll", covered={"small", "out"})
+    roll = OpScore("roll", covered={"small", "out"}, tested=True)
     assert roll.checklist()["inplace"] == "n/a" and roll.checklist()["empty"] == "missing"
     assert roll.summary()["categories"] == f"2/{len(CATEGORIES) - 1}"
-    log10 = OpScore("log10", covered={"inplace"})
+    log10 = OpScore("log10", covered={"inplace"}, tested=True)
     assert log10.checklist()["inplace"] == "yes" and log10.checklist()["params"] == "n/a"
 
 
@@ -67,7 +68,8 @@ def test_summary_speed_targets():
 
 
 def test_write_reports(tmp_path):
-    s = OpScore("log10", passed=3, covered={"small"}, speed=[{"op": "log10", "shape": "4x4", "speedup": 1.3}])
+    s = OpScore("log10", passed=3, covered={"small"}, speed=[{"op": "log10", "shape": "4x4", "speedup": 1.3}],
+                tested=True)
     paths = write_reports({"log10": s}, tmp_path, note="a note")
     body = json.loads(paths[0].read_text())
     assert body["summary"][0]["op"] == "log10" and body["meta"]["note"] == "a note"
@@ -123,9 +125,20 @@ def test_speed_written_as_it_goes_and_resumed(tmp_path, monkeypatch):
 
 def test_what_a_run_skips_stays_as_measured_before(tmp_path):
     earlier = OpScore("log10", passed=5, failed=1, covered={"small"}, gpu_only={"large"},
-                      speed=[{"op": "log10", "shape": "4x4", "speedup": 1.3}])
+                      speed=[{"op": "log10", "shape": "4x4", "speedup": 1.3}], tested=True)
     write_reports({"log10": earlier}, tmp_path)
     scores, _ = score(["log10"], tests=False, speed=False, out_dir=tmp_path)
     again = scores["log10"]
     assert (again.passed, again.failed, again.covered, again.gpu_only) == (5, 1, {"small"}, {"large"})
     assert again.speed == earlier.speed
+
+
+def test_a_speed_only_report_says_its_tests_were_not_run(tmp_path):
+    write_reports({"log10": OpScore("log10", speed=[{"op": "log10", "shape": "4x4", "speedup": 1.3}])}, tmp_path)
+    (report,) = tmp_path.glob("score-*.json")
+    body = json.loads(report.read_text())
+    row, checklist = body["summary"][0], body["ops"]["log10"]["checklist"]
+    assert (row["passed"], row["failed"], row["categories"]) == (None, None, "not run")  # not "0 passed"
+    assert checklist["small"] == "not run" and checklist["params"] == "n/a"
+    scores, _ = score(["log10"], tests=False, speed=False, out_dir=tmp_path)
+    assert not scores["log10"].tested  # read back as untested, not as zero tests
