@@ -82,17 +82,20 @@ def _direct_launch(compiled, trailing: tuple):
     """A function (grid, args, device) that relaunches `compiled`. Where Triton's launcher needs no scratch
     memory it calls the launcher's C entry point itself: CompiledKernel's own [grid] path costs ~15 us of
     Python a call on a slow host (a stream lookup, launch metadata, a scratch check per call)."""
+    def through_triton(grid, args, device) -> None:
+        compiled[(*grid, 1, 1)[:3]](*args, *trailing)
+
     run = compiled.run  # loads the binary on first use
     if (getattr(run, "launch", None) is None or run.global_scratch_size or run.profile_scratch_size
             or not hasattr(triton, "knobs")):
-        return lambda grid, args, device: compiled[(*grid, 1, 1)[:3]](*args, *trailing)
+        return through_triton
     launch, function, metadata = run.launch, compiled.function, compiled.packed_metadata
     cooperative, pdl = run.launch_cooperative_grid, run.launch_pdl
     stream_of = _stream_getter()
 
     def relaunch(grid, args, device) -> None:
         if _listened():  # a profiler listens: Triton's own path calls its hooks
-            compiled[(*grid, 1, 1)[:3]](*args, *trailing)
+            through_triton(grid, args, device)
             return
         x, y, z = (*grid, 1, 1)[:3]
         launch(x, y, z, stream_of(device), function, cooperative, pdl, None, None, metadata, None, None, None,
@@ -124,7 +127,13 @@ class CachedLauncher:
             remember(self._compiled, (key, device), _direct_launch(compiled, tuple(constexprs[n] for n in names)))
 
 
-@functools.cache
+_LAUNCHERS: dict[int, CachedLauncher] = {}
+
+
 def launcher(kernel) -> CachedLauncher:
-    """The one CachedLauncher of `kernel`, for wrappers that choose their kernel per call."""
-    return CachedLauncher(kernel)
+    """The one CachedLauncher of `kernel`, for wrappers that choose their kernel per call. Looked up by id:
+    a JITFunction hashes through its locked cache_key property, a cost on every launch."""
+    found = _LAUNCHERS.get(id(kernel))
+    if found is None:  # the launcher holds the kernel, so no other object can take its id
+        found = _LAUNCHERS[id(kernel)] = CachedLauncher(kernel)
+    return found

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from flagstack.ops import launch_cache
-from flagstack.ops.launch_cache import CachedLauncher, launch_key
+from flagstack.ops.launch_cache import CachedLauncher, launch_key, launcher
 
 
 class FakeCompiled:
@@ -117,3 +117,9 @@ def test_no_key_means_one_read_off_the_arguments(key):
         launch(key, (1,), ("x", n), {"BLOCK": 1, "FLAG": 0})
     # a given key is trusted to fix n; without one, n = 17 is a new key
     assert [entry[0] for entry in kernel.log] == (["jit", "cached", "cached"] if key else ["jit", "cached", "jit"])
+
+
+def test_launcher_is_one_per_kernel():
+    first, second = FakeKernel(), FakeKernel()
+    assert launcher(first) is launcher(first) and launcher(first) is not launcher(second)
+    assert launcher(first).kernel is first
