@@ -153,11 +153,14 @@ def run_tests(scores: dict[str, OpScore], test_dir: Path = TEST_DIR, workers: in
     `workers` pytest-xdist processes (Triton compiles dominate the GPU matrix and run on the CPU cores)."""
     import pytest
 
-    files = [str(test_dir / f"test_{op}.py") for op in scores if (test_dir / f"test_{op}.py").exists()]
+    files = []
+    for op, op_score in scores.items():
+        path = test_dir / f"test_{op}.py"
+        op_score.tested = path.exists()
+        if op_score.tested:
+            files.append(str(path))
     if not files:
         return
-    for op in scores:
-        scores[op].tested = (test_dir / f"test_{op}.py").exists()
     common = ["-q", "-p", "no:cacheprovider", "--no-header", "-W", "ignore::pytest.PytestUnknownMarkWarning"]
     collector = _Collector(scores)
     if workers > 1:  # xdist collects in its workers: read the categories in a collect-only pass here first
@@ -222,8 +225,9 @@ def score(ops: list[str] | None = None, *, tests: bool = True, speed: bool = Tru
     unknown = [op for op in ops if op not in CORE_SHAPES]
     if unknown:
         raise ValueError(f"ops must be challenge ops ({', '.join(CORE_SHAPES)}), got {', '.join(unknown)}")
-    earlier = previous_scores(out_dir)
-    note = note or previous_note(out_dir)
+    earlier_report = _previous_report(out_dir)
+    earlier = _scores_of(earlier_report)
+    note = note or earlier_report["meta"].get("note")
     scores = {op: OpScore(op) for op in ops}
     for op in set(ops) & set(earlier):
         if not tests:
@@ -257,18 +261,13 @@ def report_stem(out_dir: str | Path) -> Path:
 
 
 def _previous_report(out_dir: str | Path) -> dict:
+    """Today's report for this device as written (an empty one if there is none)."""
     path = report_stem(out_dir).with_suffix(".json")
     return json.loads(path.read_text()) if path.exists() else {"meta": {}, "summary": [], "ops": {}}
 
 
-def previous_note(out_dir: str | Path) -> str | None:
-    """The note in today's report for this device, if it has one."""
-    return _previous_report(out_dir)["meta"].get("note")
-
-
-def previous_scores(out_dir: str | Path) -> dict[str, OpScore]:
-    """Today's report for this device read back, one score per op (empty if there is none)."""
-    body = _previous_report(out_dir)
+def _scores_of(body: dict) -> dict[str, OpScore]:
+    """A report read back (_previous_report), one score per op."""
     rows = {row["op"]: row for row in body["summary"]}
     scores = {}
     for op, entry in body["ops"].items():
