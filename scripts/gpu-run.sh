@@ -20,7 +20,7 @@ run_stage() {  # name seconds command...
 for spec in "$@"; do
   name=${spec%%:*}; secs=${spec#*:}; [ "$secs" = "$spec" ] && secs=300
   case $name in
-    ops-tests) run_stage $name $secs python3 -m pytest -q -p no:cacheprovider tests/ops --ignore=tests/ops/challenge ;;
+    ops-tests) run_stage $name $secs python3 -m pytest -q -n 8 -p no:cacheprovider tests/ops --ignore=tests/ops/challenge ;;
     challenge-tests) run_stage $name $secs python3 -m pytest -q -n 8 -p no:cacheprovider tests/ops/challenge ;;
     challenge-new) run_stage $name $secs python3 -m pytest -v -p no:cacheprovider \
       tests/ops/challenge/test_{conv_transpose2d,smooth_l1_loss,pixel_shuffle,pixel_unshuffle,avg_pool3d,max_pool3d,grid_sample}.py ;;

@@ -32,6 +32,7 @@ import triton.language as tl
 
 from flagstack.ops.checks import FLOAT_DTYPES, check_tensor, rows_view
 from flagstack.ops.host import cdiv
+from flagstack.ops.launch_cache import launch
 from flagstack.ops.pdl import pdl_launch, pdl_wait
 from flagstack.ops.registry import BenchCase, register, register_aten
 
@@ -123,9 +124,8 @@ def _gated_triton(x: torch.Tensor, act: str) -> torch.Tensor:
     if out.numel() > 0:
         # the input's largest offset bounds every offset the kernel forms (row * stride + col + n)
         flags = _launch_flags(out.numel(), rows.shape[0] * rows.stride(0) + 2 * n)
-        _gated_kernel[(cdiv(out.numel(), _BLOCK),)](rows, out, out.numel(), n, rows.stride(0), ACT=_ACT_ID[act],
-                                                    BLOCK=_BLOCK, num_warps=_WARPS, **pdl_launch(x.device),
-                                                    **flags)
+        launch(_gated_kernel, (cdiv(out.numel(), _BLOCK),), rows, out, out.numel(), n, rows.stride(0), ACT=_ACT_ID[act],
+               BLOCK=_BLOCK, num_warps=_WARPS, **pdl_launch(x.device), **flags)
     return out.view(*x.shape[:-1], n)
 
 
@@ -133,8 +133,8 @@ def _pointwise_triton(x: torch.Tensor, act: str) -> torch.Tensor:
     x = x.contiguous()
     out = torch.empty_like(x)
     if x.numel() > 0:
-        _pointwise_kernel[(cdiv(x.numel(), _BLOCK),)](x, out, x.numel(), ACT=_ACT_ID[act], BLOCK=_BLOCK,
-                                                      num_warps=_WARPS, **_launch_flags(x.numel(), x.numel()))
+        launch(_pointwise_kernel, (cdiv(x.numel(), _BLOCK),), x, out, x.numel(), ACT=_ACT_ID[act], BLOCK=_BLOCK,
+               num_warps=_WARPS, **_launch_flags(x.numel(), x.numel()))
     return out
 
 

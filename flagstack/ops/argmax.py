@@ -14,6 +14,7 @@ import triton.language as tl
 
 from flagstack.ops.checks import FLOAT_DTYPES, check_tensor, rows_view
 from flagstack.ops.host import cdiv, next_power_of_2, sm_count
+from flagstack.ops.launch_cache import launch
 from flagstack.ops.registry import BenchCase, register, register_aten
 
 NO_INDEX = tl.constexpr(2147483647)
@@ -129,14 +130,14 @@ def argmax_rows(rows: torch.Tensor, splits: int | None = None, block: int = BLOC
     span = cdiv(cdiv(n_cols, splits), block) * block
     splits = cdiv(n_cols, span)
     if splits == 1:
-        _argmax_kernel[(1, n_rows)](rows, out, out, n_cols, rows.stride(0), span, WRITE_VALUE=False,
-                                    LANES=False, BLOCK=block, num_warps=warps_for(block))
+        launch(_argmax_kernel, (1, n_rows), rows, out, out, n_cols, rows.stride(0), span, WRITE_VALUE=False,
+               LANES=False, BLOCK=block, num_warps=warps_for(block))
         return out
     values = torch.empty(n_rows, splits, dtype=torch.float32, device=rows.device)
     indices = torch.empty(n_rows, splits, dtype=torch.int64, device=rows.device)
-    _argmax_kernel[(splits, n_rows)](rows, values, indices, n_cols, rows.stride(0), span, WRITE_VALUE=True,
-                                     LANES=True, BLOCK=block, num_warps=warps_for(block))
-    argmax_combine_kernel[(n_rows,)](values, indices, out, splits, SPLITS=next_power_of_2(splits))
+    launch(_argmax_kernel, (splits, n_rows), rows, values, indices, n_cols, rows.stride(0), span, WRITE_VALUE=True,
+           LANES=True, BLOCK=block, num_warps=warps_for(block))
+    launch(argmax_combine_kernel, (n_rows,), values, indices, out, splits, SPLITS=next_power_of_2(splits))
     return out
 
 

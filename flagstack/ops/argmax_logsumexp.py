@@ -24,6 +24,7 @@ import triton.language as tl
 from flagstack.ops.argmax import NO_INDEX, argmax_result, argmax_update, num_splits, warps_for
 from flagstack.ops.checks import check_tensor
 from flagstack.ops.host import cdiv, next_power_of_2
+from flagstack.ops.launch_cache import launch
 from flagstack.ops.registry import BenchCase, register
 from flagstack.ops.softmax import LOG2E
 
@@ -123,17 +124,17 @@ def argmax_logsumexp_triton(logits: torch.Tensor, splits: int | None = None,
     splits = cdiv(n_cols, span)
     warps = warps_for(step)
     if splits == 1:
-        _span_kernel[(1, n_rows)](logits, ids, lse, lse, lse, ids, ids, n_cols, logits.stride(0), span,
-                                  PARTIALS=False, SUB=sub, LANES=lanes, num_warps=warps)
+        launch(_span_kernel, (1, n_rows), logits, ids, lse, lse, lse, ids, ids, n_cols, logits.stride(0), span,
+               PARTIALS=False, SUB=sub, LANES=lanes, num_warps=warps)
         return ids, lse
     part_f = torch.empty(2, n_rows, splits, dtype=torch.float32, device=logits.device)
     part_i = torch.empty(2, n_rows, splits, dtype=torch.int32, device=logits.device)
-    _span_kernel[(splits, n_rows)](logits, ids, lse, part_f[0], part_f[1], part_i[0], part_i[1], n_cols,
-                                   logits.stride(0), span, PARTIALS=True, SUB=sub, LANES=lanes, num_warps=warps)
+    launch(_span_kernel, (splits, n_rows), logits, ids, lse, part_f[0], part_f[1], part_i[0], part_i[1], n_cols,
+           logits.stride(0), span, PARTIALS=True, SUB=sub, LANES=lanes, num_warps=warps)
     # one compiled variant for every batch size up to a 262,144-column vocab: a SPLITS that followed the
     # row count compiled anew for each new batch size (~0.7 s lost in an H100 engine run)
-    _combine_kernel[(n_rows,)](part_f[0], part_f[1], part_i[0], part_i[1], ids, lse, splits,
-                               SPLITS=max(64, next_power_of_2(splits)))
+    launch(_combine_kernel, (n_rows,), part_f[0], part_f[1], part_i[0], part_i[1], ids, lse, splits,
+           SPLITS=max(64, next_power_of_2(splits)))
     return ids, lse
 
 

@@ -17,6 +17,7 @@ import triton.language as tl
 
 from flagstack.ops.checks import FLOAT_DTYPES, check_same_device, check_tensor
 from flagstack.ops.host import cdiv, row_tile
+from flagstack.ops.launch_cache import launch
 from flagstack.ops.registry import BenchCase, register, register_aten
 
 ID_DTYPES = (torch.int32, torch.int64)
@@ -46,8 +47,8 @@ def embedding_triton(ids: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         # 49K tiny programs at 4096 ids and reached 80% of copy speed
         block_t, block_d = row_tile(n_cols, 4096)
         grid = (cdiv(flat.shape[0], block_t), cdiv(n_cols, block_d))
-        _embedding_kernel[grid](flat, weight, out, flat.shape[0], weight.shape[0], n_cols, weight.stride(0),
-                                BLOCK_T=block_t, BLOCK_D=block_d, num_warps=8)
+        launch(_embedding_kernel, grid, flat, weight, out, flat.shape[0], weight.shape[0], n_cols, weight.stride(0),
+               BLOCK_T=block_t, BLOCK_D=block_d, num_warps=8)
     return out.view(*ids.shape, n_cols)
 
 

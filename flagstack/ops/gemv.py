@@ -23,6 +23,7 @@ import triton.language as tl
 from flagstack.ops.activation import _activate
 from flagstack.ops.checks import check_same_device, check_tensor
 from flagstack.ops.host import cdiv, sm_count
+from flagstack.ops.launch_cache import launch
 from flagstack.ops.pdl import pdl_launch, pdl_wait
 from flagstack.ops.registry import BenchCase, register
 
@@ -88,10 +89,9 @@ def _gemv(x: torch.Tensor, weight: torch.Tensor, silu_mul: bool, config: dict | 
     xv = x.reshape(x.shape[-1])
     xv = xv if xv.stride(0) == 1 else xv.contiguous()
     w = weight if weight.stride(1) == 1 else weight.contiguous()
-    _gemv_kernel[(cdiv(n, cfg["BLOCK_N"]),)](xv, w, out, n, k, w.stride(0), BLOCK_N=cfg["BLOCK_N"],
-                                             BLOCK_K=cfg["BLOCK_K"], SILU_MUL=silu_mul,
-                                             **pdl_launch(x.device), num_warps=cfg["num_warps"],
-                                             num_stages=cfg["num_stages"])
+    launch(_gemv_kernel, (cdiv(n, cfg["BLOCK_N"]),), xv, w, out, n, k, w.stride(0), BLOCK_N=cfg["BLOCK_N"],
+           BLOCK_K=cfg["BLOCK_K"], SILU_MUL=silu_mul, **pdl_launch(x.device), num_warps=cfg["num_warps"],
+           num_stages=cfg["num_stages"])
     return out
 
 

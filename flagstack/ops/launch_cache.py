@@ -11,7 +11,7 @@ compiled kernel's C launcher. FlagGems' LibEntry and vLLM's jit cache cut the sa
 
 A key comes from the caller, who knows the shapes and layouts (conv_transpose2d keys its whole call plan
 that way), or is read off the arguments (`launch_key`: a short loop over them, cheaper than Triton's
-binding; the pointwise ops, pools, tril, pixel_shuffle and scatter_reduce use it). A caller's key must
+binding; the LLM ops, pointwise ops, pools, tril, pixel_shuffle and scatter_reduce use it). A caller's key must
 fix every value Triton specializes on: each run-time integer (or a function of the key, such as a stride
 of a tensor the wrapper allocates), each pointer's dtype and alignment, the constexprs and launch options.
 
@@ -50,11 +50,23 @@ def _has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def launch_key(args: tuple, constexprs: dict, options: dict) -> tuple:
+def launch_key(args: tuple, constexprs: dict, options: dict, loose: frozenset[int] = frozenset()) -> tuple:
     """A key fixing all that Triton specializes a launch on, read off the arguments themselves: each
     tensor's dtype and 16-byte alignment, each integer's (and bool's) value (Triton looks at its width,
-    whether it is 1 and whether 16 divides it), floats by type only, tuples element by element."""
+    whether it is 1 and whether 16 divides it), floats by type only, tuples element by element. Integers at
+    the `loose` positions (a kernel's do_not_specialize parameters) count by width only, so a token count
+    that changes every step keeps one key."""
+    if loose:
+        return (tuple(_int_width(a) if i in loose and type(a) is int else _arg_key(a) for i, a in enumerate(args)),
+                tuple(constexprs.items()), tuple(options.items()))
     return (tuple(_arg_key(a) for a in args), tuple(constexprs.items()), tuple(options.items()))
+
+
+def _int_width(value: int) -> str:
+    """The integer type Triton gives an unspecialized integer argument."""
+    if -2**31 <= value < 2**31:
+        return "i32"
+    return "u64" if value >= 2**63 else "i64"
 
 
 def _arg_key(arg):
@@ -109,22 +121,35 @@ class CachedLauncher:
     def __init__(self, kernel) -> None:
         self.kernel = kernel
         self._compiled: dict = {}
+        params = getattr(kernel, "params", ())  # the interpreter's kernels have none (and are never cached)
+        self._loose = frozenset(i for i, p in enumerate(params) if p.do_not_specialize)
+        self._defaults = {p.name: p.default for p in params if p.has_default}
+        self._names = frozenset(kernel.arg_names)
 
     def __call__(self, key, grid: tuple[int, ...], args: tuple, constexprs: dict, **options) -> None:
         """kernel[grid](*args, **constexprs, **options), the compiled kernel looked up by (key, device); a key
         of None is made from the arguments (launch_key)."""
         if key is None:
-            key = launch_key(args, constexprs, options)
+            key = launch_key(args, constexprs, options, self._loose)
         device = torch.cuda.current_device() if _has_cuda() else None  # a binary is loaded per device
         relaunch = self._compiled.get((key, device))
         if relaunch is not None:
             relaunch(grid, args, device)
             return
         compiled = self.kernel[grid](*args, **constexprs, **options)
+        trailing = {**self._defaults, **constexprs}
         names = self.kernel.arg_names[len(args):]
-        # compiled (the interpreter returns none), and every later parameter given (else: no direct launch)
-        if DIRECT_LAUNCH and hasattr(compiled, "packed_metadata") and all(n in constexprs for n in names):
-            remember(self._compiled, (key, device), _direct_launch(compiled, tuple(constexprs[n] for n in names)))
+        # compiled (the interpreter returns none), and every later parameter known (else: no direct launch)
+        if DIRECT_LAUNCH and hasattr(compiled, "packed_metadata") and all(n in trailing for n in names):
+            remember(self._compiled, (key, device), _direct_launch(compiled, tuple(trailing[n] for n in names)))
+
+    def launch(self, grid: tuple[int, ...], *args, **kwargs) -> None:
+        """kernel[grid](*args, **kwargs) with the key read off the arguments: keywords naming a kernel parameter
+        are its constexprs, the others launch options (num_warps, num_stages, launch_pdl)."""
+        constexprs, options = {}, {}
+        for name, value in kwargs.items():
+            (constexprs if name in self._names else options)[name] = value
+        self(None, grid, args, constexprs, **options)
 
 
 _LAUNCHERS: dict[int, CachedLauncher] = {}
@@ -137,3 +162,8 @@ def launcher(kernel) -> CachedLauncher:
     if found is None:  # the launcher holds the kernel, so no other object can take its id
         found = _LAUNCHERS[id(kernel)] = CachedLauncher(kernel)
     return found
+
+
+def launch(kernel, grid: tuple[int, ...], *args, **kwargs) -> None:
+    """kernel[grid](*args, **kwargs) through the kernel's CachedLauncher (see CachedLauncher.launch)."""
+    launcher(kernel).launch(grid, *args, **kwargs)

@@ -25,6 +25,7 @@ import triton.language as tl
 from flagstack.ops.attention.kv_write import store_kv, store_kv_reference
 from flagstack.ops.checks import check_same_device, check_tensor
 from flagstack.ops.host import cdiv, next_power_of_2
+from flagstack.ops.launch_cache import launch
 from flagstack.ops.pdl import pdl_launch, pdl_wait
 from flagstack.ops.registry import BenchCase, register
 from flagstack.ops.rms_norm import rms_norm_reference
@@ -122,11 +123,11 @@ def qk_norm_rope_triton(q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor
     grid = (tokens, cdiv(qh.shape[1], block_h) + cdiv(kh.shape[1], block_h))
     store_kv_on = v is not None
     store_args = _store_kv_args(v, k_cache, v_cache, slot_mapping, head_size) if store_kv_on else (None,) * 4 + (0,) * 8
-    _qk_norm_rope_kernel[grid](positions, qh, kh, q_weight.contiguous(), k_weight.contiguous(), cos_sin_cache,
-                               qh.shape[1], kh.shape[1], qh.stride(0), qh.stride(1), kh.stride(0), kh.stride(1),
-                               cos_sin_cache.stride(0), half, eps, *store_args, IS_NEOX=is_neox, BLOCK_H=block_h,
-                               BLOCK_D=block_d, STORE_KV=store_kv_on,
-                               BLOCK_SIZE=k_cache.shape[1] if store_kv_on else 1, num_warps=4, **pdl_launch(q.device))
+    launch(_qk_norm_rope_kernel, grid, positions, qh, kh, q_weight.contiguous(), k_weight.contiguous(), cos_sin_cache,
+           qh.shape[1], kh.shape[1], qh.stride(0), qh.stride(1), kh.stride(0), kh.stride(1),
+           cos_sin_cache.stride(0), half, eps, *store_args, IS_NEOX=is_neox, BLOCK_H=block_h,
+           BLOCK_D=block_d, STORE_KV=store_kv_on,
+           BLOCK_SIZE=k_cache.shape[1] if store_kv_on else 1, num_warps=4, **pdl_launch(q.device))
     return q, k
 
 

@@ -26,6 +26,7 @@ import triton.language as tl
 
 from flagstack.ops.checks import check_last_dim, check_same_device, check_tensor, rows_view
 from flagstack.ops.host import cdiv, next_power_of_2
+from flagstack.ops.launch_cache import launch
 from flagstack.ops.pdl import pdl_launch, pdl_wait
 from flagstack.ops.registry import BenchCase, register, register_aten
 
@@ -72,10 +73,10 @@ def _launch(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor
     num_warps = min(max(block_m * block_n // 256, 1), max_warps)
     r = residual if residual is not None else x
     weight = weight.contiguous() if weight is not None else None
-    _rms_norm_kernel[(cdiv(n_rows, block_m),)](
-        x, r, weight if weight is not None else x, out, n_rows, n_cols, x.stride(0), r.stride(0),
-        out.stride(0), eps, HAS_RESIDUAL=residual is not None, HAS_WEIGHT=weight is not None,
-        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps, **pdl_launch(x.device))
+    launch(_rms_norm_kernel, (cdiv(n_rows, block_m),),
+           x, r, weight if weight is not None else x, out, n_rows, n_cols, x.stride(0), r.stride(0),
+           out.stride(0), eps, HAS_RESIDUAL=residual is not None, HAS_WEIGHT=weight is not None,
+           BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps, **pdl_launch(x.device))
 
 
 def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:

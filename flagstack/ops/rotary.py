@@ -26,6 +26,7 @@ import triton.language as tl
 
 from flagstack.ops.checks import check_same_device, check_tensor
 from flagstack.ops.host import cdiv, next_power_of_2
+from flagstack.ops.launch_cache import launch
 from flagstack.ops.registry import BenchCase, register
 
 INT_DTYPES = (torch.int32, torch.int64)
@@ -113,10 +114,9 @@ def rotary_embedding_triton(positions: torch.Tensor, q: torch.Tensor, k: torch.T
     block_d = next_power_of_2(half)
     block_hq, block_hk = max(1, next_power_of_2(qh.shape[1])), max(1, next_power_of_2(kh.shape[1]))
     warps = _warps(block_hq + block_hk, block_d)
-    _rotary_kernel[(tokens,)](positions, qh, kh, cos_sin_cache, qh.shape[1], kh.shape[1], qh.stride(0),
-                              qh.stride(1), kh.stride(0), kh.stride(1), cos_sin_cache.stride(0), half,
-                              IS_NEOX=is_neox, BLOCK_HQ=block_hq, BLOCK_HK=block_hk, BLOCK_D=block_d,
-                              num_warps=warps)
+    launch(_rotary_kernel, (tokens,), positions, qh, kh, cos_sin_cache, qh.shape[1], kh.shape[1], qh.stride(0),
+           qh.stride(1), kh.stride(0), kh.stride(1), cos_sin_cache.stride(0), half,
+           IS_NEOX=is_neox, BLOCK_HQ=block_hq, BLOCK_HK=block_hk, BLOCK_D=block_d, num_warps=warps)
     return q, k
 
 

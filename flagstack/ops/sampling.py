@@ -40,6 +40,7 @@ from flagstack.ops.argmax import (NO_INDEX, argmax_combine_kernel, argmax_result
                                   num_splits, warps_for)
 from flagstack.ops.checks import check_tensor
 from flagstack.ops.host import cdiv, next_power_of_2
+from flagstack.ops.launch_cache import launch
 from flagstack.ops.registry import BenchCase, register
 from flagstack.ops.softmax import log_softmax
 
@@ -277,12 +278,12 @@ def _fused_thresholds(logits: torch.Tensor, params: torch.Tensor, k_max: int) ->
     rounds = max(1, k_max)  # entries past k_max are never read
     n_chunks = cdiv(vocab, chunk)
     cand = torch.empty(rows, n_chunks * k, dtype=torch.float32, device=logits.device)
-    _chunk_top_kernel[(n_chunks, rows)](logits, cand, vocab, logits.stride(0), CHUNK=chunk, K=k, ROUNDS=rounds,
-                                        num_warps=8 if chunk >= 2048 else 4)
+    launch(_chunk_top_kernel, (n_chunks, rows), logits, cand, vocab, logits.stride(0), CHUNK=chunk, K=k, ROUNDS=rounds,
+           num_warps=8 if chunk >= 2048 else 4)
     threshold = torch.empty(rows, dtype=torch.float32, device=logits.device)
-    _threshold_kernel[(rows,)](cand, params, threshold, n_chunks * k, params.stride(0),
-                               params.stride(1) if params.shape[1] > 1 else 0, K=k,
-                               N_CAND=next_power_of_2(n_chunks * k), ROUNDS=rounds, num_warps=4)
+    launch(_threshold_kernel, (rows,), cand, params, threshold, n_chunks * k, params.stride(0),
+           params.stride(1) if params.shape[1] > 1 else 0, K=k,
+           N_CAND=next_power_of_2(n_chunks * k), ROUNDS=rounds, num_warps=4)
     return threshold
 
 
@@ -310,11 +311,11 @@ def sample_triton(logits: torch.Tensor, temperature: ParamLike = 1.0, top_k: Par
     out = torch.empty(rows, dtype=torch.int64, device=logits.device)
     values = torch.empty(rows, splits, dtype=torch.float32, device=logits.device) if splits > 1 else out
     indices = torch.empty(rows, splits, dtype=torch.int64, device=logits.device) if splits > 1 else out
-    _sample_kernel[(splits, rows)](logits, plan.noise, plan.temperature, plan.threshold, values, indices, vocab,
-                                   logits.stride(0), plan.temperature.stride(0), span, WRITE_VALUE=splits > 1,
-                                   BLOCK=block, num_warps=warps_for(block))
+    launch(_sample_kernel, (splits, rows), logits, plan.noise, plan.temperature, plan.threshold, values, indices, vocab,
+           logits.stride(0), plan.temperature.stride(0), span, WRITE_VALUE=splits > 1,
+           BLOCK=block, num_warps=warps_for(block))
     if splits > 1:
-        argmax_combine_kernel[(rows,)](values, indices, out, splits, SPLITS=next_power_of_2(splits))
+        launch(argmax_combine_kernel, (rows,), values, indices, out, splits, SPLITS=next_power_of_2(splits))
     return out
 
 

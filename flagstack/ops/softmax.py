@@ -29,6 +29,7 @@ import triton.language as tl
 
 from flagstack.ops.checks import FLOAT_DTYPES, check_tensor, rows_view
 from flagstack.ops.host import cdiv, next_power_of_2, sm_count
+from flagstack.ops.launch_cache import launch
 from flagstack.ops.registry import BenchCase, register, register_aten
 
 LOG2E = tl.constexpr(1.4426950408889634)
@@ -137,16 +138,15 @@ def _launch_narrow(x: torch.Tensor, y: torch.Tensor, log: bool) -> None:
     block_n = next_power_of_2(n_cols)
     rows_per_prog = max(1, min(32, 2048 // block_n))  # short rows: several per program
     warps = min(16, max(1, rows_per_prog * block_n // 512))
-    _narrow_kernel[(cdiv(n_rows, rows_per_prog),)](
-        x, y, n_rows, n_cols, x.stride(0), y.stride(0), LOG=log, ROWS=rows_per_prog, BLOCK_N=block_n,
-        num_warps=warps)
+    launch(_narrow_kernel, (cdiv(n_rows, rows_per_prog),),
+           x, y, n_rows, n_cols, x.stride(0), y.stride(0), LOG=log, ROWS=rows_per_prog, BLOCK_N=block_n,
+           num_warps=warps)
 
 
 def _launch_wide(x: torch.Tensor, y: torch.Tensor, log: bool, block: int = LOOP_BLOCK) -> None:
     programs = min(x.shape[0], LOOP_PROGRAMS_PER_SM * sm_count(x.device, cpu=4))
-    _wide_kernel[(programs,)](x, y, x.shape[0], x.shape[1], x.stride(0), y.stride(0), LOG=log, BLOCK=block,
-                              PASS1_POLICY=LOOP_POLICIES[0], PASS2_POLICY=LOOP_POLICIES[1],
-                              num_warps=LOOP_WARPS[log])
+    launch(_wide_kernel, (programs,), x, y, x.shape[0], x.shape[1], x.stride(0), y.stride(0), LOG=log, BLOCK=block,
+           PASS1_POLICY=LOOP_POLICIES[0], PASS2_POLICY=LOOP_POLICIES[1], num_warps=LOOP_WARPS[log])
 
 
 def _launch_split(x: torch.Tensor, y: torch.Tensor, log: bool, block: int = SPLIT_BLOCK) -> None:
@@ -155,9 +155,10 @@ def _launch_split(x: torch.Tensor, y: torch.Tensor, log: bool, block: int = SPLI
     stats = torch.empty(2, n_rows, n_chunks, dtype=torch.float32, device=x.device)
     grid = (n_chunks, n_rows)
     warps = min(16, max(1, block // 512))
-    _split_stats_kernel[grid](x, stats[0], stats[1], n_cols, x.stride(0), n_chunks, BLOCK=block, num_warps=warps)
-    _split_write_kernel[grid](x, y, stats[0], stats[1], n_cols, x.stride(0), y.stride(0), n_chunks, LOG=log,
-                              BLOCK=block, CHUNKS=next_power_of_2(n_chunks), num_warps=warps)
+    launch(_split_stats_kernel, grid, x, stats[0], stats[1], n_cols, x.stride(0), n_chunks, BLOCK=block,
+           num_warps=warps)
+    launch(_split_write_kernel, grid, x, y, stats[0], stats[1], n_cols, x.stride(0), y.stride(0), n_chunks, LOG=log,
+           BLOCK=block, CHUNKS=next_power_of_2(n_chunks), num_warps=warps)
 
 
 def _softmax_triton(x: torch.Tensor, dim: int, dtype: torch.dtype | None, log: bool) -> torch.Tensor:

@@ -123,3 +123,31 @@ def test_launcher_is_one_per_kernel():
     first, second = FakeKernel(), FakeKernel()
     assert launcher(first) is launcher(first) and launcher(first) is not launcher(second)
     assert launcher(first).kernel is first
+
+
+class FakeParam:
+    def __init__(self, name, do_not_specialize=False, default=None):
+        self.name, self.do_not_specialize = name, do_not_specialize
+        self.has_default, self.default = default is not None, default
+
+
+def test_unspecialized_integers_key_by_width_and_defaults_complete_the_constexprs():
+    # n is do_not_specialize (a token count): any 32-bit value reuses the compiled kernel, a 64-bit one does
+    # not; FLAG is left to its default, which the direct launch must pass in its place
+    kernel = FakeKernel()
+    kernel.params = [FakeParam("x"), FakeParam("n", do_not_specialize=True), FakeParam("BLOCK"),
+                     FakeParam("FLAG", default=True)]
+    launch = CachedLauncher(kernel)
+    for n in (3, 4000, 2**40):
+        launch.launch((1,), "x", n, BLOCK=16, num_warps=2)
+    assert kernel.log == [("jit", (1,), ("x", 3), {"BLOCK": 16, "num_warps": 2}),
+                          ("cached", (1, 1, 1), ("x", 4000, 16, True)),
+                          ("jit", (1,), ("x", 2**40), {"BLOCK": 16, "num_warps": 2})]
+
+
+def test_launch_sorts_keywords_into_constexprs_and_options():
+    kernel = FakeKernel()
+    launch_cache.launch(kernel, (2,), "x", 5, BLOCK=8, FLAG=False, num_warps=4, launch_pdl=True)
+    launch_cache.launch(kernel, (3,), "x", 5, BLOCK=8, FLAG=False, num_warps=4, launch_pdl=True)
+    assert kernel.log == [("jit", (2,), ("x", 5), {"BLOCK": 8, "FLAG": False, "num_warps": 4, "launch_pdl": True}),
+                          ("cached", (3, 1, 1), ("x", 5, 8, False))]

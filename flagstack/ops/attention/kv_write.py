@@ -12,6 +12,7 @@ import triton.language as tl
 from flagstack.ops.attention.common import INDEX_DTYPES, check_cache
 from flagstack.ops.checks import check_same_device, check_tensor
 from flagstack.ops.host import cdiv, next_power_of_2
+from flagstack.ops.launch_cache import launch
 from flagstack.ops.pdl import pdl_launch, pdl_wait
 from flagstack.ops.registry import BenchCase, register
 
@@ -48,13 +49,13 @@ def store_kv_triton(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tenso
     if value.stride(-1) != 1:
         value = value.contiguous()
     block_size, kv_heads, head_dim = k_cache.shape[1:]
-    _store_kv_kernel[(key.shape[0],)](
-        key, value, k_cache, v_cache, slot_mapping,
-        key.stride(0), key.stride(1), value.stride(0), value.stride(1),
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
-        kv_heads, BLOCK_SIZE=block_size, HEAD_DIM=head_dim, BLOCK_H=next_power_of_2(kv_heads),
-        num_warps=4 if kv_heads * head_dim >= 1024 else 1, **pdl_launch(key.device))
+    launch(_store_kv_kernel, (key.shape[0],),
+           key, value, k_cache, v_cache, slot_mapping,
+           key.stride(0), key.stride(1), value.stride(0), value.stride(1),
+           k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+           v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+           kv_heads, BLOCK_SIZE=block_size, HEAD_DIM=head_dim, BLOCK_H=next_power_of_2(kv_heads),
+           num_warps=4 if kv_heads * head_dim >= 1024 else 1, **pdl_launch(key.device))
 
 
 def store_kv_reference(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor,

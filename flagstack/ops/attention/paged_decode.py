@@ -24,6 +24,7 @@ from flagstack.ops.attention.common import (check_attention_args, dot_precision,
                                             score_scale, softmax_tile_step)
 from flagstack.ops.attention.varlen import attend
 from flagstack.ops.host import cdiv, next_power_of_2, sm_count
+from flagstack.ops.launch_cache import launch
 from flagstack.ops.pdl import pdl_launch, pdl_wait
 from flagstack.ops.registry import BenchCase, register
 
@@ -179,20 +180,20 @@ def paged_decode_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
     part_sum = torch.empty(parts, dtype=torch.float32, device=q.device)
     qk_scale, cap = score_scale(scale, softcap)
     pdl = pdl_launch(q.device)
-    _paged_decode_kernel[(num_seqs, kv_heads, cfg.num_splits)](
-        q, k_cache, v_cache, seq_lens, block_tables, out, part_out, part_max, part_sum,
-        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0),
-        out.stride(0), out.stride(1), q_heads, cfg.num_splits, qk_scale, cap, sliding_window or 0,
-        GROUP=group, BLOCK_G=max(16, next_power_of_2(group)), HEAD_DIM=head_dim,
-        BLOCK_SIZE=block_size, BLOCK_N=cfg.block_n, SPLIT=split, USE_WINDOW=sliding_window is not None,
-        USE_SOFTCAP=softcap is not None, UPCAST=upcast_for_interpreter(q.dtype),
-        PRECISION=dot_precision(q.dtype), SPLIT_P=cfg.split_p and q.dtype != torch.float32,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl)
+    launch(_paged_decode_kernel, (num_seqs, kv_heads, cfg.num_splits),
+           q, k_cache, v_cache, seq_lens, block_tables, out, part_out, part_max, part_sum,
+           q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+           v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0),
+           out.stride(0), out.stride(1), q_heads, cfg.num_splits, qk_scale, cap, sliding_window or 0,
+           GROUP=group, BLOCK_G=max(16, next_power_of_2(group)), HEAD_DIM=head_dim,
+           BLOCK_SIZE=block_size, BLOCK_N=cfg.block_n, SPLIT=split, USE_WINDOW=sliding_window is not None,
+           USE_SOFTCAP=softcap is not None, UPCAST=upcast_for_interpreter(q.dtype),
+           PRECISION=dot_precision(q.dtype), SPLIT_P=cfg.split_p and q.dtype != torch.float32,
+           num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl)
     if split:
-        _merge_splits_kernel[(num_seqs, q_heads)](
-            part_out, part_max, part_sum, out, out.stride(0), out.stride(1), q_heads, cfg.num_splits,
-            HEAD_DIM=head_dim, BLOCK_SPLITS=next_power_of_2(cfg.num_splits), num_warps=4, **pdl)
+        launch(_merge_splits_kernel, (num_seqs, q_heads),
+               part_out, part_max, part_sum, out, out.stride(0), out.stride(1), q_heads, cfg.num_splits,
+               HEAD_DIM=head_dim, BLOCK_SPLITS=next_power_of_2(cfg.num_splits), num_warps=4, **pdl)
     return out
 
 

@@ -29,6 +29,7 @@ from flagstack.ops.attention.common import (check_attention_args, dot_precision,
                                             score_scale, softmax_tile_step)
 from flagstack.ops.checks import check_tensor
 from flagstack.ops.host import cdiv, next_power_of_2
+from flagstack.ops.launch_cache import launch
 from flagstack.ops.registry import BenchCase, register
 
 
@@ -230,16 +231,16 @@ def varlen_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
     block_q = cfg.block_m // group
     qk_scale, cap = score_scale(scale, softcap)
     grid = (num_tokens // block_q + num_seqs, kv_heads)
-    _varlen_kernel[grid](
-        q, k_cache, v_cache, out, cu_seqlens_q, seq_lens, block_tables,
-        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0),
-        out.stride(0), out.stride(1), num_seqs, qk_scale, cap, sliding_window or 0,
-        GROUP=group, BLOCK_M=cfg.block_m, BLOCK_Q=block_q, HEAD_DIM=head_dim, BLOCK_SIZE=block_size,
-        BLOCK_N=cfg.block_n, USE_WINDOW=sliding_window is not None, USE_SOFTCAP=softcap is not None,
-        UPCAST=upcast_for_interpreter(q.dtype), PRECISION=dot_precision(q.dtype),
-        SPLIT_P=cfg.split_p and q.dtype != torch.float32,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    launch(_varlen_kernel, grid,
+           q, k_cache, v_cache, out, cu_seqlens_q, seq_lens, block_tables,
+           q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+           v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0),
+           out.stride(0), out.stride(1), num_seqs, qk_scale, cap, sliding_window or 0,
+           GROUP=group, BLOCK_M=cfg.block_m, BLOCK_Q=block_q, HEAD_DIM=head_dim, BLOCK_SIZE=block_size,
+           BLOCK_N=cfg.block_n, USE_WINDOW=sliding_window is not None, USE_SOFTCAP=softcap is not None,
+           UPCAST=upcast_for_interpreter(q.dtype), PRECISION=dot_precision(q.dtype),
+           SPLIT_P=cfg.split_p and q.dtype != torch.float32,
+           num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return out
 
 
