@@ -1,4 +1,5 @@
-"""Host vs GPU time of each challenge op's core shapes (H100): `python3 scripts/host_overhead.py [OP ...]`.
+"""Host vs GPU time of each challenge op's core shapes (H100): `python3 scripts/host_overhead.py [OP ...]`;
+an LLM op (no core shapes) is timed at 256 rows in bf16, its bench case's shape.
 
 The scorecard times with triton.testing.do_bench, whose L2 flush (~80 us of GPU work) hides host time only
 up to that much: an op whose wrapper takes longer to launch than the flush runs shows its host time
@@ -35,8 +36,8 @@ def host_us(fn, calls: int = 200) -> float:
 def main() -> None:
     for op in sys.argv[1:] or list(CORE_SHAPES):
         entry = registry.get(op)
-        for rows, cols, dtype in CORE_SHAPES[op]:
-            case = entry.bench_case(rows, dtype, "cuda", cols=cols)
+        for rows, cols, dtype in CORE_SHAPES.get(op, [(256, None, torch.bfloat16)]):
+            case = entry.bench_case(rows, dtype, "cuda", **({} if cols is None else {"cols": cols}))
             for name, impl in (("triton", entry.triton), ("torch", entry.reference)):
                 fn = lambda: impl(*case.args, **case.kwargs)  # noqa: E731
                 fn()

@@ -56,10 +56,15 @@ def launch_key(args: tuple, constexprs: dict, options: dict, loose: frozenset[in
     whether it is 1 and whether 16 divides it), floats by type only, tuples element by element. Integers at
     the `loose` positions (a kernel's do_not_specialize parameters) count by width only, so a token count
     that changes every step keeps one key."""
+    # tensors and integers inline: one function call per argument cost a third of the key's time
     if loose:
-        return (tuple(_int_width(a) if i in loose and type(a) is int else _arg_key(a) for i, a in enumerate(args)),
-                tuple(constexprs.items()), tuple(options.items()))
-    return (tuple(_arg_key(a) for a in args), tuple(constexprs.items()), tuple(options.items()))
+        parts = [(a.dtype, a.data_ptr() % 16 == 0) if isinstance(a, torch.Tensor)
+                 else (_int_width(a) if i in loose else a) if type(a) is int else _arg_key(a)
+                 for i, a in enumerate(args)]
+    else:
+        parts = [(a.dtype, a.data_ptr() % 16 == 0) if isinstance(a, torch.Tensor)
+                 else a if type(a) is int else _arg_key(a) for a in args]
+    return tuple(parts), tuple(constexprs.items()), tuple(options.items())
 
 
 def _int_width(value: int) -> str:
