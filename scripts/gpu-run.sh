@@ -3,7 +3,7 @@
 # own time limit; logs and result files are packed into $OUT/results.tgz (the device tool returns at most
 # 8 files), with a short summary printed last.
 # Stages: ops-tests challenge-tests challenge-new engine-tests attention attn-sweep annotate serve engine
-# engine-nohf ops-llm ops-challenge score score-speed profile gemv-sweep gdr-sweep decode-short kv-layout decode-gap b1-pdl new-tests ops-256 challenge-profile conv-probe ctc-probe conv-ctc-tests host-vs-gpu ops-graph grid-tests
+# engine-nohf ops-llm ops-1 ops-challenge score score-speed profile gemv-sweep gdr-sweep decode-short kv-layout decode-gap b1-pdl new-tests ops-256 challenge-profile conv-probe ctc-probe conv-ctc-tests host-vs-gpu ops-graph grid-tests
 # rotary-probe gemv-probe bench-tests conv-score ops-graph-short host-profile profile-b1 alloc-probe l2-prefetch gemv-bulk embedding-probe
 # launch-cache-tests: the tests of every wrapper that launches by key (ops/launch_cache.py), over 14 processes
 # score-part: `ops score` with tests on the ops in $SCORE_OPS (default all; $SCORE_FLAGS added, $SCORE_NOTE as --note),
@@ -32,6 +32,7 @@ for spec in "$@"; do
       --max-model-len 4096 --num-requests 100 --rates 4,16,inf --out-dir "$RES" ;;
     engine) run_stage $name $secs python3 -m flagstack.cli bench engine --out-dir "$RES" ;;
     engine-nohf) run_stage $name $secs python3 -m flagstack.cli bench engine --no-hf --out-dir "$RES" ;;
+    ops-1) run_stage $name $secs python3 -m flagstack.cli bench ops --suite llm --rows 1 --out-dir "$RES" ;;
     ops-256) run_stage $name $secs python3 -m flagstack.cli bench ops --suite llm --rows 256 --out-dir "$RES" ;;
     ops-llm) run_stage $name $secs python3 -m flagstack.cli bench ops --suite llm --out-dir "$RES" ;;
     ops-challenge) run_stage $name $secs python3 -m flagstack.cli bench ops --suite challenge --out-dir "$RES" ;;
