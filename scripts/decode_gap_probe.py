@@ -3,7 +3,7 @@ Times, interleaved over rounds (medians, GPU time in CUDA graphs, L2 flushed): t
 16-token pages; the same kernel when every sequence is one contiguous head-major page (paging removed); a few
 2-warp launch configs (bench/results/decode-gap-probe-*.md also records earlier configs); the default kernel
 on 16-token pages in allocation order (page lookups kept, scattered reads removed); and SDPA.
-`python3 scripts/decode_gap_probe.py [ROUNDS]`
+`python3 scripts/decode_gap_probe.py [ROUNDS [BLOCK_N:WARPS:STAGES:SPLITS ...]]` (configs replace CONFIGS)
 """
 import sys
 
@@ -26,7 +26,7 @@ def contiguous_pages(batch: int, context: int, q: torch.Tensor) -> tuple:
     return k, v, table
 
 
-def probe(batch: int, context: int, rounds: int) -> dict:
+def probe(batch: int, context: int, rounds: int, configs: list[DecodeConfig]) -> dict:
     q, k, v, lens, table, scale = decode_inputs(batch, context)
     kc, vc, tc = contiguous_pages(batch, context, q)
     ks, vs = kc.transpose(1, 2), vc.transpose(1, 2)  # [seq, kv_head, token, dim] for SDPA: the same bytes
@@ -35,8 +35,8 @@ def probe(batch: int, context: int, rounds: int) -> dict:
                 "ordered": lambda: paged_decode_triton(q, k, v, lens, ordered, scale),
                 "one-page": lambda: paged_decode_triton(q, kc, vc, lens, tc, scale),
                 "sdpa": lambda: F.scaled_dot_product_attention(q[:, :, None], ks, vs, scale=scale, enable_gqa=True)}
-    for cfg in CONFIGS:
-        variants[f"bn{cfg.block_n} w{cfg.num_warps} s{cfg.num_stages}"] = (
+    for cfg in configs:
+        variants[f"bn{cfg.block_n} w{cfg.num_warps} s{cfg.num_stages} x{cfg.num_splits}"] = (
             lambda cfg=cfg: paged_decode_triton(q, k, v, lens, table, scale, config=cfg))
     row = interleaved_medians(variants, rounds, warmup_ms=5, rep_ms=40, cold_graph=True)
     sdpa = row["sdpa"]
@@ -49,8 +49,9 @@ def probe(batch: int, context: int, rounds: int) -> dict:
 
 def main() -> None:
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+    configs = [DecodeConfig(*map(int, spec.split(":"))) for spec in sys.argv[2:]] or CONFIGS
     for batch, context in ((64, 1024), (256, 2048), (64, 8192)):
-        probe(batch, context, rounds)
+        probe(batch, context, rounds, configs)
 
 
 if __name__ == "__main__":
