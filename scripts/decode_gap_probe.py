@@ -47,9 +47,15 @@ def probe(batch: int, context: int, rounds: int, configs: list[DecodeConfig]) ->
     return row
 
 
+def config_of(spec: str) -> DecodeConfig:
+    """BLOCK_N:WARPS:STAGES:SPLITS as a DecodeConfig."""
+    block_n, warps, stages, splits = map(int, spec.split(":"))
+    return DecodeConfig(block_n=block_n, num_splits=splits, num_warps=warps, num_stages=stages)
+
+
 def main() -> None:
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 3
-    configs = [DecodeConfig(*map(int, spec.split(":"))) for spec in sys.argv[2:]] or CONFIGS
+    configs = [config_of(spec) for spec in sys.argv[2:]] or CONFIGS
     for batch, context in ((64, 1024), (256, 2048), (64, 8192)):
         probe(batch, context, rounds, configs)
 
