@@ -43,12 +43,18 @@ class DecodeConfig:
     split_p: bool = True  # exact P.V in half precision: one more small tl.dot, free when memory-bound
 
 
+# Unsplit launches (batch x kv heads fills the SMs): 64-token tiles, 2 warps, 4 stages, from
+# scripts/decode_gap_probe.py (bench/results/decode-gap-probe-*): against 128-token tiles at 4 warps and
+# 2 stages, 0.96-0.97x SDPA instead of 0.90-0.92x on an H200, 0.975-0.981x instead of 0.963-0.970x on an H100.
+UNSPLIT = DecodeConfig(block_n=64, num_splits=1, num_warps=2, num_stages=4)
+
+
 def decode_config(batch: int, kv_heads: int, max_tokens: int, head_dim: int,
                   device: torch.device) -> DecodeConfig:
     """Unsplit when batch x kv heads fills the SMs; else split toward 4 programs per SM, >= 128 tokens each.
 
     From the H100 sweep (bench/results/attention-sweep-*): batch 1 x 8192 is fastest with 64 splits
-    of 32-token tiles; batches of 64+ run fastest unsplit with 128-token tiles.
+    of 32-token tiles; batches of 64+ run unsplit (UNSPLIT).
     """
     programs = batch * kv_heads
     sms = sm_count(device, cpu=8)  # 8 on CPU: the tests exercise splitting
@@ -56,7 +62,8 @@ def decode_config(batch: int, kv_heads: int, max_tokens: int, head_dim: int,
     splits = max(1, splits)
     if splits > 1:
         return DecodeConfig(block_n=32, num_splits=splits, num_stages=3)
-    return DecodeConfig(block_n=128 if head_dim <= 128 else 64, num_splits=1)
+    # 4 stages of 64 rows of a wider head would not fit in shared memory
+    return UNSPLIT if head_dim <= 128 else DecodeConfig(block_n=64, num_splits=1)
 
 
 @triton.jit
