@@ -121,12 +121,13 @@ def _gated_triton(x: torch.Tensor, act: str) -> torch.Tensor:
     rows = rows_view(x)
     n = rows.shape[1] // 2
     out = torch.empty(rows.shape[0], n, dtype=x.dtype, device=x.device)
-    if out.numel() > 0:
+    total = rows.shape[0] * n
+    if total > 0:
         # the input's largest offset bounds every offset the kernel forms (row * stride + col + n)
-        flags = _launch_flags(out.numel(), rows.shape[0] * rows.stride(0) + 2 * n)
-        launch(_gated_kernel, (cdiv(out.numel(), _BLOCK),), rows, out, out.numel(), n, rows.stride(0), ACT=_ACT_ID[act],
+        flags = _launch_flags(total, rows.shape[0] * rows.stride(0) + 2 * n)
+        launch(_gated_kernel, (cdiv(total, _BLOCK),), rows, out, total, n, rows.stride(0), ACT=_ACT_ID[act],
                BLOCK=_BLOCK, num_warps=_WARPS, **pdl_launch(x.device), **flags)
-    return out.view(*x.shape[:-1], n)
+    return out if rows is x else out.view(*x.shape[:-1], n)
 
 
 def _pointwise_triton(x: torch.Tensor, act: str) -> torch.Tensor:

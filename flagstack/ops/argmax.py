@@ -149,8 +149,10 @@ def argmax_triton(x: torch.Tensor, dim: int | None = None, keepdim: bool = False
     if x.dim() == 0:
         return torch.zeros((), dtype=torch.int64, device=x.device)
     dim = dim % x.dim()
-    moved = x.movedim(dim, -1)
-    out = argmax_rows(rows_view(moved)).view(moved.shape[:-1])
+    moved = x if dim == x.dim() - 1 else x.movedim(dim, -1)  # no host call where it changes nothing
+    out = argmax_rows(rows_view(moved))
+    if moved.dim() != 2:
+        out = out.view(moved.shape[:-1])
     return out.unsqueeze(dim) if keepdim else out
 
 

@@ -127,13 +127,13 @@ def argmax_logsumexp_triton(logits: torch.Tensor, splits: int | None = None,
         launch(_span_kernel, (1, n_rows), logits, ids, lse, lse, lse, ids, ids, n_cols, logits.stride(0), span,
                PARTIALS=False, SUB=sub, LANES=lanes, num_warps=warps)
         return ids, lse
-    part_f = torch.empty(2, n_rows, splits, dtype=torch.float32, device=logits.device)
-    part_i = torch.empty(2, n_rows, splits, dtype=torch.int32, device=logits.device)
-    launch(_span_kernel, (splits, n_rows), logits, ids, lse, part_f[0], part_f[1], part_i[0], part_i[1], n_cols,
+    part_max, part_sum = torch.empty(2, n_rows, splits, dtype=torch.float32, device=logits.device).unbind(0)
+    part_id, part_nan = torch.empty(2, n_rows, splits, dtype=torch.int32, device=logits.device).unbind(0)
+    launch(_span_kernel, (splits, n_rows), logits, ids, lse, part_max, part_sum, part_id, part_nan, n_cols,
            logits.stride(0), span, PARTIALS=True, SUB=sub, LANES=lanes, num_warps=warps)
     # one compiled variant for every batch size up to a 262,144-column vocab: a SPLITS that followed the
     # row count compiled anew for each new batch size (~0.7 s lost in an H100 engine run)
-    launch(_combine_kernel, (n_rows,), part_f[0], part_f[1], part_i[0], part_i[1], ids, lse, splits,
+    launch(_combine_kernel, (n_rows,), part_max, part_sum, part_id, part_nan, ids, lse, splits,
            SPLITS=max(64, next_power_of_2(splits)))
     return ids, lse
 

@@ -37,7 +37,7 @@ def _embedding_kernel(ids_ptr, w_ptr, out_ptr, n_ids, n_rows, n_cols, w_row_stri
 
 def embedding_triton(ids: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """weight[ids] with the Triton kernel; out-of-range ids give zero rows."""
-    flat = ids.reshape(-1).contiguous()  # reshape may return a strided view; the kernel wants unit stride
+    flat = ids if ids.dim() == 1 and ids.stride(0) == 1 else ids.reshape(-1).contiguous()  # unit stride
     if weight.stride(1) != 1:
         weight = weight.contiguous()
     n_cols = weight.shape[1]
@@ -49,7 +49,7 @@ def embedding_triton(ids: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         grid = (cdiv(flat.shape[0], block_t), cdiv(n_cols, block_d))
         launch(_embedding_kernel, grid, flat, weight, out, flat.shape[0], weight.shape[0], n_cols, weight.stride(0),
                BLOCK_T=block_t, BLOCK_D=block_d, num_warps=8)
-    return out.view(*ids.shape, n_cols)
+    return out if flat is ids else out.view(*ids.shape, n_cols)
 
 
 def embedding_reference(ids: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

@@ -50,12 +50,13 @@ def _has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def launch_key(args: tuple, constexprs: dict, options: dict, loose: frozenset[int] = frozenset()) -> tuple:
+def launch_key(args: tuple, keywords: dict, loose: frozenset[int] = frozenset()) -> tuple:
     """A key fixing all that Triton specializes a launch on, read off the arguments themselves: each
     tensor's dtype and 16-byte alignment, each integer's (and bool's) value (Triton looks at its width,
-    whether it is 1 and whether 16 divides it), floats by type only, tuples element by element. Integers at
-    the `loose` positions (a kernel's do_not_specialize parameters) count by width only, so a token count
-    that changes every step keeps one key."""
+    whether it is 1 and whether 16 divides it), floats by type only, tuples element by element, and the
+    keyword arguments (constexprs and launch options) as given. Integers at the `loose` positions (a
+    kernel's do_not_specialize parameters) count by width only, so a token count that changes every step
+    keeps one key."""
     # tensors and integers inline: one function call per argument cost a third of the key's time
     if loose:
         parts = [(a.dtype, a.data_ptr() % 16 == 0) if isinstance(a, torch.Tensor)
@@ -64,7 +65,7 @@ def launch_key(args: tuple, constexprs: dict, options: dict, loose: frozenset[in
     else:
         parts = [(a.dtype, a.data_ptr() % 16 == 0) if isinstance(a, torch.Tensor)
                  else a if type(a) is int else _arg_key(a) for a in args]
-    return tuple(parts), tuple(constexprs.items()), tuple(options.items())
+    return tuple(parts), tuple(keywords.items())
 
 
 def _int_width(value: int) -> str:
@@ -129,32 +130,30 @@ class CachedLauncher:
         params = getattr(kernel, "params", ())  # the interpreter's kernels have none (and are never cached)
         self._loose = frozenset(i for i, p in enumerate(params) if p.do_not_specialize)
         self._defaults = {p.name: p.default for p in params if p.has_default}
-        self._names = frozenset(kernel.arg_names)
 
     def __call__(self, key, grid: tuple[int, ...], args: tuple, constexprs: dict, **options) -> None:
         """kernel[grid](*args, **constexprs, **options), the compiled kernel looked up by (key, device); a key
         of None is made from the arguments (launch_key)."""
+        self._run(key, grid, args, {**constexprs, **options})
+
+    def launch(self, grid: tuple[int, ...], *args, **kwargs) -> None:
+        """kernel[grid](*args, **kwargs) (constexprs and launch options alike), keyed by the arguments."""
+        self._run(None, grid, args, kwargs)
+
+    def _run(self, key, grid: tuple[int, ...], args: tuple, kwargs: dict) -> None:
         if key is None:
-            key = launch_key(args, constexprs, options, self._loose)
+            key = launch_key(args, kwargs, self._loose)
         device = torch.cuda.current_device() if _has_cuda() else None  # a binary is loaded per device
         relaunch = self._compiled.get((key, device))
         if relaunch is not None:
             relaunch(grid, args, device)
             return
-        compiled = self.kernel[grid](*args, **constexprs, **options)
-        trailing = {**self._defaults, **constexprs}
+        compiled = self.kernel[grid](*args, **kwargs)
+        trailing = {**self._defaults, **kwargs}  # launch options too: only parameter names are read from it
         names = self.kernel.arg_names[len(args):]
         # compiled (the interpreter returns none), and every later parameter known (else: no direct launch)
         if DIRECT_LAUNCH and hasattr(compiled, "packed_metadata") and all(n in trailing for n in names):
             remember(self._compiled, (key, device), _direct_launch(compiled, tuple(trailing[n] for n in names)))
-
-    def launch(self, grid: tuple[int, ...], *args, **kwargs) -> None:
-        """kernel[grid](*args, **kwargs) with the key read off the arguments: keywords naming a kernel parameter
-        are its constexprs, the others launch options (num_warps, num_stages, launch_pdl)."""
-        constexprs, options = {}, {}
-        for name, value in kwargs.items():
-            (constexprs if name in self._names else options)[name] = value
-        self(None, grid, args, constexprs, **options)
 
 
 _LAUNCHERS: dict[int, CachedLauncher] = {}

@@ -84,7 +84,7 @@ def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) ->
     rows = rows_view(x)
     out = torch.empty_like(rows)
     _launch(rows, None, weight, out, eps)
-    return out.view(x.shape)
+    return out if rows is x else out.view(x.shape)
 
 
 def add_rms_norm_triton(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
@@ -101,12 +101,19 @@ def add_rms_norm_triton(x: torch.Tensor, residual: torch.Tensor, weight: torch.T
     # The kernel writes the residual through its row stride; a layout that has no 2-D row view
     # (e.g. a transposed tensor) is updated through a contiguous copy written back at the end.
     direct = residual.stride(-1) == 1 and (residual.dim() == 2 or residual.is_contiguous())
-    r_rows = residual.view(-1, residual.shape[-1]) if direct else residual.contiguous().view(-1, x.shape[-1])
-    y = torch.empty_like(x_rows) if out is None else out.view(x_rows.shape)
+    flat = x.dim() == 2  # the common case: no reshapes (each costs host time, which counts at one row)
+    if direct:
+        r_rows = residual if residual.dim() == 2 else residual.view(-1, residual.shape[-1])
+    else:
+        r_rows = residual.contiguous().view(-1, x.shape[-1])
+    if out is None:
+        y = torch.empty_like(x_rows)
+    else:
+        y = out if flat else out.view(x_rows.shape)
     _launch(x_rows, r_rows, weight, y, eps)
     if not direct:
         residual.copy_(r_rows.view(residual.shape))
-    return y.view(x.shape), residual
+    return (y if flat else y.view(x.shape)), residual
 
 
 def _check_out(out: torch.Tensor, x: torch.Tensor, residual: torch.Tensor) -> None:

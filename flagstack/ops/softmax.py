@@ -152,12 +152,12 @@ def _launch_wide(x: torch.Tensor, y: torch.Tensor, log: bool, block: int = LOOP_
 def _launch_split(x: torch.Tensor, y: torch.Tensor, log: bool, block: int = SPLIT_BLOCK) -> None:
     n_rows, n_cols = x.shape
     n_chunks = cdiv(n_cols, block)
-    stats = torch.empty(2, n_rows, n_chunks, dtype=torch.float32, device=x.device)
+    part_max, part_sum = torch.empty(2, n_rows, n_chunks, dtype=torch.float32, device=x.device).unbind(0)
     grid = (n_chunks, n_rows)
     warps = min(16, max(1, block // 512))
-    launch(_split_stats_kernel, grid, x, stats[0], stats[1], n_cols, x.stride(0), n_chunks, BLOCK=block,
+    launch(_split_stats_kernel, grid, x, part_max, part_sum, n_cols, x.stride(0), n_chunks, BLOCK=block,
            num_warps=warps)
-    launch(_split_write_kernel, grid, x, y, stats[0], stats[1], n_cols, x.stride(0), y.stride(0), n_chunks, LOG=log,
+    launch(_split_write_kernel, grid, x, y, part_max, part_sum, n_cols, x.stride(0), y.stride(0), n_chunks, LOG=log,
            BLOCK=block, CHUNKS=next_power_of_2(n_chunks), num_warps=warps)
 
 
@@ -167,7 +167,8 @@ def _softmax_triton(x: torch.Tensor, dim: int, dtype: torch.dtype | None, log: b
     if x.numel() == 0:
         return torch.empty(x.shape, dtype=dtype or x.dtype, device=x.device)
     dim = dim % x.dim()
-    moved = x.movedim(dim, -1)
+    last = dim == x.dim() - 1
+    moved = x if last else x.movedim(dim, -1)  # host calls skipped where they change nothing (one-row calls)
     rows = rows_view(moved)
     out = torch.empty(rows.shape, dtype=dtype or x.dtype, device=x.device)
     if rows.shape[1] <= NARROW_MAX:
@@ -176,8 +177,9 @@ def _softmax_triton(x: torch.Tensor, dim: int, dtype: torch.dtype | None, log: b
         _launch_wide(rows, out, log)
     else:
         _launch_split(rows, out, log)
-    out = out.view(moved.shape)
-    return out if dim == x.dim() - 1 else out.movedim(-1, dim).contiguous()
+    if rows is not moved:
+        out = out.view(moved.shape)
+    return out if last else out.movedim(-1, dim).contiguous()
 
 
 def softmax_triton(x: torch.Tensor, dim: int = -1, dtype: torch.dtype | None = None) -> torch.Tensor:

@@ -97,8 +97,8 @@ def test_relaunch_calls_the_c_launcher_with_tritons_argument_layout(monkeypatch)
 
 def test_launch_key_tells_apart_what_triton_specializes_on():
     x = torch.zeros(8, dtype=torch.float32)
-    base = launch_key((x, 16, 2.0, (4, 1)), {"BLOCK": 8}, {"num_warps": 4})
-    assert base == launch_key((torch.ones(8), 16, 3.5, (4, 1)), {"BLOCK": 8}, {"num_warps": 4})  # floats by type
+    base = launch_key((x, 16, 2.0, (4, 1)), {"BLOCK": 8, "num_warps": 4})
+    assert base == launch_key((torch.ones(8), 16, 3.5, (4, 1)), {"BLOCK": 8, "num_warps": 4})  # floats by type
     for args, constexprs, options in [((x[1:], 16, 2.0, (4, 1)), {"BLOCK": 8}, {"num_warps": 4}),  # misaligned
                                       ((x.half(), 16, 2.0, (4, 1)), {"BLOCK": 8}, {"num_warps": 4}),
                                       ((x, 17, 2.0, (4, 1)), {"BLOCK": 8}, {"num_warps": 4}),
@@ -106,7 +106,7 @@ def test_launch_key_tells_apart_what_triton_specializes_on():
                                       ((x, 16, 2.0, (4, 2)), {"BLOCK": 8}, {"num_warps": 4}),
                                       ((x, 16, 2.0, (4, 1)), {"BLOCK": 16}, {"num_warps": 4}),
                                       ((x, 16, 2.0, (4, 1)), {"BLOCK": 8}, {"num_warps": 8})]:
-        assert launch_key(args, constexprs, options) != base
+        assert launch_key(args, {**constexprs, **options}) != base
 
 
 @pytest.mark.parametrize("key", ["given", None])
@@ -145,7 +145,7 @@ def test_unspecialized_integers_key_by_width_and_defaults_complete_the_constexpr
                           ("jit", (1,), ("x", 2**40), {"BLOCK": 16, "num_warps": 2})]
 
 
-def test_launch_sorts_keywords_into_constexprs_and_options():
+def test_launch_passes_constexprs_and_options_as_given():
     kernel = FakeKernel()
     launch_cache.launch(kernel, (2,), "x", 5, BLOCK=8, FLAG=False, num_warps=4, launch_pdl=True)
     launch_cache.launch(kernel, (3,), "x", 5, BLOCK=8, FLAG=False, num_warps=4, launch_pdl=True)
