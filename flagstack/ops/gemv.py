@@ -16,6 +16,8 @@ price of 2K elem of x per program from L2 (Qwen3-4B down: 39 KB beside a 156 KB 
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -42,6 +44,12 @@ def rows_per_program(n: int, sms: int) -> int:
     while rows > 1 and cdiv(n, rows) < PROGRAMS_PER_SM * sms:
         rows //= 2
     return rows
+
+
+@functools.lru_cache(maxsize=None)
+def _default_config(n: int, sms: int) -> dict:
+    """CONFIG with rows_per_program's BLOCK_N (one dict per weight height: built once, never changed)."""
+    return {**CONFIG, "BLOCK_N": rows_per_program(n, sms)}
 
 
 @triton.jit
@@ -80,7 +88,7 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, n, k, w_row_stride, BLOCK_N: tl.constexpr,
 def _gemv(x: torch.Tensor, weight: torch.Tensor, silu_mul: bool, config: dict | None) -> torch.Tensor:
     """Launch the kernel on one row x (its last dim K, or 2K = [gate | up] with silu_mul)."""
     n, k = weight.shape
-    cfg = config or {**CONFIG, "BLOCK_N": rows_per_program(n, sm_count(x.device, cpu=H100_SMS))}
+    cfg = config or _default_config(n, sm_count(x.device, cpu=H100_SMS))
     out = torch.empty(*x.shape[:-1], n, dtype=x.dtype, device=x.device)
     if n == 0:
         return out

@@ -99,7 +99,7 @@ def _warps(heads: int, pairs: int) -> int:
 
 def heads_view(t: torch.Tensor, head_size: int) -> torch.Tensor:
     """[T, H*D] or [T, H, D] as a [T, H, D] view of the same memory (for in-place updates)."""
-    return t.unflatten(-1, (-1, head_size)) if t.dim() == 2 else t
+    return t.view(t.shape[0], -1, head_size) if t.dim() == 2 else t  # view: unflatten's Python wrapper costs more
 
 
 def rotary_embedding_triton(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
