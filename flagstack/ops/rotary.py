@@ -99,7 +99,8 @@ def _warps(heads: int, pairs: int) -> int:
 
 def heads_view(t: torch.Tensor, head_size: int) -> torch.Tensor:
     """[T, H*D] or [T, H, D] as a [T, H, D] view of the same memory (for in-place updates)."""
-    return t.view(t.shape[0], -1, head_size) if t.dim() == 2 else t  # view: unflatten's Python wrapper costs more
+    # Tensor.view: unflatten's Python wrapper costs more host time; the head count spelled out for empty t
+    return t.view(t.shape[0], t.shape[1] // head_size, head_size) if t.dim() == 2 else t
 
 
 def rotary_embedding_triton(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
