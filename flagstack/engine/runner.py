@@ -16,6 +16,7 @@ import torch
 
 from flagstack.engine.config import EngineConfig
 from flagstack.engine.context import AttentionMetadata, step_context
+from flagstack.engine.cpu_malloc import keep_freed_memory
 from flagstack import ops
 from flagstack.engine.sampler import PendingSample, Sampler, logprob_dicts
 from flagstack.engine.scheduler import ScheduledBatch
@@ -54,6 +55,8 @@ class ModelRunner:
         self.block_size = config.block_size
         self.max_blocks_per_seq = -(-max_model_len // self.block_size)
         self.sampler = Sampler(torch.Generator(device=device).manual_seed(config.seed), config.seed)
+        if device.type == "cpu":
+            keep_freed_memory()
         self.num_blocks = config.num_kv_blocks or self._pool_size()
         self.k_caches, self.v_caches = self._allocate_cache(self.num_blocks)
         # the last launched step's sampled ids on the device, and each sampling sequence's row in them: a

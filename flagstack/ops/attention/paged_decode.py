@@ -13,6 +13,7 @@ no host sync and is CUDA-graph safe; each sequence is cut into `num_splits` equa
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -225,6 +226,20 @@ def paged_decode_reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
 
 
 DECODE_GROUP_SEQS = 8  # sequences per SDPA call in `_decode_grouped`
+_GATHER = threading.local()  # per thread: {(k or v, cache dtype, device, page shape): page buffer}
+
+
+def gather_buffer(cache: torch.Tensor, pages: int, which: str) -> torch.Tensor:
+    """A [pages, *page shape] buffer for the K or V pages of a CPU decode, kept and reused by later calls: a
+    fresh multi-MB tensor per layer and step is fresh memory for the allocator to fault in."""
+    buffers = getattr(_GATHER, "buffers", None)
+    if buffers is None:
+        buffers = _GATHER.buffers = {}
+    key = (which, cache.dtype, cache.device, tuple(cache.shape[1:]))
+    buf = buffers.get(key)
+    if buf is None or buf.shape[0] < pages:
+        buf = buffers[key] = cache.new_empty((pages, *cache.shape[1:]))
+    return buf[:pages]
 
 
 def length_groups(lens: list[int], most: int = DECODE_GROUP_SEQS) -> list[list[int]]:
@@ -261,8 +276,7 @@ def _decode_grouped(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     out = torch.empty_like(rows)
     groups = length_groups(lens, DECODE_GROUP_SEQS)
     most = max(len(g) * cdiv(lens[g[-1]], block_size) for g in groups)
-    k_buf = k_cache.new_empty((most, *k_cache.shape[1:]))
-    v_buf = v_cache.new_empty((most, *v_cache.shape[1:]))
+    k_buf, v_buf = gather_buffer(k_cache, most, "k"), gather_buffer(v_cache, most, "v")
     for group in groups:
         size, longest = len(group), lens[group[-1]]
         n = cdiv(longest, block_size)
@@ -289,8 +303,9 @@ def _decode_padded(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor
     shape = (q.shape[0], n_blocks * block_size, *k_cache.shape[2:])
     # index_select gathers whole pages about 2x faster than advanced indexing on CPU (measured on the
     # embedded model's decode step, where this gather was ~18% of the step)
-    k = k_cache.index_select(0, pages).view(shape)[:, :max_len]  # [S, L, Hkv, D]
-    v = v_cache.index_select(0, pages).view(shape)[:, :max_len]
+    n_pages = pages.shape[0]
+    k = torch.index_select(k_cache, 0, pages, out=gather_buffer(k_cache, n_pages, "k")).view(shape)[:, :max_len]
+    v = torch.index_select(v_cache, 0, pages, out=gather_buffer(v_cache, n_pages, "v")).view(shape)[:, :max_len]
     mask = None  # every sequence as long as the longest and no window: every key counts
     if sliding_window is not None or min(lens) != max_len:
         k_pos = torch.arange(max_len, device=q.device)[None, :]

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from flagstack.ops import attention, use_backend
-from flagstack.ops.attention.paged_decode import (DecodeConfig, decode_config, paged_decode_reference,
-                                                  paged_decode_triton)
+from flagstack.ops.attention.paged_decode import (DecodeConfig, decode_config, gather_buffer,
+                                                  paged_decode_reference, paged_decode_triton)
 from tests.ops.attention.paging import build_paged
 from tests.ops.helpers import DEVICE, assert_close, gpu_only
 
@@ -94,3 +94,12 @@ def test_errors():
 def test_qwen3_shapes_bf16(batch_size, context):
     lens = [context - (s * 37) % 300 for s in range(batch_size)]
     check(lens, 4, 128, 16, torch.bfloat16, kv_heads=8)
+
+
+def test_gather_buffer_is_reused_and_grows():
+    cache = torch.zeros(10, 16, 2, 8)
+    first = gather_buffer(cache, 4, "k")
+    assert first.shape == (4, 16, 2, 8)
+    assert gather_buffer(cache, 2, "k").data_ptr() == first.data_ptr()  # smaller: the same memory
+    assert gather_buffer(cache, 2, "v").data_ptr() != first.data_ptr()  # V has its own
+    assert gather_buffer(cache, 6, "k").shape[0] == 6  # larger: a new buffer
