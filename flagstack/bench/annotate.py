@@ -52,7 +52,9 @@ def bench_bbc(docs: int, shots: int, batch: int) -> list[dict]:
     from flagstack.annotate.demos import RandomSelector
     from flagstack.annotate.prompt import PromptBuilder, PromptConfig
     from flagstack.annotate.task import load_task
+    from flagstack.engine.cpu_malloc import keep_freed_memory
 
+    keep_freed_memory()  # the engine sets it on CPU anyway: set here, the HF loop that runs first gets it too
     task = load_task("bbc_news")
     split = bbc_split()
     pool, items = check_rows(split.pool, task)[0], check_rows(split.test, task)[0][:docs]
