@@ -231,7 +231,8 @@ _GATHER = threading.local()  # per thread: {(k or v, cache dtype, device, page s
 
 def gather_buffer(cache: torch.Tensor, pages: int, which: str) -> torch.Tensor:
     """A [pages, *page shape] buffer for the K or V pages of a CPU decode, kept and reused by later calls: a
-    fresh multi-MB tensor per layer and step is fresh memory for the allocator to fault in."""
+    fresh multi-MB tensor per layer and step is fresh memory for the allocator to fault in. Each thread keeps
+    the largest it has needed (one decode step's gathered pages) until it ends."""
     buffers = getattr(_GATHER, "buffers", None)
     if buffers is None:
         buffers = _GATHER.buffers = {}
