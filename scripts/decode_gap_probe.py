@@ -3,8 +3,10 @@ Times, interleaved over rounds (medians, GPU time in CUDA graphs, L2 flushed): t
 16-token pages; the same kernel when every sequence is one contiguous head-major page (paging removed); a few
 2-warp launch configs (bench/results/decode-gap-probe-*.md also records earlier configs); the default kernel
 on 16-token pages in allocation order (page lookups kept, scattered reads removed); and SDPA.
-`python3 scripts/decode_gap_probe.py [ROUNDS [BLOCK_N:WARPS:STAGES:SPLITS ...]]` (configs replace CONFIGS)
+`python3 scripts/decode_gap_probe.py [ROUNDS [BLOCK_N:WARPS:STAGES:SPLITS ...]]` (configs replace CONFIGS);
+PROBE_SHAPES="1x8192,64x1024" replaces the batch x context shapes.
 """
+import os
 import sys
 
 import torch
@@ -56,7 +58,8 @@ def config_of(spec: str) -> DecodeConfig:
 def main() -> None:
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 3
     configs = [config_of(spec) for spec in sys.argv[2:]] or CONFIGS
-    for batch, context in ((64, 1024), (256, 2048), (64, 8192)):
+    shapes = os.environ.get("PROBE_SHAPES", "64x1024,256x2048,64x8192")
+    for batch, context in (map(int, shape.split("x")) for shape in shapes.split(",")):
         probe(batch, context, rounds, configs)
 
 
