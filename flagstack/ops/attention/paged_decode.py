@@ -29,7 +29,9 @@ from flagstack.ops.launch_cache import launch
 from flagstack.ops.pdl import pdl_launch, pdl_wait
 from flagstack.ops.registry import BenchCase, register
 
-MIN_SPLIT_TOKENS = 128  # below this a split's fixed cost (q load, partial write, merge) dominates
+# below this a split's fixed cost (q load, partial write, merge) dominates: on an H200 24-64 tokens a split
+# were fastest at batch 1-2 x 384-4096 (bench/results/decode-split-probe-*; 128 left 1 x 2048 at 12.2 us vs 9.1)
+MIN_SPLIT_TOKENS = 32
 MAX_SPLITS = 64
 
 
@@ -55,7 +57,7 @@ def decode_config(batch: int, kv_heads: int, max_tokens: int, head_dim: int,
     """Unsplit when batch x kv heads fills the SMs; else split toward 4 programs per SM, >= 128 tokens each.
 
     From the H100 sweep (bench/results/attention-sweep-*): batch 1 x 8192 is fastest with 64 splits
-    of 32-token tiles; batches of 64+ run unsplit (UNSPLIT).
+    of 32-token tiles; batches of 64+ run unsplit (UNSPLIT). Short contexts split down to 32 tokens.
     """
     programs = batch * kv_heads
     sms = sm_count(device, cpu=8)  # 8 on CPU: the tests exercise splitting

@@ -52,7 +52,8 @@ def test_default_config_splits_small_batches_only():
     cpu = torch.device("cpu")  # sm_count is 8 there: unsplit from 8 programs, else target 32
     assert decode_config(1, 8, 8192, 128, cpu).num_splits == 1
     assert decode_config(1, 2, 8192, 128, cpu).num_splits == 16
-    assert decode_config(1, 1, 100, 128, cpu).num_splits == 1  # too short to split
+    assert decode_config(1, 1, 31, 128, cpu).num_splits == 1  # too short to split
+    assert decode_config(1, 1, 100, 128, cpu).num_splits == 3  # 32 tokens a split at least
     assert decode_config(64, 8, 8192, 128, cpu).num_splits == 1
     assert decode_config(1, 1, 1 << 20, 128, cpu).num_splits == 32
 
