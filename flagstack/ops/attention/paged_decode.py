@@ -54,7 +54,7 @@ UNSPLIT = DecodeConfig(block_n=64, num_splits=1, num_warps=2, num_stages=4)
 
 def decode_config(batch: int, kv_heads: int, max_tokens: int, head_dim: int,
                   device: torch.device) -> DecodeConfig:
-    """Unsplit when batch x kv heads fills the SMs; else split toward 4 programs per SM, >= 128 tokens each.
+    """Unsplit when batch x kv heads fills the SMs; else split toward 4 programs per SM, >= 32 tokens each.
 
     From the H100 sweep (bench/results/attention-sweep-*): batch 1 x 8192 is fastest with 64 splits
     of 32-token tiles; batches of 64+ run unsplit (UNSPLIT). Short contexts split down to 32 tokens.
