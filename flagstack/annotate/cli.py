@@ -39,7 +39,8 @@ def _spec(args):
                           query_tokens=args.query_tokens, overlap=min(64, args.query_tokens // 4),
                           order="nearest_last" if args.selection in ("knn", "mmr") else "interleave")
     return RunSpec(args.name or Path(args.data).stem, args.selection if args.demos else "none",
-                   args.shots, args.calibration, prompt, args.format, args.embedding, args.demo_sets)
+                   args.shots, args.calibration, prompt, args.format, args.embedding, args.demo_sets,
+                   readout=args.readout)
 
 
 def _run(args) -> int:
@@ -54,6 +55,10 @@ def _run(args) -> int:
     items = _load_items(args.data, task)
     pool = _load_items(args.demos, task, need_gold=True) if args.demos else []
     dev = _load_items(args.dev, task, need_gold=True) if args.dev else []
+    if args.readout != "labels" and not pool:
+        raise ValueError(f"--readout {args.readout} is fitted on the demo pool: give --demos")
+    if args.calibration is None:
+        args.calibration = "contextual" if args.readout == "labels" else "none"
     spec = _spec(args)
     backend = _backend(args)
     builder = PromptBuilder(task, backend.tokenizer, spec.prompt)
@@ -66,7 +71,10 @@ def _run(args) -> int:
         print(f"{len(todo)} item(s) extracted -> {out}")
         return 0
     labeler = Labeler(task, backend, builder, make_selectors(spec, pool) if pool else make_selectors(
-        dataclasses.replace(spec, selection="none"), pool), LabelerConfig(calibration=args.calibration))
+        dataclasses.replace(spec, selection="none"), pool),
+        LabelerConfig(calibration=args.calibration, readout=args.readout, readout_top_k=args.readout_top_k))
+    if args.readout != "labels":  # the pool's scores are kept beside the results, so a rerun skips them
+        labeler.fit_readout(pool, out.with_suffix(".pool-scores.jsonl"))
     labeler.fit(dev)
     with ResultWriter(out) as writer:
         skipped = len([it for it in items if it["id"] in writer.done_ids])
@@ -150,7 +158,7 @@ def _sweep(args) -> int:
     task, pool, dev, test = _bbc_items(args)  # after the checks: a bad name fails before any loading
     if args.calibration and args.calibration != "contextual":  # the specs' default; a new name keeps rows apart
         specs = [dataclasses.replace(s, name=f"{s.name}-{args.calibration}", calibration=args.calibration)
-                 for s in specs]
+                 if s.readout == "labels" else s for s in specs]
     standard_sweep(task, _backend(args), pool, dev, test, args.out, specs, dev_only=args.dev_only)
     args.runs_dir = str(Path(args.out) / "dev") if args.dev_only else args.out
     args.out = None
@@ -202,6 +210,7 @@ def _bbc_args(p: argparse.ArgumentParser, n_test: int, n_dev: int, out: str) -> 
 def add_annotate_commands(sub: argparse._SubParsersAction) -> None:
     """Register `flagstack annotate {run,eval,leaderboard,sweep,demo,export-bbc}`."""
     from flagstack.annotate.labeler import CALIBRATIONS
+    from flagstack.annotate.readout import READOUTS
 
     ann = sub.add_parser("annotate", help="label documents by in-context learning, evaluate, leaderboard")
     cmds = ann.add_subparsers(dest="annotate_cmd", required=True)
@@ -216,7 +225,12 @@ def add_annotate_commands(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--shots", type=int, default=5)
     run.add_argument("--demo-sets", type=int, default=1, help="> 1: self-consistency over random demo sets")
     run.add_argument("--embedding", default="tfidf", choices=["tfidf", "minilm"])
-    run.add_argument("--calibration", default="contextual", choices=CALIBRATIONS)
+    run.add_argument("--calibration", choices=CALIBRATIONS,
+                     help="label-bias correction (default: contextual; none with a readout)")
+    run.add_argument("--readout", default="labels", choices=READOUTS,
+                     help="labels: score the label tokens (default); knn / linear: read the model's whole answer "
+                     "distribution with a readout fitted on the --demos pool (kNN prompting / logistic regression)")
+    run.add_argument("--readout-top-k", type=int, default=100, help="answer tokens a readout reads")
     run.add_argument("--format", default="plain", choices=["plain", "chat"])
     run.add_argument("--max-prompt-tokens", type=int, default=2048)
     run.add_argument("--demo-tokens", type=int, default=200)
@@ -247,8 +261,8 @@ def add_annotate_commands(sub: argparse._SubParsersAction) -> None:
     sw.add_argument("--demo-tokens", type=int, default=200, help="per-demo budget (head+tail) of the k-shot rows")
     sw.add_argument("--many-shot-demo-tokens", type=int, default=160, help="per-demo budget of the many-shot rows")
     sw.add_argument("--per-label", type=int, default=3, help="demos per label in the label-balanced kNN row")
-    sw.add_argument("--calibration", choices=CALIBRATIONS, help="override every row's calibration (default "
-                    "contextual); the run name gets it as a suffix")
+    sw.add_argument("--calibration", choices=CALIBRATIONS, help="override the calibration of every row that "
+                    "scores label tokens (default contextual); the run name gets it as a suffix")
     sw.add_argument("--dev-only", action="store_true", help="score the rows on the dev set only (records in "
                     "<out>/dev/): choose a configuration there, then run it on test")
     sw.add_argument("--only", help="comma-separated run names to keep")

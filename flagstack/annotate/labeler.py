@@ -4,7 +4,8 @@ backend call per batch of items, aggregate chunks and demo sets, calibrate, writ
 An item's probabilities: per chunk, the label distribution (length-normalized, minus the
 content-free distribution of the same demos when contextual calibration is on); the mean over its
 chunks; the mean over demo sets (self-consistency, when several selectors are given); then the
-dev-fitted bias and temperature.
+dev-fitted bias and temperature. With a readout (annotate/readout.py), the model's top-k answer
+distribution (mean over chunks and demo sets) goes through a readout fitted on the demo pool instead.
 
 Every item is scored once; both the raw and (when contextual calibration is on) the content-free
 corrected distributions are kept, so `fit` reports the dev accuracy of every calibration from the
@@ -21,6 +22,7 @@ import numpy as np
 from flagstack.annotate.calibrate import Calibration, dev_prior, fit_temperature, label_logprobs
 from flagstack.annotate.output import ResultWriter, read_results
 from flagstack.annotate.prompt import PromptBuilder, prompt_hash
+from flagstack.annotate.readout import READOUTS, Readout, merge
 from flagstack.annotate.task import TaskSpec
 
 CALIBRATIONS = ("none", "contextual", "dev_prior", "contextual+dev_prior")
@@ -32,10 +34,21 @@ class LabelerConfig:
     length_norm: bool = True
     fit_temperature: bool = True
     batch_items: int = 8      # items per backend call (the engine batches their prompts)
+    readout: str = "labels"   # labels: score the label tokens; knn / linear: a readout fitted on the pool
+    readout_top_k: int = 100  # tokens of the answer distribution a readout reads
+    readout_neighbours: int = 9
 
     def __post_init__(self):
         if self.calibration not in CALIBRATIONS:
             raise ValueError(f"calibration must be one of {CALIBRATIONS}, got {self.calibration!r}")
+        if self.readout not in READOUTS:
+            raise ValueError(f"readout must be one of {READOUTS}, got {self.readout!r}")
+        if self.readout != "labels" and self.calibration.startswith("contextual"):
+            raise ValueError(f"calibration {self.calibration!r} does not apply to readout {self.readout!r} (the "
+                             "readout learns the label bias from the pool): use none or dev_prior")
+        if self.readout_top_k < 1 or self.readout_neighbours < 1:
+            raise ValueError(f"readout_top_k and readout_neighbours must be >= 1, got {self.readout_top_k} and "
+                             f"{self.readout_neighbours}")
         if self.batch_items < 1:
             raise ValueError(f"batch_items must be >= 1, got {self.batch_items}")
 
@@ -48,6 +61,7 @@ class Scored:
     prompt_hash: str
     chunks: int
     variants: dict = dataclasses.field(default_factory=dict)  # "none"/"contextual" -> [L] log-distribution
+    dist: dict | None = None  # readouts: the top-k answer distribution {token: log-prob}
 
 
 class Labeler:
@@ -60,7 +74,11 @@ class Labeler:
             raise ValueError(f"Labeler handles single_label and multi_label tasks, got {task.type!r}")
         if not selectors:
             raise ValueError("selectors must hold at least one demo selector")
+        if config.readout != "labels" and task.type != "single_label":
+            raise ValueError(f"readout {config.readout!r} needs a single_label task, got {task.type!r}")
         self.task, self.backend, self.builder, self.selectors, self.config = task, backend, builder, selectors, config
+        self.readout = (None if config.readout == "labels" else
+                        Readout(config.readout, len(task.labels), k=config.readout_neighbours))
         self.candidates = builder.candidates()
         self.lengths = [len(c) for c in self.candidates]
         self.calibration = Calibration()
@@ -71,7 +89,7 @@ class Labeler:
 
     @property
     def contextual(self) -> bool:
-        return self.config.calibration.startswith("contextual")
+        return self.config.calibration.startswith("contextual") and self.readout is None
 
     def _plan(self, item: dict) -> list[tuple[list[dict], list[list[int]]]]:
         """(demos, chunk prompts) per demo set for one item."""
@@ -79,9 +97,45 @@ class Labeler:
                 for demos in (self.builder.pack(sel.select(item)) for sel in self.selectors)]
 
     def score(self, items: list[dict]) -> list[Scored]:
-        """Raw (uncalibrated apart from the content-free correction) label log-distributions."""
+        """Raw (uncalibrated apart from the content-free correction) label log-distributions; with a
+        readout, the answer distributions (and their labels once the readout is fitted)."""
         start = time.perf_counter()
         plans = [self._plan(item) for item in items]
+        out = self._score_labels(items, plans) if self.readout is None else self._score_answers(items, plans)
+        self.seconds += time.perf_counter() - start
+        return out
+
+    def _score_answers(self, items: list[dict], plans: list) -> list[Scored]:
+        prompts = [p for plan in plans for _, chunk_prompts in plan for p in chunk_prompts]
+        dists = iter(self.backend.answer_distribution(prompts, self.config.readout_top_k))
+        out = []
+        for item, plan in zip(items, plans):
+            dist = merge([next(dists) for _, chunk_prompts in plan for _ in chunk_prompts])
+            demo_ids = list(dict.fromkeys(d["id"] for demos, _ in plan for d in demos))
+            out.append(Scored(item, None, demo_ids, prompt_hash(plan[0][1][0]), len(plan[0][1]), dist=dist))
+        return self._read_out(out)
+
+    def _read_out(self, scored: list[Scored]) -> list[Scored]:
+        """Fill in label log-probs from the answer distributions, once the readout is fitted."""
+        if scored and self.readout is not None and self.readout.fitted:
+            for s, logp in zip(scored, self.readout.log_proba([s.dist for s in scored])):
+                s.logp, s.variants = logp, {"none": logp}
+        return scored
+
+    def fit_readout(self, pool: list[dict], cache: str | Path | None = None) -> None:
+        """Put every pool document through this labeler's prompts and fit the readout on their answer
+        distributions and gold labels. A document among its own demos (random or fixed selection) is left
+        out: its answer is in its prompt. `cache`: a JSONL file of pool scores, read and extended."""
+        if self.readout is None:
+            raise ValueError("fit_readout needs a readout (LabelerConfig.readout knn or linear)")
+        names = self.task.label_names
+        scored = self._cached_scores(pool, cache, "demo pool (readout)")
+        keep = [s for s in scored if s.item["id"] not in s.demo_ids and s.item.get("gold") in names]
+        if not keep:
+            raise ValueError("the demo pool has no labeled document outside its own demos to fit the readout on")
+        self.readout.fit([s.dist for s in keep], [names.index(s.item["gold"]) for s in keep])
+
+    def _score_labels(self, items: list[dict], plans: list) -> list[Scored]:
         prompts, cf_keys = [], []
         for plan in plans:
             for demos, chunk_prompts in plan:
@@ -109,7 +163,6 @@ class Labeler:
             demo_ids = list(dict.fromkeys(d["id"] for demos, _ in plan for d in demos))
             out.append(Scored(item, variants["contextual" if self.contextual else "none"], demo_ids,
                               prompt_hash(plan[0][1][0]), len(plan[0][1]), variants))
-        self.seconds += time.perf_counter() - start
         return out
 
     def fit(self, dev_items: list[dict], cache: str | Path | None = None) -> Calibration:
@@ -118,7 +171,9 @@ class Labeler:
         scores for these prompts (read, and extended with the items it lacks)."""
         if not dev_items:
             return self.calibration
-        self.dev_scored = self._dev_scores(dev_items, cache)
+        if self.readout is not None and not self.readout.fitted:
+            raise ValueError("fit the readout on the demo pool (fit_readout) before fitting on dev")
+        self.dev_scored = self._cached_scores(dev_items, cache)
         logp = np.stack([s.logp for s in self.dev_scored])
         bias = dev_prior(logp) if self.config.calibration.endswith("dev_prior") else None
         temperature = 1.0
@@ -138,28 +193,33 @@ class Labeler:
                     self.dev_accuracy[name] = float((v[keep].argmax(1) == gold).mean())
         return self.calibration
 
-    def _dev_scores(self, dev_items: list[dict], cache: str | Path | None) -> list[Scored]:
-        """Dev items' scores, from `cache` where it has them; new ones are appended to it."""
+    def _cached_scores(self, items: list[dict], cache: str | Path | None, desc: str = "dev (calibration)"
+                       ) -> list[Scored]:
+        """Items' scores, from `cache` where it has them; new ones are appended to it."""
         if cache is None:
-            return self._batched(dev_items)
+            return self._batched(items, desc)
         known = {r["id"]: r for r in read_results(cache)}
-        need = "contextual" if self.contextual else "none"
-        todo = [it for it in dev_items if need not in known.get(it["id"], {})]
-        def save(batch: list[Scored]) -> None:  # as each batch comes, so an interrupted dev pass resumes
+        need = "dist" if self.readout is not None else "contextual" if self.contextual else "none"
+        todo = [it for it in items if need not in known.get(it["id"], {})]
+        def save(batch: list[Scored]) -> None:  # as each batch comes, so an interrupted pass resumes
             for s in batch:
-                row = {"id": s.item["id"], "demos": s.demo_ids, "prompt_hash": s.prompt_hash, "chunks": s.chunks,
-                       **{k: v.tolist() for k, v in s.variants.items()}}
+                row = {"id": s.item["id"], "demos": s.demo_ids, "prompt_hash": s.prompt_hash, "chunks": s.chunks}
+                if s.dist is not None:  # as pairs: JSON object keys would turn token ids into strings
+                    row["dist"] = [[k, v] for k, v in s.dist.items()]
+                else:
+                    row.update({k: v.tolist() for k, v in s.variants.items()})
                 writer.write(row)
                 known[row["id"]] = row
 
         with ResultWriter(cache) as writer:
-            self._batched(todo, on_batch=save)
+            self._batched(todo, desc, on_batch=save)
         out = []
-        for it in dev_items:
+        for it in items:
             row = known[it["id"]]
             variants = {k: np.array(row[k]) for k in ("none", "contextual") if k in row}
-            out.append(Scored(it, variants[need], row["demos"], row["prompt_hash"], row["chunks"], variants))
-        return out
+            dist = {k: v for k, v in row["dist"]} if "dist" in row else None
+            out.append(Scored(it, variants.get(need), row["demos"], row["prompt_hash"], row["chunks"], variants, dist))
+        return self._read_out(out)
 
     def _precompute(self, items: list[dict]) -> None:
         for sel in self.selectors:  # kNN/MMR: embed all items in one batch
@@ -195,6 +255,8 @@ class Labeler:
                     "probs": {n: round(float(p), 6) for n, p in zip(names, probs)},
                     "demos": scored.demo_ids, "chunks": scored.chunks,
                     "model": self.backend.model_name, "prompt_hash": scored.prompt_hash})
+        if self.readout is not None:
+            row["readout"] = self.readout.kind
         if scored.item.get("gold") is not None:
             row["gold"] = scored.item["gold"]
         return row
@@ -202,6 +264,8 @@ class Labeler:
     def run(self, items: list[dict], writer: ResultWriter | None = None, progress: bool = True) -> list[dict]:
         """Label the items not yet in `writer` (resume), writing each result as it comes."""
         todo = [it for it in items if writer is None or it["id"] not in writer.done_ids]
+        if self.readout is not None and not self.readout.fitted:
+            raise ValueError("fit the readout on the demo pool (fit_readout) before labeling")
         self._precompute(todo)
         bar = None
         if progress:

@@ -2,7 +2,7 @@
 SVG plots (accuracy bars, accuracy vs speed, reliability diagrams) — no plotting dependency.
 
 An evaluation record is a dict: {"run": name, "method", "model", "shots", "selection",
-"calibration", "llm": bool, "accuracy", "macro_f1", "ece", "docs_per_s", "tokens_per_s",
+"calibration", "readout", "llm": bool, "accuracy", "macro_f1", "ece", "docs_per_s", "tokens_per_s",
 "prompt_tokens", "cache_hit_rate", ..., "metrics": the full evaluate_results dict}.
 """
 from __future__ import annotations
@@ -11,9 +11,8 @@ import html
 import json
 from pathlib import Path
 
-COLUMNS = ("run", "method", "model", "shots", "selection", "calibration", "n", "accuracy", "accuracy_ci95", "macro_f1",
-           "ece",
-           "docs_per_s", "tokens_per_s", "prompt_tokens", "cache_hit_rate")
+COLUMNS = ("run", "method", "model", "shots", "selection", "calibration", "readout", "n", "accuracy", "accuracy_ci95",
+           "macro_f1", "ece", "docs_per_s", "tokens_per_s", "prompt_tokens", "cache_hit_rate")
 
 
 def save_record(record: dict, runs_dir: str | Path) -> Path:

@@ -5,6 +5,8 @@ Choosing a configuration without looking at the test set: `standard_sweep(..., d
 every spec on the dev set only and writes dev records (accuracy for each calibration from the same
 scores) under <out>/dev/; the chosen spec then runs on test, reusing the cached dev scores
 (<out>/dev-cache/, keyed by everything in the spec but its name and calibration).
+A spec with a readout (knn or linear) first puts the demo pool through its prompts to fit the readout;
+those scores are cached the same way (<out>/pool-cache/), shared by the knn and linear readouts.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from flagstack.annotate.evaluate import evaluate_results
 from flagstack.annotate.labeler import Labeler, LabelerConfig
 from flagstack.annotate.output import ResultWriter, read_results
 from flagstack.annotate.prompt import PromptBuilder, PromptConfig
+from flagstack.annotate.readout import READOUTS
 from flagstack.annotate.report import save_record
 from flagstack.annotate.task import TaskSpec, with_prompt_format
 
@@ -40,6 +43,7 @@ class RunSpec:
     fixed_ids: tuple[str, ...] = ()
     seed: int = 0
     per_label: int | None = None   # knn: at most this many demos of each label (label-balanced kNN)
+    readout: str = "labels"        # knn / linear: read the whole answer distribution (annotate/readout.py)
 
     def __post_init__(self):
         if self.selection not in SELECTIONS:
@@ -48,6 +52,8 @@ class RunSpec:
             raise ValueError(f"shots must be >= 1 for selection {self.selection!r}, got {self.shots}")
         if self.demo_sets < 1:
             raise ValueError(f"demo_sets must be >= 1, got {self.demo_sets}")
+        if self.readout not in READOUTS:
+            raise ValueError(f"readout must be one of {READOUTS}, got {self.readout!r}")
 
 
 def make_selectors(spec: RunSpec, pool: list[dict]) -> list:
@@ -72,13 +78,16 @@ def _write_review(rows: list[dict], path: Path, threshold: float) -> int:
     return len(low)
 
 
-def dev_cache_path(spec: RunSpec, task: TaskSpec, model_name: str, pool: list[dict], out_dir: str | Path) -> Path:
-    """Where the dev scores of a spec live: shared by specs that differ only in name or calibration
-    (their prompts, hence their scores, are the same); another task, model or demo pool gets its own."""
+def dev_cache_path(spec: RunSpec, task: TaskSpec, model_name: str, pool: list[dict], out_dir: str | Path,
+                   kind: str = "dev") -> Path:
+    """Where the dev (or, kind "pool", demo-pool) scores of a spec live: shared by specs that differ only
+    in name, calibration or which readout reads the distributions (their prompts, hence their scores, are
+    the same); another task, model or demo pool gets its own."""
     fields = {k: v for k, v in dataclasses.asdict(spec).items() if k not in ("name", "calibration")}
+    fields["readout"] = "labels" if spec.readout == "labels" else "distribution"
     ident = [fields, dataclasses.asdict(task), model_name, sorted(d["id"] for d in pool)]
     key = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return Path(out_dir) / "dev-cache" / f"{key}.jsonl"
+    return Path(out_dir) / f"{kind}-cache" / f"{key}.jsonl"
 
 
 def _dev_record(spec: RunSpec, labeler: Labeler, task: TaskSpec, model_name: str, out_dir: Path) -> dict:
@@ -87,8 +96,8 @@ def _dev_record(spec: RunSpec, labeler: Labeler, task: TaskSpec, model_name: str
     metrics = evaluate_results(rows, task.label_names)
     record = {"run": spec.name, "method": "llm", "llm": True, "model": model_name, "split": "dev",
               "shots": round(sum(len(r["demos"]) for r in rows) / len(rows), 1), "selection": spec.selection,
-              "calibration": spec.calibration, "n": metrics["n"], "accuracy": metrics["accuracy"],
-              "accuracy_ci95": metrics["accuracy_ci95"], "macro_f1": metrics["macro_f1"], "ece": metrics["ece"],
+              "calibration": spec.calibration, "readout": spec.readout, "n": metrics["n"],
+              "accuracy": metrics["accuracy"], "accuracy_ci95": metrics["accuracy_ci95"], "macro_f1": metrics["macro_f1"], "ece": metrics["ece"],
               "dev_accuracy": labeler.dev_accuracy, "spec": dataclasses.asdict(spec), "metrics": metrics}
     save_record(record, out_dir / "dev")
     return record
@@ -102,7 +111,10 @@ def llm_run(spec: RunSpec, task: TaskSpec, backend, pool: list[dict], dev: list[
     out_dir = Path(out_dir)
     task = with_prompt_format(task, spec.prompt_format)
     builder = PromptBuilder(task, backend.tokenizer, spec.prompt)
-    labeler = Labeler(task, backend, builder, make_selectors(spec, pool), LabelerConfig(calibration=spec.calibration))
+    labeler = Labeler(task, backend, builder, make_selectors(spec, pool),
+                      LabelerConfig(calibration=spec.calibration, readout=spec.readout))
+    if spec.readout != "labels":
+        labeler.fit_readout(pool, dev_cache_path(spec, task, backend.model_name, pool, out_dir, "pool"))
     calibration = labeler.fit(dev, dev_cache_path(spec, task, backend.model_name, pool, out_dir))
     if dev_only:
         if not dev:
@@ -122,9 +134,9 @@ def llm_run(spec: RunSpec, task: TaskSpec, backend, pool: list[dict], dev: list[
     record = {
         "run": spec.name, "method": "llm", "llm": True, "model": backend.model_name,
         "shots": round(sum(len(r["demos"]) for r in rows) / len(rows), 1), "selection": spec.selection,
-        "calibration": spec.calibration, "prompt_format": spec.prompt_format, "n": metrics["n"],
-        "accuracy": metrics["accuracy"], "accuracy_ci95": metrics["accuracy_ci95"], "macro_f1": metrics["macro_f1"],
-        "ece": metrics["ece"], "dev_accuracy": labeler.dev_accuracy,
+        "calibration": spec.calibration, "readout": spec.readout, "prompt_format": spec.prompt_format,
+        "n": metrics["n"], "accuracy": metrics["accuracy"], "accuracy_ci95": metrics["accuracy_ci95"],
+        "macro_f1": metrics["macro_f1"], "ece": metrics["ece"], "dev_accuracy": labeler.dev_accuracy,
         "docs_per_s": len(new) / seconds if new and seconds > 0 else None,
         "tokens_per_s": sent / seconds if new and seconds > 0 else None,
         "prompt_tokens": round(sent / len(new)) if new else None,

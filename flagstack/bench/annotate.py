@@ -100,9 +100,9 @@ def bench_long(model: str, prompt_tokens: int, query_tokens: int, docs: int, bat
     return rows
 
 
-ACCURACY_COLUMNS = ("split", "run", "llm", "shots", "selection", "calibration", "n", "accuracy", "ci95_lo", "ci95_hi",
-                    "macro_f1", "ece", "dev_accuracy", "docs_per_s", "prompt_tokens", "prompt_tokens_computed",
-                    "cache_hit_rate")
+ACCURACY_COLUMNS = ("split", "run", "llm", "shots", "selection", "calibration", "readout", "n", "accuracy", "ci95_lo",
+                    "ci95_hi", "macro_f1", "ece", "dev_accuracy", "docs_per_s", "prompt_tokens",
+                    "prompt_tokens_computed", "cache_hit_rate")
 
 
 def _accuracy_row(record: dict, split: str) -> dict:

@@ -1,6 +1,8 @@
 """Test doubles: a byte-level tokenizer and a backend whose label scores are hand-computable."""
 from __future__ import annotations
 
+import collections
+
 import numpy as np
 
 
@@ -43,6 +45,16 @@ class KeywordBackend:
             for j, c in enumerate(candidates):
                 name = self.tokenizer.decode(c).strip()
                 out[i, j] = item.count(name) + self.bias.get(name, 0.0)
+        return out
+
+    def answer_distribution(self, prompts, k):
+        """The words of the prompt's last item, each with log(its share of the item's words); top k."""
+        out = []
+        for p in prompts:
+            self.prompts_seen += 1
+            words = collections.Counter(self.tokenizer.decode(p).rsplit("Text:", 1)[-1].split()[:-1])  # minus 'Label:'
+            total = sum(words.values())
+            out.append({w: float(np.log(n / total)) for w, n in words.most_common(k)})
         return out
 
     def generate(self, prompts, max_tokens, json_schema=None):

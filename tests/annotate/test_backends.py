@@ -87,3 +87,36 @@ def test_openai_backend_echo_and_choice():
     np.testing.assert_allclose(choice.score([tok.encode("Q:")], cands), [[-20.0, 0.0]])
     with pytest.raises(ValueError, match="mode"):
         OpenAIBackend("http://x", "m", mode="guess", tokenizer=tok, client=client)
+
+
+def test_answer_distribution_is_the_top_k_of_the_next_token_log_softmax(tiny):
+    model, path, prompts, _, _ = tiny
+    with torch.no_grad():
+        want = []
+        for p in prompts:
+            top = torch.log_softmax(model(torch.tensor([p], device=model.device)).logits[0, -1].float(), -1).topk(5)
+            want.append(dict(zip(top.indices.tolist(), top.values.tolist())))
+    for backend in (EngineBackend(path, block_size=4, dtype="float32"), HFBackend(loaded=(word_tokenizer(), model))):
+        got = backend.answer_distribution(prompts, 5)
+        for g, w in zip(got, want):
+            assert set(g) == set(w) and all(isinstance(t, int) for t in g)
+            np.testing.assert_allclose([g[t] for t in w], list(w.values()), rtol=1e-4, atol=1e-4)
+        with pytest.raises(ValueError, match="k \\(top tokens"):
+            backend.answer_distribution(prompts, 0)
+
+
+def test_openai_backend_answer_distribution():
+    class Completions:
+        def create(self, prompt, logprobs=None, **kw):
+            top = [{}] if prompt == "silent" else [{" red": -0.2, " round": -1.9}]
+            lp = types.SimpleNamespace(top_logprobs=top)
+            return types.SimpleNamespace(choices=[types.SimpleNamespace(logprobs=lp)],
+                                         usage=types.SimpleNamespace(prompt_tokens=len(prompt)))
+
+    tok = ByteTokenizer()
+    backend = OpenAIBackend("http://x", "m", tokenizer=tok, client=types.SimpleNamespace(
+        completions=Completions(), base_url="http://x"))
+    assert backend.answer_distribution([tok.encode("Q:")], 2) == [{" red": -0.2, " round": -1.9}]
+    assert backend.stats()["prompt_tokens_sent"] == 2
+    with pytest.raises(ValueError, match="no top logprobs"):
+        backend.answer_distribution([tok.encode("silent")], 2)

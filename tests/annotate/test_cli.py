@@ -70,3 +70,16 @@ def test_clear_errors(setup, tmp_path, capsys):
 def test_sweep_rejects_unknown_run_names(capsys):
     assert main(["annotate", "sweep", "--n-test", "2", "--n-dev", "2", "--only", "5-shot-knn,nope"]) == 2
     assert "unknown run name(s) ['nope']" in capsys.readouterr().err
+
+
+def test_run_with_a_linear_readout(setup, tmp_path, capsys):
+    root = setup
+    args = ["annotate", "run", "--task", str(root / "task.yaml"), "--data", str(root / "data.jsonl"),
+            "--model", str(root / "model"), "--max-prompt-tokens", "300", "--query-tokens", "40",
+            "--readout", "linear", "--readout-top-k", "8", "--out", str(tmp_path / "out.jsonl")]
+    assert main(args) == 2
+    assert "--readout linear is fitted on the demo pool: give --demos" in capsys.readouterr().err
+    assert main(args + ["--demos", str(root / "pool.jsonl"), "--dev", str(root / "dev.jsonl")]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert len(rows) == 5 and all(r["readout"] == "linear" and abs(sum(r["probs"].values()) - 1) < 1e-5 for r in rows)
+    assert len((tmp_path / "out.pool-scores.jsonl").read_text().splitlines()) == 9  # kept for a rerun

@@ -6,6 +6,8 @@ token-exact across items). Two calls do all the work:
   each prompt, shape [len(prompts), len(candidates)];
 - `generate(prompts, max_tokens, json_schema)`: greedy text, constrained to the schema when the
   backend can (`constrains_json`), for extraction.
+A third, `answer_distribution(prompts, k)`, gives the top-k next-token log-probs after each prompt
+(for readouts fitted on the demo pool, annotate/readout.py).
 """
 from __future__ import annotations
 
@@ -37,6 +39,8 @@ class Backend(Protocol):
 
     def generate(self, prompts: list[list[int]], max_tokens: int, json_schema: dict | None = None) -> list[str]: ...
 
+    def answer_distribution(self, prompts: list[list[int]], k: int) -> list[dict]: ...
+
     def stats(self) -> dict: ...
 
 
@@ -44,6 +48,14 @@ def check_score_args(prompts: list[list[int]], candidates: list[list[int]]) -> N
     """Raise ValueError unless prompts and candidates are non-empty token id lists."""
     if not candidates or any(not c for c in candidates):
         raise ValueError("candidates must be a non-empty list of non-empty token id lists")
+    if any(not p for p in prompts):
+        raise ValueError("prompts must be non-empty token id lists")
+
+
+def check_distribution_args(prompts: list[list[int]], k: int) -> None:
+    """Raise ValueError unless prompts are non-empty token id lists and k >= 1."""
+    if k < 1:
+        raise ValueError(f"k (top tokens per distribution) must be >= 1, got {k}")
     if any(not p for p in prompts):
         raise ValueError("prompts must be non-empty token id lists")
 

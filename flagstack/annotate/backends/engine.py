@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from flagstack.annotate.backends.base import TokenStats, check_score_args
+from flagstack.annotate.backends.base import TokenStats, check_distribution_args, check_score_args
 
 # new tokens per engine step on CPU: 2048 was ~4% faster than the engine's 4096 on the BBC bench (3 paired
 # rounds, 2-core CI machine; 1024 about the same as 2048, 512 slower): smaller activations stay in cache
@@ -83,6 +83,17 @@ class EngineBackend:
             self._run([(i, j) for i in range(len(prompts)) for j in range(len(candidates))], prompts, candidates,
                       scores)
         return scores
+
+    def answer_distribution(self, prompts: list[list[int]], k: int) -> list[dict]:
+        """The top-k next-token log-probs after each prompt, {token id: log-prob}."""
+        from flagstack.engine.config import SamplingParams
+
+        check_distribution_args(prompts, k)
+        if not prompts:
+            return []
+        outs = self.llm.generate(prompts, SamplingParams(max_tokens=1, temperature=0.0, logprobs=k))
+        self._requests += len(prompts)
+        return [{int(t): float(v) for t, v in out.outputs[0].logprobs[0].items()} for out in outs]
 
     def generate(self, prompts: list[list[int]], max_tokens: int, json_schema: dict | None = None) -> list[str]:
         """Greedy continuations; with a schema, constrained to JSON matching it."""

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flagstack.annotate.backends.base import TokenStats, check_score_args, common_prefix_len
+from flagstack.annotate.backends.base import TokenStats, check_distribution_args, check_score_args, common_prefix_len
 from flagstack.engine.loader import embedded_gguf_path
 
 
@@ -86,6 +86,16 @@ class HFBackend:
                     self._stats.prompt_tokens_sent += len(cand) - 1
                     self._stats.prompt_tokens_computed += len(cand) - 1
         return scores
+
+    @torch.inference_mode()
+    def answer_distribution(self, prompts: list[list[int]], k: int) -> list[dict]:
+        """The top-k next-token log-probs after each prompt, {token id: log-prob}."""
+        check_distribution_args(prompts, k)
+        out = []
+        for prompt in prompts:
+            top = torch.log_softmax(self._prefill(prompt), -1).topk(k)
+            out.append(dict(zip(top.indices.tolist(), top.values.tolist())))
+        return out
 
     @torch.inference_mode()
     def generate(self, prompts: list[list[int]], max_tokens: int, json_schema: dict | None = None) -> list[str]:

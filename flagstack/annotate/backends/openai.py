@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from flagstack.annotate.backends.base import TokenStats, check_score_args
+from flagstack.annotate.backends.base import TokenStats, check_distribution_args, check_score_args
 
 MODES = ("logprobs", "choice")
 CHOICE_FLOOR = -20.0
@@ -45,12 +45,17 @@ class OpenAIBackend:
         self.tokenizer = tokenizer if tokenizer is not None else _local_tokenizer(None)
         self._stats = TokenStats()
 
+    def _count(self, resp) -> None:
+        """Add a response's prompt tokens (a server's own cache hits are not reported: all count as computed)."""
+        n = getattr(resp.usage, "prompt_tokens", 0) or 0
+        self._stats.prompt_tokens_sent += n
+        self._stats.prompt_tokens_computed += n
+
     def _echo_score(self, prompt_text: str, cand_text: str) -> float:
         resp = self.client.completions.create(model=self.model, prompt=prompt_text + cand_text, max_tokens=1,
                                               temperature=0.0, echo=True, logprobs=1)
         lp = resp.choices[0].logprobs
-        self._stats.prompt_tokens_sent += getattr(resp.usage, "prompt_tokens", 0) or 0
-        self._stats.prompt_tokens_computed += getattr(resp.usage, "prompt_tokens", 0) or 0
+        self._count(resp)
         total, end = 0.0, len(prompt_text) + len(cand_text)
         for offset, value in zip(lp.text_offset, lp.token_logprobs):
             if len(prompt_text) <= offset < end and value is not None:
@@ -81,6 +86,23 @@ class OpenAIBackend:
             else:
                 scores[i] = [self._echo_score(text, c) for c in cand_texts]
         return scores
+
+    def answer_distribution(self, prompts: list[list[int]], k: int) -> list[dict]:
+        """The server's top log-probs for the next token, {token text: log-prob}; OpenAI's API caps k at 20,
+        servers such as vLLM allow more."""
+        check_distribution_args(prompts, k)
+        out = []
+        for prompt in prompts:
+            resp = self.client.completions.create(model=self.model, prompt=self.tokenizer.decode(prompt), max_tokens=1,
+                                                  temperature=0.0, logprobs=k)
+            self._stats.requests += 1
+            self._count(resp)
+            top = resp.choices[0].logprobs.top_logprobs
+            if not top or not top[0]:
+                raise ValueError(f"the server at {self.client.base_url} returned no top logprobs; "
+                                 "a readout needs a server that returns them")
+            out.append({str(t): float(v) for t, v in top[0].items()})
+        return out
 
     def generate(self, prompts: list[list[int]], max_tokens: int, json_schema: dict | None = None) -> list[str]:
         """Greedy completions; the schema is passed as vLLM's guided_json (the caller validates anyway)."""
