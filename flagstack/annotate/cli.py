@@ -128,8 +128,8 @@ def _leaderboard(args) -> int:
     if not records:
         raise ValueError(f"runs_dir {args.runs_dir}: no *.eval.json records (run `annotate sweep` or `eval`)")
     paths = write_leaderboard(records, args.out or args.runs_dir)
-    _print_table(records, ["run", "model", "shots", "selection", "calibration", "n", "accuracy", "accuracy_ci95",
-                           "macro_f1", "ece", "docs_per_s", "prompt_tokens", "cache_hit_rate"])
+    _print_table(records, ["run", "model", "shots", "selection", "calibration", "readout", "n", "accuracy",
+                           "accuracy_ci95", "macro_f1", "ece", "docs_per_s", "prompt_tokens", "cache_hit_rate"])
     print(f"leaderboard -> {paths[0]} and {paths[1]}")
     return 0
 

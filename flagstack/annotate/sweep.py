@@ -171,8 +171,9 @@ def standard_specs(shots: int = 5, many_shot_tokens: int = 4096, query_tokens: i
                    many_shot_demo_tokens: int = 160, max_chunks: int = 8, per_label: int = 3) -> list[RunSpec]:
     """The standard sweep: zero-shot, k-shot random, k-shot nearest neighbours (TF-IDF and MiniLM
     embeddings, MMR), many-shot to the token budget (random; kNN; label-balanced kNN with at most
-    `per_label` demos of each label). Every spec uses contextual calibration; the dev records show
-    the other calibrations on the same scores."""
+    `per_label` demos of each label), and zero-shot prompts read by readouts fitted on the demo pool
+    (linear, and kNN prompting). Every spec that scores label tokens uses contextual calibration; the dev
+    records show the other calibrations on the same scores."""
     base = PromptConfig(max_prompt_tokens=max(2048, query_tokens + 1024), demo_tokens=demo_tokens,
                         query_tokens=query_tokens, overlap=min(64, query_tokens // 4), max_chunks=max_chunks)
     many = dataclasses.replace(base, max_prompt_tokens=many_shot_tokens, demo_tokens=many_shot_demo_tokens)
@@ -189,6 +190,8 @@ def standard_specs(shots: int = 5, many_shot_tokens: int = 4096, query_tokens: i
         RunSpec("many-shot-knn-balanced", "knn", 200, prompt=many_knn, per_label=per_label),
         RunSpec("many-shot-knn-balanced-minilm", "knn", 200, prompt=many_knn, embedding="minilm",
                 per_label=per_label),
+        RunSpec("zero-shot-linear-readout", "none", 0, "none", prompt=base, readout="linear"),
+        RunSpec("zero-shot-knn-prompting", "none", 0, "none", prompt=base, readout="knn"),
     ]
 
 
