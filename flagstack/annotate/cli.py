@@ -230,7 +230,7 @@ def add_annotate_commands(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--readout", default="labels", choices=READOUTS,
                      help="labels: score the label tokens (default); knn / linear: read the model's whole answer "
                      "distribution with a readout fitted on the --demos pool (kNN prompting / logistic regression)")
-    run.add_argument("--readout-top-k", type=int, default=100, help="answer tokens a readout reads")
+    run.add_argument("--readout-top-k", type=int, default=200, help="answer tokens a readout reads")
     run.add_argument("--format", default="plain", choices=["plain", "chat"])
     run.add_argument("--max-prompt-tokens", type=int, default=2048)
     run.add_argument("--demo-tokens", type=int, default=200)

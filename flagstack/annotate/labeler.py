@@ -35,7 +35,7 @@ class LabelerConfig:
     fit_temperature: bool = True
     batch_items: int = 8      # items per backend call (the engine batches their prompts)
     readout: str = "labels"   # labels: score the label tokens; knn / linear: a readout fitted on the pool
-    readout_top_k: int = 100  # tokens of the answer distribution a readout reads
+    readout_top_k: int = 200  # tokens of the answer distribution a readout reads
     readout_neighbours: int = 9
 
     def __post_init__(self):

@@ -178,7 +178,7 @@ def test_standard_specs_budgets():
     from flagstack.annotate.sweep import standard_specs
 
     specs = {s.name: s for s in standard_specs(4, 3000, 224, 120, 80, 1, 2)}
-    assert len(specs) == 12 and specs["4-shot-knn"].prompt.demo_tokens == 120
+    assert len(specs) == 13 and specs["4-shot-knn"].prompt.demo_tokens == 120
     assert specs["zero-shot-linear-readout"].readout == "linear" and specs["zero-shot-knn-prompting"].readout == "knn"
     assert specs["many-shot-knn-balanced"].per_label == 2 and specs["many-shot-knn"].per_label is None
     many = specs["many-shot-knn-balanced"].prompt
