@@ -101,7 +101,8 @@ def _dev_record(spec: RunSpec, labeler: Labeler, task: TaskSpec, model_name: str
     record = {"run": spec.name, "method": "llm", "llm": True, "model": model_name, "split": "dev",
               "shots": round(sum(len(r["demos"]) for r in rows) / len(rows), 1), "selection": spec.selection,
               "calibration": spec.calibration, "readout": spec.readout, "n": metrics["n"],
-              "accuracy": metrics["accuracy"], "accuracy_ci95": metrics["accuracy_ci95"], "macro_f1": metrics["macro_f1"], "ece": metrics["ece"],
+              "accuracy": metrics["accuracy"], "accuracy_ci95": metrics["accuracy_ci95"],
+              "macro_f1": metrics["macro_f1"], "ece": metrics["ece"],
               "dev_accuracy": labeler.dev_accuracy, "spec": dataclasses.asdict(spec), "metrics": metrics}
     save_record(record, out_dir / "dev")
     return record
@@ -177,8 +178,8 @@ def standard_specs(shots: int = 5, many_shot_tokens: int = 4096, query_tokens: i
     """The standard sweep: zero-shot, k-shot random, k-shot nearest neighbours (TF-IDF and MiniLM
     embeddings, MMR), many-shot to the token budget (random; kNN; label-balanced kNN with at most
     `per_label` demos of each label), and prompts read by readouts fitted on the demo pool: zero-shot
-    (linear, and kNN prompting) and k-shot nearest neighbours (linear). Every spec that scores label tokens uses contextual calibration; the dev
-    records show the other calibrations on the same scores."""
+    (linear, and kNN prompting) and k-shot nearest neighbours (linear). Every spec that scores label
+    tokens uses contextual calibration; the dev records show the other calibrations on the same scores."""
     base = PromptConfig(max_prompt_tokens=max(2048, query_tokens + 1024), demo_tokens=demo_tokens,
                         query_tokens=query_tokens, overlap=min(64, query_tokens // 4), max_chunks=max_chunks)
     many = dataclasses.replace(base, max_prompt_tokens=many_shot_tokens, demo_tokens=many_shot_demo_tokens)
