@@ -25,9 +25,10 @@ def merge(dists: list[dict]) -> dict:
     missing from one of them counts with that one's floor."""
     if len(dists) == 1:
         return dists[0]
-    keys = set().union(*dists)
+    keys = list(set().union(*dists))
     floors = [min(d.values()) - 1.0 for d in dists]
-    return {k: float(logsumexp([d.get(k, f) for d, f in zip(dists, floors)]) - np.log(len(dists))) for k in keys}
+    logp = np.array([[d.get(k, f) for k in keys] for d, f in zip(dists, floors)])
+    return dict(zip(keys, (logsumexp(logp, axis=0) - np.log(len(dists))).tolist()))
 
 
 class Readout:
