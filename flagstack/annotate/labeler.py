@@ -64,6 +64,12 @@ class Scored:
     dist: dict | None = None  # readouts: the top-k answer distribution {token: log-prob}
 
 
+def _provenance(plan: list) -> tuple[list[str], str, int]:
+    """(demo ids over all demo sets, hash of the first prompt, chunks) of one item's plan."""
+    demo_ids = list(dict.fromkeys(d["id"] for demos, _ in plan for d in demos))
+    return demo_ids, prompt_hash(plan[0][1][0]), len(plan[0][1])
+
+
 class Labeler:
     """Labels items of a single- or multi-label task with a backend, a prompt builder and one or
     more demo selectors (several = self-consistency over demo sets)."""
@@ -111,8 +117,7 @@ class Labeler:
         out = []
         for item, plan in zip(items, plans):
             dist = merge([next(dists) for _, chunk_prompts in plan for _ in chunk_prompts])
-            demo_ids = list(dict.fromkeys(d["id"] for demos, _ in plan for d in demos))
-            out.append(Scored(item, None, demo_ids, prompt_hash(plan[0][1][0]), len(plan[0][1]), dist=dist))
+            out.append(Scored(item, None, *_provenance(plan), dist=dist))
         return self._read_out(out)
 
     def _read_out(self, scored: list[Scored]) -> list[Scored]:
@@ -160,9 +165,8 @@ class Labeler:
                     corrected -= np.log(np.exp(corrected).sum(-1, keepdims=True))
                     per_set["contextual"].append(np.exp(corrected).mean(0))
             variants = {name: np.log(np.mean(sets, 0)) for name, sets in per_set.items() if sets}
-            demo_ids = list(dict.fromkeys(d["id"] for demos, _ in plan for d in demos))
-            out.append(Scored(item, variants["contextual" if self.contextual else "none"], demo_ids,
-                              prompt_hash(plan[0][1][0]), len(plan[0][1]), variants))
+            out.append(Scored(item, variants["contextual" if self.contextual else "none"], *_provenance(plan),
+                              variants))
         return out
 
     def fit(self, dev_items: list[dict], cache: str | Path | None = None) -> Calibration:

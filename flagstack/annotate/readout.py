@@ -20,13 +20,18 @@ from scipy.special import log_softmax, logsumexp
 READOUTS = ("labels", "knn", "linear")
 
 
+def floor(dist: dict) -> float:
+    """The log-prob a token outside this top-k distribution is given: one nat below its smallest kept value."""
+    return min(dist.values()) - 1.0
+
+
 def merge(dists: list[dict]) -> dict:
     """The mean (in probability) of several top-k distributions, e.g. of a document's chunks; a token
     missing from one of them counts with that one's floor."""
     if len(dists) == 1:
         return dists[0]
     keys = list(set().union(*dists))
-    floors = [min(d.values()) - 1.0 for d in dists]
+    floors = [floor(d) for d in dists]
     logp = np.array([[d.get(k, f) for k in keys] for d, f in zip(dists, floors)])
     return dict(zip(keys, (logsumexp(logp, axis=0) - np.log(len(dists))).tolist()))
 
@@ -42,7 +47,8 @@ class Readout:
         self.kind, self.n_labels, self.k, self.C = kind, n_labels, k, C
         self.vocab: dict = {}
         self._model = None
-        self._anchors: np.ndarray | None = None   # [N, V] normalized log-probs of the pool (knn)
+        self._anchors: np.ndarray | None = None   # [N, V] normalized probabilities of the pool (knn)
+        self._anchor_terms: np.ndarray | None = None  # [N] sum_v p log p of each anchor
         self._gold: np.ndarray | None = None
 
     @property
@@ -53,7 +59,7 @@ class Readout:
         """[N, V] log-probs over the pool vocabulary, each row floored below its smallest kept value."""
         x = np.empty((len(dists), len(self.vocab)))
         for row, dist in zip(x, dists):
-            row[:] = min(dist.values()) - 1.0
+            row[:] = floor(dist)
             for key, value in dist.items():
                 col = self.vocab.get(key)
                 if col is not None:
@@ -69,7 +75,9 @@ class Readout:
         self.vocab = {key: i for i, key in enumerate(sorted({key for d in dists for key in d}, key=str))}
         x, self._gold = self.features(dists), np.asarray(gold, dtype=int)
         if self.kind == "knn":
-            self._anchors = log_softmax(x, axis=1)
+            logp = log_softmax(x, axis=1)
+            self._anchors = np.exp(logp)
+            self._anchor_terms = (self._anchors * logp).sum(1)
         else:
             from sklearn.linear_model import LogisticRegression
 
@@ -87,10 +95,9 @@ class Readout:
         if self.kind == "linear":
             probs[:, self._model.classes_] = self._model.predict_proba(x)
         else:
-            anchors, query = self._anchors, log_softmax(x, axis=1)
-            # KL(anchor || item) = sum_v p_a (log p_a - log p_i): the anchor entropy term, minus a matrix product
-            kl = (np.exp(anchors) * anchors).sum(1)[None, :] - query @ np.exp(anchors).T
-            k = min(self.k, len(anchors))
+            # KL(anchor || item) = sum_v p_a (log p_a - log p_i): the anchor's own term, minus a matrix product
+            kl = self._anchor_terms[None, :] - log_softmax(x, axis=1) @ self._anchors.T
+            k = min(self.k, len(self._anchors))
             for row, order in zip(probs, np.argsort(kl, axis=1, kind="stable")[:, :k]):
                 np.add.at(row, self._gold[order], 1.0 / k)
             probs = (probs * k + 0.5 / self.n_labels) / (k + 0.5)  # keep every label's log finite

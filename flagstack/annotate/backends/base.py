@@ -44,20 +44,23 @@ class Backend(Protocol):
     def stats(self) -> dict: ...
 
 
+def _check_prompts(prompts: list[list[int]]) -> None:
+    if any(not p for p in prompts):
+        raise ValueError("prompts must be non-empty token id lists")
+
+
 def check_score_args(prompts: list[list[int]], candidates: list[list[int]]) -> None:
     """Raise ValueError unless prompts and candidates are non-empty token id lists."""
     if not candidates or any(not c for c in candidates):
         raise ValueError("candidates must be a non-empty list of non-empty token id lists")
-    if any(not p for p in prompts):
-        raise ValueError("prompts must be non-empty token id lists")
+    _check_prompts(prompts)
 
 
 def check_distribution_args(prompts: list[list[int]], k: int) -> None:
     """Raise ValueError unless prompts are non-empty token id lists and k >= 1."""
     if k < 1:
         raise ValueError(f"k (top tokens per distribution) must be >= 1, got {k}")
-    if any(not p for p in prompts):
-        raise ValueError("prompts must be non-empty token id lists")
+    _check_prompts(prompts)
 
 
 def common_prefix_len(a: list[int], b: list[int]) -> int:
