@@ -3,7 +3,8 @@ Times, interleaved over rounds (medians, GPU time in CUDA graphs, L2 flushed): t
 16-token pages; the same kernel when every sequence is one contiguous head-major page (paging removed); a few
 2-warp launch configs (bench/results/decode-gap-probe-*.md also records earlier configs); the default kernel
 on 16-token pages in allocation order (page lookups kept, scattered reads removed); and SDPA.
-`python3 scripts/decode_gap_probe.py [ROUNDS [BLOCK_N:WARPS:STAGES:SPLITS ...]]` (configs replace CONFIGS);
+`python3 scripts/decode_gap_probe.py [ROUNDS [BLOCK_N:WARPS:STAGES:SPLITS[:SPLIT_P] ...]]` (configs replace CONFIGS;
+SPLIT_P 0 rounds P to the cache dtype once, as SDPA does, instead of the exact two-product P.V);
 PROBE_SHAPES="1x8192,64x1024" replaces the batch x context shapes.
 """
 import os
@@ -38,7 +39,8 @@ def probe(batch: int, context: int, rounds: int, configs: list[DecodeConfig]) ->
                 "one-page": lambda: paged_decode_triton(q, kc, vc, lens, tc, scale),
                 "sdpa": lambda: F.scaled_dot_product_attention(q[:, :, None], ks, vs, scale=scale, enable_gqa=True)}
     for cfg in configs:
-        variants[f"bn{cfg.block_n} w{cfg.num_warps} s{cfg.num_stages} x{cfg.num_splits}"] = (
+        name = f"bn{cfg.block_n} w{cfg.num_warps} s{cfg.num_stages} x{cfg.num_splits}" + ("" if cfg.split_p else " p1")
+        variants[name] = (
             lambda cfg=cfg: paged_decode_triton(q, k, v, lens, table, scale, config=cfg))
     row = interleaved_medians(variants, rounds, warmup_ms=5, rep_ms=40, cold_graph=True)
     sdpa = row["sdpa"]
@@ -50,9 +52,9 @@ def probe(batch: int, context: int, rounds: int, configs: list[DecodeConfig]) ->
 
 
 def config_of(spec: str) -> DecodeConfig:
-    """BLOCK_N:WARPS:STAGES:SPLITS as a DecodeConfig."""
-    block_n, warps, stages, splits = map(int, spec.split(":"))
-    return DecodeConfig(block_n=block_n, num_splits=splits, num_warps=warps, num_stages=stages)
+    """BLOCK_N:WARPS:STAGES:SPLITS[:SPLIT_P] as a DecodeConfig."""
+    block_n, warps, stages, splits, split_p = (list(map(int, spec.split(":"))) + [1])[:5]
+    return DecodeConfig(block_n=block_n, num_splits=splits, num_warps=warps, num_stages=stages, split_p=bool(split_p))
 
 
 def main() -> None:

@@ -72,7 +72,8 @@ def _run(args) -> int:
         return 0
     labeler = Labeler(task, backend, builder, make_selectors(spec, pool) if pool else make_selectors(
         dataclasses.replace(spec, selection="none"), pool),
-        LabelerConfig(calibration=args.calibration, readout=args.readout, readout_top_k=args.readout_top_k))
+        LabelerConfig(calibration=args.calibration, readout=args.readout, readout_top_k=args.readout_top_k),
+        view_prefixes=tuple(args.view_prefix or ()) + (task.view_prefixes if args.task_views else ()))
     if args.readout != "labels":  # the pool's scores are kept beside the results, so a rerun skips them
         labeler.fit_readout(pool, out.with_suffix(".pool-scores.jsonl"))
     labeler.fit(dev)
@@ -147,8 +148,11 @@ def _bbc_items(args):
 def _sweep(args) -> int:
     from flagstack.annotate.sweep import standard_specs, standard_sweep
 
+    from flagstack.annotate.task import load_task
+
     specs = standard_specs(args.shots, args.many_shot_tokens, args.query_tokens, args.demo_tokens,
-                           args.many_shot_demo_tokens, args.max_chunks, args.per_label)
+                           args.many_shot_demo_tokens, args.max_chunks, args.per_label,
+                           load_task("bbc_news").view_prefixes)
     if args.only:
         names = args.only.split(",")
         unknown = sorted(set(names) - {s.name for s in specs})
@@ -231,6 +235,10 @@ def add_annotate_commands(sub: argparse._SubParsersAction) -> None:
                      help="labels: score the label tokens (default); knn / linear: read the model's whole answer "
                      "distribution with a readout fitted on the --demos pool (kNN prompting / logistic regression)")
     run.add_argument("--readout-top-k", type=int, default=200, help="answer tokens a readout reads")
+    run.add_argument("--view-prefix", action="append", metavar="TEXT",
+                     help="with a readout: also read a zero-shot prompt ending in this answer prefix (repeatable)")
+    run.add_argument("--task-views", action="store_true",
+                     help="with a readout: also read the task spec's prompt.view_prefixes")
     run.add_argument("--format", default="plain", choices=["plain", "chat"])
     run.add_argument("--max-prompt-tokens", type=int, default=2048)
     run.add_argument("--demo-tokens", type=int, default=200)

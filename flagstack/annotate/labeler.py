@@ -5,7 +5,8 @@ An item's probabilities: per chunk, the label distribution (length-normalized, m
 content-free distribution of the same demos when contextual calibration is on); the mean over its
 chunks; the mean over demo sets (self-consistency, when several selectors are given); then the
 dev-fitted bias and temperature. With a readout (annotate/readout.py), the model's top-k answer
-distribution (mean over chunks and demo sets) goes through a readout fitted on the demo pool instead.
+distribution (mean over chunks and demo sets) goes through a readout fitted on the demo pool instead;
+extra views add zero-shot prompts that ask the question with other answer prefixes, each read the same way.
 
 Every item is scored once; both the raw and (when contextual calibration is on) the content-free
 corrected distributions are kept, so `fit` reports the dev accuracy of every calibration from the
@@ -61,7 +62,7 @@ class Scored:
     prompt_hash: str
     chunks: int
     variants: dict = dataclasses.field(default_factory=dict)  # "none"/"contextual" -> [L] log-distribution
-    dist: dict | None = None  # readouts: the top-k answer distribution {token: log-prob}
+    dist: dict | list[dict] | None = None  # readouts: the top-k answer distribution {token: log-prob}, one per view
 
 
 def _provenance(plan: list) -> tuple[list[str], str, int]:
@@ -75,7 +76,7 @@ class Labeler:
     more demo selectors (several = self-consistency over demo sets)."""
 
     def __init__(self, task: TaskSpec, backend, builder: PromptBuilder, selectors: list,
-                 config: LabelerConfig = LabelerConfig()):
+                 config: LabelerConfig = LabelerConfig(), view_prefixes: tuple[str, ...] = ()):
         if task.type not in ("single_label", "multi_label"):
             raise ValueError(f"Labeler handles single_label and multi_label tasks, got {task.type!r}")
         if not selectors:
@@ -83,8 +84,17 @@ class Labeler:
         if config.readout != "labels" and task.type != "single_label":
             raise ValueError(f"readout {config.readout!r} needs a single_label task, got {task.type!r}")
         self.task, self.backend, self.builder, self.selectors, self.config = task, backend, builder, selectors, config
+        if view_prefixes and config.readout == "labels":
+            raise ValueError("view_prefixes need a readout (LabelerConfig.readout knn or linear): label scoring "
+                             "reads only the main prompt")
+        if task.answer_prefix in view_prefixes or len(set(view_prefixes)) != len(view_prefixes):
+            raise ValueError(f"view_prefixes must differ from each other and from the task's answer prefix "
+                             f"{task.answer_prefix!r}, got {list(view_prefixes)}")
         self.readout = (None if config.readout == "labels" else
                         Readout(config.readout, len(task.labels), k=config.readout_neighbours))
+        # one zero-shot prompt builder per extra view: the task asked with another answer prefix
+        self.views = [PromptBuilder(dataclasses.replace(task, answer_prefix=prefix), builder.tokenizer, builder.config)
+                      for prefix in view_prefixes]
         self.candidates = builder.candidates()
         self.lengths = [len(c) for c in self.candidates]
         self.calibration = Calibration()
@@ -112,11 +122,15 @@ class Labeler:
         return out
 
     def _score_answers(self, items: list[dict], plans: list) -> list[Scored]:
-        prompts = [p for plan in plans for _, chunk_prompts in plan for p in chunk_prompts]
+        view_prompts = [[view.item_prompts(item["text"], []) for view in self.views] for item in items]
+        prompts = [p for plan, views in zip(plans, view_prompts)
+                   for chunk_prompts in [c for _, c in plan] + views for p in chunk_prompts]
         dists = iter(self.backend.answer_distribution(prompts, self.config.readout_top_k))
         out = []
-        for item, plan in zip(items, plans):
+        for item, plan, views in zip(items, plans, view_prompts):
             dist = merge([next(dists) for _, chunk_prompts in plan for _ in chunk_prompts])
+            if views:
+                dist = [dist] + [merge([next(dists) for _ in chunk_prompts]) for chunk_prompts in views]
             out.append(Scored(item, None, *_provenance(plan), dist=dist))
         return self._read_out(out)
 
@@ -203,13 +217,15 @@ class Labeler:
         if cache is None:
             return self._batched(items, desc)
         known = {r["id"]: r for r in read_results(cache)}
-        need = "dist" if self.readout is not None else "contextual" if self.contextual else "none"
+        need = ("views" if self.views else "dist") if self.readout is not None else (
+            "contextual" if self.contextual else "none")
         todo = [it for it in items if need not in known.get(it["id"], {})]
         def save(batch: list[Scored]) -> None:  # as each batch comes, so an interrupted pass resumes
             for s in batch:
                 row = {"id": s.item["id"], "demos": s.demo_ids, "prompt_hash": s.prompt_hash, "chunks": s.chunks}
                 if s.dist is not None:  # as pairs: JSON object keys would turn token ids into strings
-                    row["dist"] = [[k, v] for k, v in s.dist.items()]
+                    row[need] = [[[k, v] for k, v in d.items()] for d in s.dist] if self.views else [
+                        [k, v] for k, v in s.dist.items()]
                 else:
                     row.update({k: v.tolist() for k, v in s.variants.items()})
                 writer.write(row)
@@ -221,7 +237,11 @@ class Labeler:
         for it in items:
             row = known[it["id"]]
             variants = {k: np.array(row[k]) for k in ("none", "contextual") if k in row}
-            dist = {k: v for k, v in row["dist"]} if "dist" in row else None
+            dist = None
+            if need == "views":
+                dist = [{k: v for k, v in pairs} for pairs in row["views"]]
+            elif need == "dist":
+                dist = {k: v for k, v in row["dist"]}
             out.append(Scored(it, variants.get(need), row["demos"], row["prompt_hash"], row["chunks"], variants, dist))
         return self._read_out(out)
 
@@ -261,6 +281,8 @@ class Labeler:
                     "model": self.backend.model_name, "prompt_hash": scored.prompt_hash})
         if self.readout is not None:
             row["readout"] = self.readout.kind
+        if self.views:
+            row["views"] = [view.task.answer_prefix for view in self.views]
         if scored.item.get("gold") is not None:
             row["gold"] = scored.item["gold"]
         return row

@@ -11,6 +11,11 @@ model's in-context answer is the feature):
 A token outside a document's top-k gets that document's smallest kept log-prob minus one nat: its
 true value is unknown but lower. Distributions are dicts {token key: log-prob}; keys are whatever the
 backend names tokens by (ids, or token text from an OpenAI-compatible server), the same for pool and items.
+
+A document may be read through several prompts ("views": the same question asked in other words, each
+a different look at what the model knows). It then has one distribution per view, in a fixed order: the
+linear readout puts their features side by side, and kNN prompting sums the views' KL divergences (the
+KL of the views taken as independent distributions).
 """
 from __future__ import annotations
 
@@ -36,8 +41,14 @@ def merge(dists: list[dict]) -> dict:
     return dict(zip(keys, (logsumexp(logp, axis=0) - np.log(len(dists))).tolist()))
 
 
+def as_views(doc) -> list[dict]:
+    """A document's distributions, one per view: a single dict is one view."""
+    return [doc] if isinstance(doc, dict) else list(doc)
+
+
 class Readout:
-    """Maps answer distributions to label log-probabilities; `fit` on the pool first."""
+    """Maps answer distributions (a dict, or a list of dicts: one per view) to label log-probabilities;
+    `fit` on the pool first."""
 
     def __init__(self, kind: str, n_labels: int, k: int = 9, C: float = 1.0):
         if kind not in READOUTS[1:]:
@@ -45,59 +56,75 @@ class Readout:
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         self.kind, self.n_labels, self.k, self.C = kind, n_labels, k, C
-        self.vocab: dict = {}
+        self.vocabs: list[dict] = []  # per view: token key -> column
         self._model = None
-        self._anchors: np.ndarray | None = None   # [N, V] normalized probabilities of the pool (knn)
-        self._anchor_terms: np.ndarray | None = None  # [N] sum_v p log p of each anchor
+        self._anchors: list[np.ndarray] = []  # per view: [N, V] normalized probabilities of the pool (knn)
+        self._anchor_terms: np.ndarray | None = None  # [N] sum over views and tokens of p log p of each anchor
         self._gold: np.ndarray | None = None
 
     @property
     def fitted(self) -> bool:
-        return bool(self.vocab)
+        return bool(self.vocabs)
 
-    def features(self, dists: list[dict]) -> np.ndarray:
-        """[N, V] log-probs over the pool vocabulary, each row floored below its smallest kept value."""
-        x = np.empty((len(dists), len(self.vocab)))
+    def _view_features(self, dists: list[dict], vocab: dict) -> np.ndarray:
+        x = np.empty((len(dists), len(vocab)))
         for row, dist in zip(x, dists):
             row[:] = floor(dist)
             for key, value in dist.items():
-                col = self.vocab.get(key)
+                col = vocab.get(key)
                 if col is not None:
                     row[col] = value
         return x
 
-    def fit(self, dists: list[dict], gold: list[int]) -> "Readout":
-        """Fit on pool documents' distributions and their gold label indices."""
-        if not dists or len(dists) != len(gold):
-            raise ValueError(f"need one gold label per distribution and at least one, got {len(dists)} and {len(gold)}")
-        if any(not d for d in dists):
+    def view_features(self, docs: list) -> list[np.ndarray]:
+        """Per view, [N, V] log-probs over that view's pool vocabulary, each row floored below its smallest
+        kept value."""
+        views = [as_views(d) for d in docs]
+        if any(len(v) != len(self.vocabs) for v in views):
+            raise ValueError(f"every document needs {len(self.vocabs)} view(s), as in the fit; got "
+                             f"{sorted({len(v) for v in views})}")
+        return [self._view_features([v[i] for v in views], vocab) for i, vocab in enumerate(self.vocabs)]
+
+    def features(self, docs: list) -> np.ndarray:
+        """[N, sum of the views' V]: the views' features side by side."""
+        return np.hstack(self.view_features(docs))
+
+    def fit(self, docs: list, gold: list[int]) -> "Readout":
+        """Fit on pool documents' distributions (one dict, or one per view) and their gold label indices."""
+        if not docs or len(docs) != len(gold):
+            raise ValueError(f"need one gold label per distribution and at least one, got {len(docs)} and {len(gold)}")
+        views = [as_views(d) for d in docs]
+        if len({len(v) for v in views}) != 1 or not views[0]:
+            raise ValueError(f"every document needs the same number (>= 1) of views, got {sorted({len(v) for v in views})}")
+        if any(not d for v in views for d in v):
             raise ValueError("every distribution must hold at least one token")
-        self.vocab = {key: i for i, key in enumerate(sorted({key for d in dists for key in d}, key=str))}
-        x, self._gold = self.features(dists), np.asarray(gold, dtype=int)
+        self.vocabs = [{key: i for i, key in enumerate(sorted({key for v in views for key in v[view]}, key=str))}
+                       for view in range(len(views[0]))]
+        self._gold = np.asarray(gold, dtype=int)
         if self.kind == "knn":
-            logp = log_softmax(x, axis=1)
-            self._anchors = np.exp(logp)
-            self._anchor_terms = (self._anchors * logp).sum(1)
+            logps = [log_softmax(x, axis=1) for x in self.view_features(docs)]
+            self._anchors = [np.exp(logp) for logp in logps]
+            self._anchor_terms = sum((p * logp).sum(1) for p, logp in zip(self._anchors, logps))
         else:
             from sklearn.linear_model import LogisticRegression
 
             if len(set(self._gold.tolist())) < 2:
                 raise ValueError("the linear readout needs pool documents of at least two labels")
-            self._model = LogisticRegression(C=self.C, max_iter=3000).fit(x, self._gold)
+            self._model = LogisticRegression(C=self.C, max_iter=3000).fit(self.features(docs), self._gold)
         return self
 
-    def log_proba(self, dists: list[dict]) -> np.ndarray:
+    def log_proba(self, docs: list) -> np.ndarray:
         """[N, n_labels] label log-probabilities (knn: smoothed vote shares)."""
         if not self.fitted:
             raise ValueError("the readout is not fitted: call fit on the demo pool first")
-        x = self.features(dists)
-        probs = np.zeros((len(dists), self.n_labels))
+        probs = np.zeros((len(docs), self.n_labels))
         if self.kind == "linear":
-            probs[:, self._model.classes_] = self._model.predict_proba(x)
+            probs[:, self._model.classes_] = self._model.predict_proba(self.features(docs))
         else:
             # KL(anchor || item) = sum_v p_a (log p_a - log p_i): the anchor's own term, minus a matrix product
-            kl = self._anchor_terms[None, :] - log_softmax(x, axis=1) @ self._anchors.T
-            k = min(self.k, len(self._anchors))
+            kl = self._anchor_terms[None, :] - sum(log_softmax(x, axis=1) @ anchors.T
+                                                   for x, anchors in zip(self.view_features(docs), self._anchors))
+            k = min(self.k, len(self._gold))
             for row, order in zip(probs, np.argsort(kl, axis=1, kind="stable")[:, :k]):
                 np.add.at(row, self._gold[order], 1.0 / k)
             probs = (probs * k + 0.5 / self.n_labels) / (k + 0.5)  # keep every label's log finite

@@ -46,6 +46,7 @@ class RunSpec:
     readout: str = "labels"        # knn / linear: read the whole answer distribution (annotate/readout.py)
     readout_top_k: int = 200       # answer tokens a readout reads (SmolLM2, 300 BBC test docs: 50 -> 0.945,
                                    # 100 -> 0.96, 200 to 2000 -> 0.97)
+    views: tuple[str, ...] = ()    # readouts: also read zero-shot prompts ending in these answer prefixes
 
     def __post_init__(self):
         if self.selection not in SELECTIONS:
@@ -56,6 +57,8 @@ class RunSpec:
             raise ValueError(f"demo_sets must be >= 1, got {self.demo_sets}")
         if self.readout not in READOUTS:
             raise ValueError(f"readout must be one of {READOUTS}, got {self.readout!r}")
+        if self.views and self.readout == "labels":
+            raise ValueError(f"views need a readout (knn or linear), got readout {self.readout!r}")
 
 
 def make_selectors(spec: RunSpec, pool: list[dict]) -> list:
@@ -118,7 +121,7 @@ def llm_run(spec: RunSpec, task: TaskSpec, backend, pool: list[dict], dev: list[
     builder = PromptBuilder(task, backend.tokenizer, spec.prompt)
     labeler = Labeler(task, backend, builder, make_selectors(spec, pool),
                       LabelerConfig(calibration=spec.calibration, readout=spec.readout,
-                                    readout_top_k=spec.readout_top_k))
+                                    readout_top_k=spec.readout_top_k), view_prefixes=spec.views)
     if spec.readout != "labels":
         labeler.fit_readout(pool, dev_cache_path(spec, task, backend.model_name, pool, out_dir, "pool"))
     calibration = labeler.fit(dev, dev_cache_path(spec, task, backend.model_name, pool, out_dir))
@@ -174,12 +177,15 @@ def baseline_record(name: str, task: TaskSpec, pool: list[dict], test: list[dict
 
 
 def standard_specs(shots: int = 5, many_shot_tokens: int = 4096, query_tokens: int = 400, demo_tokens: int = 200,
-                   many_shot_demo_tokens: int = 160, max_chunks: int = 8, per_label: int = 3) -> list[RunSpec]:
+                   many_shot_demo_tokens: int = 160, max_chunks: int = 8, per_label: int = 3,
+                   view_prefixes: tuple[str, ...] = ()) -> list[RunSpec]:
     """The standard sweep: zero-shot, k-shot random, k-shot nearest neighbours (TF-IDF and MiniLM
     embeddings, MMR), many-shot to the token budget (random; kNN; label-balanced kNN with at most
     `per_label` demos of each label), and prompts read by readouts fitted on the demo pool: zero-shot
-    (linear, and kNN prompting) and k-shot nearest neighbours (linear). Every spec that scores label
-    tokens uses contextual calibration; the dev records show the other calibrations on the same scores."""
+    (linear, and kNN prompting) and k-shot nearest neighbours (linear), and, given the task's
+    `view_prefixes`, both of those linear rows reading the extra zero-shot views too. Every spec that
+    scores label tokens uses contextual calibration; the dev records show the other calibrations on the
+    same scores."""
     base = PromptConfig(max_prompt_tokens=max(2048, query_tokens + 1024), demo_tokens=demo_tokens,
                         query_tokens=query_tokens, overlap=min(64, query_tokens // 4), max_chunks=max_chunks)
     many = dataclasses.replace(base, max_prompt_tokens=many_shot_tokens, demo_tokens=many_shot_demo_tokens)
@@ -199,7 +205,12 @@ def standard_specs(shots: int = 5, many_shot_tokens: int = 4096, query_tokens: i
         RunSpec("zero-shot-linear-readout", "none", 0, "none", prompt=base, readout="linear"),
         RunSpec("zero-shot-knn-prompting", "none", 0, "none", prompt=base, readout="knn"),
         RunSpec(f"{shots}-shot-knn-linear-readout", "knn", shots, "none", prompt=knn, readout="linear"),
-    ]
+    ] + ([
+        RunSpec(f"zero-shot-{1 + len(view_prefixes)}-view-readout", "none", 0, "none", prompt=base,
+                readout="linear", views=tuple(view_prefixes)),
+        RunSpec(f"{shots}-shot-knn-{1 + len(view_prefixes)}-view-readout", "knn", shots, "none", prompt=knn,
+                readout="linear", views=tuple(view_prefixes)),
+    ] if view_prefixes else [])
 
 
 def standard_sweep(task: TaskSpec, backend, pool: list[dict], dev: list[dict], test: list[dict], out_dir: str | Path,
@@ -208,6 +219,6 @@ def standard_sweep(task: TaskSpec, backend, pool: list[dict], dev: list[dict], t
     dev_only: the same rows on the dev set instead (records under out_dir/dev/), the test set unread."""
     records = [baseline_record(name, task, pool, dev if dev_only else test, Path(out_dir) / "dev" if dev_only
                                else out_dir) for name in BASELINES]
-    for spec in specs or standard_specs():
+    for spec in specs or standard_specs(view_prefixes=task.view_prefixes):
         records.append(llm_run(spec, task, backend, pool, dev, test, out_dir, progress=progress, dev_only=dev_only))
     return records

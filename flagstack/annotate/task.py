@@ -37,6 +37,8 @@ class TaskSpec:
     prompt_format: str = "plain"
     input_prefix: str = "Text:"
     answer_prefix: str = "Label:"
+    # the question asked in other words (readouts may read a zero-shot prompt ending in each; see labeler.py)
+    view_prefixes: tuple[str, ...] = ()
 
     @property
     def label_names(self) -> list[str]:
@@ -97,7 +99,7 @@ def _schema(raw: Any, source: str) -> dict:
 
 
 FIELDS = {"name", "type", "instruction", "labels", "schema", "text_field", "id_field", "label_field", "prompt"}
-PROMPT_FIELDS = {"format", "input_prefix", "answer_prefix"}
+PROMPT_FIELDS = {"format", "input_prefix", "answer_prefix", "view_prefixes"}
 
 
 def parse_task(raw: Any, source: str = "<dict>") -> TaskSpec:
@@ -137,7 +139,18 @@ def parse_task(raw: Any, source: str = "<dict>") -> TaskSpec:
         prompt_format=prompt_format,
         input_prefix=_string(prompt, "input_prefix", f"{source} prompt", "Text:"),
         answer_prefix=_string(prompt, "answer_prefix", f"{source} prompt", "Label:"),
+        view_prefixes=_view_prefixes(prompt, source),
     )
+
+
+def _view_prefixes(prompt: dict, source: str) -> tuple[str, ...]:
+    raw = prompt.get("view_prefixes", [])
+    answer = prompt.get("answer_prefix", "Label:")
+    if (not isinstance(raw, list) or not all(isinstance(p, str) and p.strip() for p in raw)
+            or len(set(raw)) != len(raw) or answer in raw):
+        raise _fail(source, "prompt.view_prefixes", "a list of distinct non-empty strings, none equal to "
+                    "prompt.answer_prefix", raw)
+    return tuple(raw)
 
 
 def load_task(path: str | Path) -> TaskSpec:

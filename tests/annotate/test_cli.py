@@ -83,3 +83,9 @@ def test_run_with_a_linear_readout(setup, tmp_path, capsys):
     rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert len(rows) == 5 and all(r["readout"] == "linear" and abs(sum(r["probs"].values()) - 1) < 1e-5 for r in rows)
     assert len((tmp_path / "out.pool-scores.jsonl").read_text().splitlines()) == 9  # kept for a rerun
+    views = args[:-1] + [str(tmp_path / "views.jsonl"), "--demos", str(root / "pool.jsonl"), "--view-prefix", "w3"]
+    assert main(views) == 0
+    rows = [json.loads(line) for line in (tmp_path / "views.jsonl").read_text().splitlines()]
+    assert len(rows) == 5 and all(r["views"] == ["w3"] for r in rows)
+    assert main(views + ["--view-prefix", "w2"]) == 2  # the task's own answer prefix
+    assert "view_prefixes must differ" in capsys.readouterr().err

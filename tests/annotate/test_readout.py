@@ -12,8 +12,8 @@ from flagstack.annotate.labeler import Labeler, LabelerConfig
 from flagstack.annotate.output import read_results
 from flagstack.annotate.prompt import PromptBuilder, PromptConfig
 from flagstack.annotate.readout import Readout, merge
-from flagstack.annotate.sweep import RunSpec, dev_cache_path, llm_run
-from tests.annotate.fakes import KeywordBackend, toy_task
+from flagstack.annotate.sweep import RunSpec, dev_cache_path, llm_run, standard_specs
+from tests.annotate.fakes import ByteTokenizer, KeywordBackend, toy_task
 
 CFG = PromptConfig(max_prompt_tokens=600, demo_tokens=60, query_tokens=200, overlap=20)
 # Items name no label: label scoring cannot tell them apart, the rest of the answer distribution can.
@@ -69,6 +69,86 @@ def test_knn_readout_votes_by_kl_to_each_anchor():
         votes = np.bincount(np.array(gold)[np.argsort(kl)[:k]], minlength=3)
         want = (votes + 0.5 / 3) / (k + 0.5)
         np.testing.assert_allclose(np.exp(readout.log_proba([query])[0]), want, rtol=1e-9)
+
+
+def test_views_put_features_side_by_side_and_knn_sums_their_kl():
+    rng = np.random.default_rng(2)
+    tokens = [["a0", "a1", "a2"], ["b0", "b1", "b2", "b3"]]
+    def doc():  # one distribution per view
+        return [dict(zip(t, np.log(rng.dirichlet(np.ones(len(t)))).tolist())) for t in tokens]
+    pool, gold, query = [doc() for _ in range(6)], [0, 1, 0, 1, 0, 1], doc()
+    linear = Readout("linear", 2).fit(pool, gold)
+    # each view's columns are exactly what a one-view readout fitted on that view gives
+    for view in range(2):
+        alone = Readout("linear", 2).fit([d[view] for d in pool], gold)
+        np.testing.assert_array_equal(linear.view_features([query])[view], alone.features([query[view]]))
+    assert linear.features([query]).shape == (1, 7)
+    knn = Readout("knn", 2, k=1).fit(pool, gold)
+    def kl(p_view, q_view, toks):  # KL(p || q) straight from the definition
+        p = np.exp([p_view[t] for t in toks]); q = np.exp([q_view[t] for t in toks])
+        p, q = p / p.sum(), q / q.sum()
+        return sum(pi * math.log(pi / qi) for pi, qi in zip(p, q))
+    total = [sum(kl(a[v], query[v], tokens[v]) for v in range(2)) for a in pool]
+    nearest = gold[int(np.argmin(total))]
+    assert int(np.argmax(knn.log_proba([query])[0])) == nearest
+    with pytest.raises(ValueError, match="needs 2 view"):
+        linear.log_proba([query[0]])
+    with pytest.raises(ValueError, match="same number"):
+        Readout("linear", 2).fit([pool[0], pool[1][0]], [0, 1])
+
+
+class ViewBackend(KeywordBackend):
+    """Answers after 'Label:' with the same distribution for every item; after any other answer prefix,
+    with the item's words (as KeywordBackend): only an extra view can tell the items apart."""
+
+    def answer_distribution(self, prompts, k):
+        words = super().answer_distribution(prompts, k)
+        return [{"same": 0.0} if self.tokenizer.decode(p).endswith("Label:") else d for p, d in zip(prompts, words)]
+
+
+def test_an_extra_view_labels_what_the_main_prompt_cannot(tmp_path):
+    test, pool, cache = items(9, "t", seed=1), items(30, "p"), tmp_path / "pool.jsonl"
+    main_only = labeler(ViewBackend())
+    main_only.fit_readout(pool)
+    assert len({r["label"] for r in main_only.run(test, progress=False)}) == 1  # every item looks the same
+    task = toy_task()
+    viewed = Labeler(task, ViewBackend(), PromptBuilder(task, ByteTokenizer(), CFG), [RandomSelector(items(3, "d"), 0)],
+                     LabelerConfig(calibration="none", readout="linear"), view_prefixes=("Words:",))
+    viewed.fit_readout(pool, cache)
+    rows = viewed.run(test, progress=False)
+    assert [r["label"] for r in rows] == [r["gold"] for r in rows] and rows[0]["views"] == ["Words:"]
+    backend = ViewBackend()  # the pool's views come back from the cache, token keys and all
+    again = Labeler(task, backend, PromptBuilder(task, ByteTokenizer(), CFG), [RandomSelector(items(3, "d"), 0)],
+                    LabelerConfig(calibration="none", readout="linear"), view_prefixes=("Words:",))
+    again.fit_readout(pool, cache)
+    assert backend.prompts_seen == 0
+    assert [r["probs"] for r in again.run(test, progress=False)] == [r["probs"] for r in rows]
+
+
+def test_view_errors():
+    task = toy_task()
+    def make(prefixes, readout="linear"):
+        return Labeler(task, KeywordBackend(), PromptBuilder(task, ByteTokenizer(), CFG), [RandomSelector([], 0)],
+                       LabelerConfig(calibration="none", readout=readout), view_prefixes=prefixes)
+    with pytest.raises(ValueError, match="need a readout"):
+        make(("Words:",), "labels")
+    with pytest.raises(ValueError, match="must differ"):
+        make(("Label:",))
+    with pytest.raises(ValueError, match="must differ"):
+        make(("Words:", "Words:"))
+    with pytest.raises(ValueError, match="views need a readout"):
+        RunSpec("x", views=("Words:",))
+
+
+def test_standard_specs_read_the_task_views(tmp_path):
+    specs = {s.name: s for s in standard_specs(view_prefixes=("Words:", "Kind:"))}
+    assert specs["5-shot-knn-3-view-readout"].views == ("Words:", "Kind:")
+    assert specs["zero-shot-3-view-readout"].selection == "none"
+    assert not any(s.views for s in standard_specs())
+    spec = RunSpec("views", "none", calibration="none", prompt=CFG, readout="linear", views=("Words:",))
+    record = llm_run(spec, toy_task(), ViewBackend(), items(30, "p"), items(6, "dev", seed=3), items(9, "t", seed=1),
+                     tmp_path, progress=False)
+    assert record["accuracy"] == 1.0 and tuple(record["spec"]["views"]) == ("Words:",)
 
 
 def test_readout_errors():
@@ -139,7 +219,7 @@ def test_pool_scores_are_cached_with_their_token_ids(tmp_path):
     again = labeler(backend)
     again.fit_readout(pool, cache)
     assert backend.prompts_seen == 0 and len(read_results(cache)) == 12
-    assert all(isinstance(key, int) for key in again.readout.vocab)
+    assert all(isinstance(key, int) for key in again.readout.vocabs[0])
     assert [r["probs"] for r in again.run(test, progress=False)] == [r["probs"] for r in want]
 
 

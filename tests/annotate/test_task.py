@@ -10,6 +10,7 @@ def test_bundled_bbc_task():
     task = load_task("bbc_news")
     assert task.label_names == ["business", "entertainment", "politics", "sports", "tech"]
     assert task.type == "single_label" and task.label_field == "label" and task.prompt_format == "plain"
+    assert task.answer_prefix == "Topic:" and len(task.view_prefixes) == 2
 
 
 def test_label_list_form_and_threshold():
@@ -28,6 +29,10 @@ def test_label_list_form_and_threshold():
     ({"colour": 1}, "'colour'"),
     ({"type": "extraction"}, "'labels'"),
     ({"text_field": 3}, "'text_field'"),
+    ({"prompt": {"view_prefixes": "Kind:"}}, "'prompt.view_prefixes'"),
+    ({"prompt": {"view_prefixes": ["Kind:", "Kind:"]}}, "'prompt.view_prefixes'"),
+    ({"prompt": {"answer_prefix": "Kind:", "view_prefixes": ["Kind:"]}}, "'prompt.view_prefixes'"),
+    ({"prompt": {"view_prefixes": [""]}}, "'prompt.view_prefixes'"),
 ])
 def test_errors_name_the_field(change, field):
     with pytest.raises(SpecError, match=field.replace("[", r"\[").replace("]", r"\]")):
