@@ -17,7 +17,7 @@ import time
 import numpy as np
 import torch
 
-from flagstack.bench.common import ResultsFile, markdown_table, torch_versions
+from flagstack.bench.common import ResultsFile, device_description, markdown_table, torch_versions
 
 LABELS = 5
 
@@ -162,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     acc.add_argument("--runs-dir", required=True, help="the --out of a finished `flagstack annotate sweep`")
     acc.add_argument("--command", default="", help="the sweep command(s) that made it, recorded in the meta")
     acc.add_argument("--note", default="", help="a summary line recorded in the meta")
+    acc.add_argument("--device", help="the device the sweep ran on, when it is summarized on another machine "
+                     "(default: this one); names the results file")
+    acc.add_argument("--name", default="annotate-accuracy", help="results file name before the device and date")
     parser.add_argument("--out-dir", default="bench/results")
     args = parser.parse_args(argv)
     if args.mode == "accuracy":
@@ -170,8 +173,12 @@ def main(argv: list[str] | None = None) -> int:
                   f"{p['a']}, {p['only_b']} only by {p['b']}), exact McNemar p = {p['p_value']:.3g}"
                   for p in summary["paired"]]
         meta = {"runs_dir": args.runs_dir, "command": args.command, "chosen_on_dev": summary["chosen_on_dev"],
-                "paired": "; ".join(paired), "note": args.note, **torch_versions()}
-        results = ResultsFile("annotate-accuracy", meta,
+                "paired": "; ".join(paired), "note": args.note}
+        if args.device:  # this machine's versions would not be the sweep's
+            meta = {"device": args.device, **meta, "summarized_on": device_description()}
+        else:
+            meta.update(torch_versions())
+        results = ResultsFile(args.name, meta,
                               key=("split", "run"), out_dir=args.out_dir, columns=ACCURACY_COLUMNS)
         results.rows = []  # a sweep's summary replaces the day's older one
         for row in rows:
