@@ -57,6 +57,8 @@ def _run(args) -> int:
     dev = _load_items(args.dev, task, need_gold=True) if args.dev else []
     if args.readout != "labels" and not pool:
         raise ValueError(f"--readout {args.readout} is fitted on the demo pool: give --demos")
+    if args.task_views and not task.view_prefixes:
+        raise ValueError(f"--task-views: task spec {args.task} lists no prompt.view_prefixes")
     if args.calibration is None:
         args.calibration = "contextual" if args.readout == "labels" else "none"
     spec = _spec(args)
@@ -147,7 +149,6 @@ def _bbc_items(args):
 
 def _sweep(args) -> int:
     from flagstack.annotate.sweep import standard_specs, standard_sweep
-
     from flagstack.annotate.task import load_task
 
     specs = standard_specs(args.shots, args.many_shot_tokens, args.query_tokens, args.demo_tokens,

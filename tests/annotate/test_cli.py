@@ -89,3 +89,5 @@ def test_run_with_a_linear_readout(setup, tmp_path, capsys):
     assert len(rows) == 5 and all(r["views"] == ["w3"] for r in rows)
     assert main(views + ["--view-prefix", "w2"]) == 2  # the task's own answer prefix
     assert "view_prefixes must differ" in capsys.readouterr().err
+    assert main(views + ["--task-views"]) == 2
+    assert "lists no prompt.view_prefixes" in capsys.readouterr().err
