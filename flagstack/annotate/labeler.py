@@ -93,8 +93,7 @@ class Labeler:
         self.readout = (None if config.readout == "labels" else
                         Readout(config.readout, len(task.labels), k=config.readout_neighbours))
         # one zero-shot prompt builder per extra view: the task asked with another answer prefix
-        self.views = [PromptBuilder(dataclasses.replace(task, answer_prefix=prefix), builder.tokenizer, builder.config)
-                      for prefix in view_prefixes]
+        self.views = [builder.with_answer_prefix(prefix) for prefix in view_prefixes]
         self.candidates = builder.candidates()
         self.lengths = [len(c) for c in self.candidates]
         self.calibration = Calibration()

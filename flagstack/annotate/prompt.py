@@ -101,6 +101,12 @@ class PromptBuilder:
             raise ValueError(f"max_prompt_tokens ({config.max_prompt_tokens}) leaves no room for the header and "
                              f"one item of query_tokens ({config.query_tokens})")
 
+    def with_answer_prefix(self, prefix: str) -> "PromptBuilder":
+        """The same prompts asked with another answer prefix; documents' token ids are shared, not encoded again."""
+        other = PromptBuilder(dataclasses.replace(self.task, answer_prefix=prefix), self.tokenizer, self.config)
+        other._doc_cache = self._doc_cache
+        return other
+
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 

@@ -75,3 +75,14 @@ def test_single_chunk_cuts_the_item_head_and_tail():
     assert ByteTokenizer().decode(prompts[0]).endswith(want)
     assert len(PromptBuilder(toy_task(), ByteTokenizer(), PromptConfig(
         max_prompt_tokens=400, query_tokens=40, overlap=0, max_chunks=2)).item_prompts(text, [])) == 2
+
+
+def test_with_answer_prefix_asks_the_same_item_otherwise():
+    builder = PromptBuilder(toy_task(), ByteTokenizer(), PromptConfig(max_prompt_tokens=600, query_tokens=200))
+    other = builder.with_answer_prefix("Kind:")
+    text = "this is about apple"
+    (mine,), (theirs,) = builder.item_prompts(text, []), other.item_prompts(text, [])
+    tok = ByteTokenizer()
+    assert tok.decode(mine).endswith("Label:") and tok.decode(theirs).endswith("Kind:")
+    assert tok.decode(mine)[:-len("Label:")] == tok.decode(theirs)[:-len("Kind:")]
+    assert other.doc_ids(text) is builder.doc_ids(text)  # encoded once for both
