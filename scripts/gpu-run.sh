@@ -5,6 +5,7 @@
 # Stages: ops-tests challenge-tests challenge-new engine-tests attention attn-sweep annotate serve engine
 # engine-nohf ops-llm ops-1 ops-challenge score score-speed profile gemv-sweep gdr-sweep decode-short kv-layout decode-gap b1-pdl new-tests ops-256 challenge-profile conv-probe ctc-probe conv-ctc-tests host-vs-gpu ops-graph grid-tests
 # rotary-probe gemv-probe bench-tests conv-score ops-graph-short host-profile profile-b1 alloc-probe l2-prefetch gemv-bulk embedding-probe
+# engine-fp8: engine-nohf with an fp8 KV cache, into fp8/; fp8-tests: the attention, engine-model and engine-bench tests
 # launch-cache-tests: the tests of every wrapper that launches by key (ops/launch_cache.py), over 14 processes
 # score-part: `ops score` with tests on the ops in $SCORE_OPS (default all; $SCORE_FLAGS added, $SCORE_NOTE as --note),
 # into bench/results (today's report there is merged and resumed), then copied to the results.
@@ -32,6 +33,10 @@ for spec in "$@"; do
       --max-model-len 4096 --num-requests 100 --rates 4,16,inf --out-dir "$RES" ;;
     engine) run_stage $name $secs python3 -m flagstack.cli bench engine --out-dir "$RES" ;;
     engine-nohf) run_stage $name $secs python3 -m flagstack.cli bench engine --no-hf --out-dir "$RES" ;;
+    engine-fp8) mkdir -p "$RES/fp8"; run_stage $name $secs python3 -m flagstack.cli bench engine --no-hf \
+      --engine-arg kv_cache_dtype=fp8 --note "fp8 (e4m3) KV cache, scales 1.0" --out-dir "$RES/fp8" ;;
+    fp8-tests) run_stage $name $secs python3 -m pytest -q -p no:cacheprovider tests/ops/attention \
+      tests/engine/test_llm.py tests/engine/test_models.py tests/bench/test_engine_bench.py ;;
     ops-1) run_stage $name $secs python3 -m flagstack.cli bench ops --suite llm --rows 1 --out-dir "$RES" ;;
     ops-256) run_stage $name $secs python3 -m flagstack.cli bench ops --suite llm --rows 256 --out-dir "$RES" ;;
     ops-llm) run_stage $name $secs python3 -m flagstack.cli bench ops --suite llm --out-dir "$RES" ;;

@@ -4,6 +4,8 @@ Decode: batch x context with Qwen3-4B heads (32 q / 8 kv, head_dim 128), our pag
 (enable_gqa) and FlexAttention over contiguous K/V; GB/s of K/V read and % of a device copy of the
 same bytes, all timed as GPU time inside CUDA graphs with L2 flushed before each call (the engine
 replays decode from CUDA graphs, so Python launch overhead is not part of a decode step).
+Decode-fp8: the same points over an fp8 (e4m3) cache, half the bytes; GB/s and % copy of those bytes,
+vs_sdpa against SDPA over bf16 K/V (what an fp8 cache saves a decode step).
 Prefill: one causal sequence of 1k/4k/16k tokens, and 16 sequences of 1024 new tokens
 over 4096 cached; TFLOP/s against SDPA's flash backend (causal cases) and FlexAttention (all).
 `python -m flagstack.bench.attention --sweep` times launch configs instead, to tune the defaults.
@@ -19,6 +21,7 @@ import torch.nn.functional as F
 
 from flagstack.bench.common import (ResultsFile, copy_time_us, default_device, gbps, markdown_table,
                                     time_us, torch_versions)
+from flagstack.ops.attention.common import FP8_KV
 from flagstack.ops.attention.paged_decode import DecodeConfig, paged_decode_triton, random_paged_kv
 from flagstack.ops.attention.varlen import VarlenConfig, varlen_attention_triton
 
@@ -73,30 +76,34 @@ def decode_inputs(batch: int, context: int, block_size: int = BLOCK_SIZE) -> tup
     return q, k_cache, v_cache, seq_lens, table, HEAD_DIM ** -0.5
 
 
-def bench_decode(batch: int, context: int, timing: dict) -> dict:
-    """One decode point: our kernel over shuffled pages vs SDPA / Flex over contiguous K/V."""
+def bench_decode(batch: int, context: int, timing: dict, fp8: bool = False) -> dict:
+    """One decode point: our kernel over shuffled pages (bf16, or fp8 with `fp8`) vs SDPA / Flex over
+    contiguous bf16 K/V (Flex left out for fp8)."""
     graph = {**timing, "cold_graph": True}
-    args = decode_inputs(batch, context)
-    q = args[0]
+    q, k_cache, v_cache, *rest = decode_inputs(batch, context)
+    if fp8:
+        k_cache, v_cache = k_cache.to(FP8_KV), v_cache.to(FP8_KV)
+    args = (q, k_cache, v_cache, *rest)
     ours = time_us(lambda: paged_decode_triton(*args), **graph)
-    del args
-    nbytes = decode_bytes(batch, context)
-    row = {"case": "decode", "batch": batch, "new": 1, "ctx": context, "block_size": BLOCK_SIZE,
-           "triton_us": ours, "GB/s": gbps(nbytes, ours)}
+    del args, k_cache, v_cache
+    nbytes = decode_bytes(batch, context, 1 if fp8 else 2)
+    row = {"case": "decode-fp8" if fp8 else "decode", "batch": batch, "new": 1, "ctx": context,
+           "block_size": BLOCK_SIZE, "triton_us": ours, "GB/s": gbps(nbytes, ours)}
     notes: list[str] = []
     k = torch.randn(batch, KV_HEADS, context, HEAD_DIM, dtype=q.dtype, device=q.device)
     v = torch.randn_like(k)
     q4 = q[:, :, None]
     row["sdpa_us"] = _time_anchor("sdpa", lambda: lambda: F.scaled_dot_product_attention(
         q4, k, v, scale=HEAD_DIM ** -0.5, enable_gqa=True), notes, graph)
-    row["flex_us"] = _time_anchor("flex", lambda: _flex(q4, k, v, None), notes, graph)
+    if not fp8:
+        row["flex_us"] = _time_anchor("flex", lambda: _flex(q4, k, v, None), notes, graph)
     del k, v
     # the ceiling is the faster of the two timings: back-to-back graph replays of big copies ran
     # ~20% slower than do_bench's spaced calls on the H100, while small copies pay host time there
     row["copy_us"] = min(copy_time_us(nbytes, q.device, **graph), copy_time_us(nbytes, q.device, **timing))
     row["%copy"] = 100 * row["copy_us"] / ours
     row["vs_sdpa"] = row["sdpa_us"] / ours if row["sdpa_us"] else None
-    row["vs_flex"] = row["flex_us"] / ours if row["flex_us"] else None
+    row["vs_flex"] = row["flex_us"] / ours if row.get("flex_us") else None
     row["notes"] = "; ".join(notes)
     torch.cuda.empty_cache()
     return row
@@ -188,7 +195,8 @@ def run(args: argparse.Namespace) -> list[dict]:
     results = ResultsFile("attention-quick" if quick else "attention", meta,
                           key=("case", "batch", "new", "ctx", "block_size"),
                           out_dir=getattr(args, "out_dir", "bench/results"), columns=COLUMNS)
-    points = [("decode", b, 1, c) for b, c in itertools.product(DECODE_BATCHES, DECODE_CONTEXTS)]
+    points = [(case, b, 1, c) for case in ("decode", "decode-fp8")
+              for b, c in itertools.product(DECODE_BATCHES, DECODE_CONTEXTS)]
     points += [("prefill" if cached == 0 else "extend", s, n, n + cached) for s, n, cached in PREFILL_CASES]
     rows = []
     for case, batch, new, ctx in points:
@@ -196,7 +204,10 @@ def run(args: argparse.Namespace) -> list[dict]:
         if not getattr(args, "fresh", False) and results.has(key):
             rows += [r for r in results.rows if all(r[k] == v for k, v in key.items())]
             continue
-        row = bench_decode(batch, ctx, timing) if case == "decode" else bench_prefill(batch, new, ctx - new, timing)
+        if case.startswith("decode"):
+            row = bench_decode(batch, ctx, timing, fp8=case == "decode-fp8")
+        else:
+            row = bench_prefill(batch, new, ctx - new, timing)
         print(f"  {case} batch={batch} new={new} ctx={ctx}: {row['triton_us']:.1f} us", flush=True)
         results.add(row)
         rows.append(row)

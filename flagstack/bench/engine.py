@@ -390,7 +390,7 @@ def run(args: argparse.Namespace, plan: Plan | None = None) -> list[dict]:
     load_s = time.perf_counter() - load_start
     loaded, runner = llm.engine.loaded, llm.engine.runner
     config, dtype = loaded.hf_config, loaded.dtype
-    cost = ModelCost.from_config(config, dtype.itemsize)
+    cost = ModelCost.from_config(config, dtype.itemsize, runner.cache_dtype.itemsize)
     requests = sample_requests(plan.num_requests, plan.input_range, plan.output_range, config.vocab_size, args.seed)
     cases = build_cases(plan, requests, config.vocab_size, args.seed)
 
@@ -400,7 +400,8 @@ def run(args: argparse.Namespace, plan: Plan | None = None) -> list[dict]:
             "plan": asdict(plan), "seed": args.seed, "engine_args": engine_kwargs, "decoding": "greedy, EOS ignored",
             "copy GB/s": round(ceiling.bytes_per_s / 1e9, 1), "GEMM TFLOP/s": round(ceiling.flops_per_s / 1e12, 2),
             "engine load s": round(load_s, 1), "weights GB (step read)": round(cost.weight_bytes / 1e9, 3),
-            "kv blocks": runner.num_blocks, "kv cache GB": round(runner.num_blocks * runner.block_bytes / 1e9, 2)}
+            "kv blocks": runner.num_blocks, "kv cache GB": round(runner.num_blocks * runner.block_bytes / 1e9, 2),
+            "kv cache dtype": str(runner.cache_dtype).removeprefix("torch.")}
     if device == "cpu":
         meta.update({"torch threads": torch.get_num_threads(), "load average at start": os.getloadavg()})
     if args.note:

@@ -36,8 +36,9 @@ class ModelCost:
     attn_flops_per_pair: int  # 4 * heads * head_dim * layers
 
     @classmethod
-    def from_config(cls, config, dtype_bytes: int) -> "ModelCost":
-        """From an HF config (Llama / Qwen3 fields); biases and q/k norms are counted, norms' bytes too."""
+    def from_config(cls, config, dtype_bytes: int, kv_dtype_bytes: int | None = None) -> "ModelCost":
+        """From an HF config (Llama / Qwen3 fields); biases and q/k norms are counted, norms' bytes too.
+        kv_dtype_bytes: the KV cache's element size when it differs from the weights' (an fp8 cache)."""
         hidden, layers = int(config.hidden_size), int(config.num_hidden_layers)
         heads = int(config.num_attention_heads)
         kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
@@ -50,7 +51,8 @@ class ModelCost:
         norms = 2 * hidden + (2 * head_dim if config.model_type == "qwen3" else 0)
         vocab_hidden = int(config.vocab_size) * hidden
         weights = layers * (matmuls + biases + norms) + hidden + vocab_hidden
-        return cls(weight_bytes=weights * dtype_bytes, kv_bytes_per_token=2 * layers * kv * dtype_bytes,
+        kv_bytes = 2 * layers * kv * (kv_dtype_bytes or dtype_bytes)
+        return cls(weight_bytes=weights * dtype_bytes, kv_bytes_per_token=kv_bytes,
                    layer_params=layers * matmuls, vocab_hidden=vocab_hidden,
                    attn_flops_per_pair=4 * heads * head_dim * layers)
 

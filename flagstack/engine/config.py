@@ -21,6 +21,9 @@ class EngineConfig:
     max_num_seqs: int = 256  # sequences in one step (also the largest CUDA-graph batch)
     max_num_batched_tokens: int = 4096  # new tokens in one step (decode tokens + prefill chunks)
     block_size: int = 16
+    # "auto": the model's dtype; "fp8" / "fp8_e4m3": e4m3 K/V at half the bytes of bf16, per-tensor scale 1.0
+    # (as vLLM without calibrated scales): twice the cached tokens, half the decode attention traffic
+    kv_cache_dtype: str = "auto"
     gpu_memory_utilization: float = 0.9  # share of the GPU the engine may fill (weights + activations + KV)
     cpu_kv_cache_bytes: int = 1 << 30  # KV budget on CPU
     num_kv_blocks: int | None = None  # fixed pool size (tests force preemption with a tiny pool)
@@ -34,6 +37,8 @@ class EngineConfig:
     def __post_init__(self) -> None:
         _require(self.dtype in (None, "float32", "float16", "bfloat16"), "dtype",
                  "None, 'float32', 'float16' or 'bfloat16'", self.dtype)
+        _require(self.kv_cache_dtype in ("auto", "fp8", "fp8_e4m3"), "kv_cache_dtype",
+                 "'auto', 'fp8' or 'fp8_e4m3'", self.kv_cache_dtype)
         _require(self.load_format in ("auto", "safetensors", "gguf", "dummy"), "load_format",
                  "'auto', 'safetensors', 'gguf' or 'dummy'", self.load_format)
         _require(self.max_model_len is None or self.max_model_len > 1, "max_model_len", "None or > 1",

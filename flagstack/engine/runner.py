@@ -18,6 +18,7 @@ from flagstack.engine.config import EngineConfig
 from flagstack.engine.context import AttentionMetadata, step_context
 from flagstack.engine.cpu_malloc import keep_freed_memory
 from flagstack import ops
+from flagstack.ops.attention.common import FP8_KV
 from flagstack.engine.sampler import PendingSample, Sampler, logprob_dicts
 from flagstack.engine.scheduler import ScheduledBatch
 from flagstack.engine.sequence import Sequence
@@ -71,9 +72,14 @@ class ModelRunner:
 
     # -- KV cache --------------------------------------------------------------------------------
     @property
+    def cache_dtype(self) -> torch.dtype:
+        """The KV cache's element type: the model's, or fp8 e4m3 (kv_cache_dtype="fp8")."""
+        return self.loaded.dtype if self.config.kv_cache_dtype == "auto" else FP8_KV
+
+    @property
     def block_bytes(self) -> int:
         lm = self.loaded
-        elem = torch.empty(0, dtype=lm.dtype).element_size()
+        elem = torch.empty(0, dtype=self.cache_dtype).element_size()
         return 2 * lm.num_layers * self.block_size * lm.num_kv_heads * lm.head_dim * elem
 
     def _allocate_cache(self, num_blocks: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -81,8 +87,8 @@ class ModelRunner:
         shape = (num_blocks, self.block_size, lm.num_kv_heads, lm.head_dim)
         ks, vs = [], []
         for layer in self.model.attention_layers():
-            layer.k_cache = torch.zeros(shape, dtype=lm.dtype, device=self.device)
-            layer.v_cache = torch.zeros(shape, dtype=lm.dtype, device=self.device)
+            layer.k_cache = torch.zeros(shape, dtype=self.cache_dtype, device=self.device)
+            layer.v_cache = torch.zeros(shape, dtype=self.cache_dtype, device=self.device)
             ks.append(layer.k_cache)
             vs.append(layer.v_cache)
         return ks, vs

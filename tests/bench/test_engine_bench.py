@@ -72,6 +72,8 @@ def test_roofline_on_hand_computed_numbers():
     # two layers 304, final norm 4, output matrix 10x4 = 40: 348 weights, 696 bytes
     assert cost.weight_bytes == 696
     assert cost.kv_bytes_per_token == 2 * 2 * 2 * 2  # K and V x 2 layers x 1 kv head x head_dim 2 x 2 bytes
+    fp8 = ModelCost.from_config(tiny_cost_config(), dtype_bytes=2, kv_dtype_bytes=1)
+    assert (fp8.weight_bytes, fp8.kv_bytes_per_token) == (696, 8)  # an fp8 cache: 1 byte a K/V value
     assert (cost.layer_params, cost.vocab_hidden, cost.attn_flops_per_pair) == (288, 40, 32)
     step = [SeqStep(3, 2), SeqStep(5, 1), SeqStep(0, 4, sampled=False)]
     assert cost.step_bytes(step) == 696 + 16 * (5 + 6 + 4)  # 936

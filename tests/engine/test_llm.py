@@ -189,6 +189,24 @@ def test_prompt_logprobs_vs_hf(tiny):
     assert computed == 2 * len(prompt) - 16
 
 
+def test_fp8_kv_cache_scores_close_to_hf_with_twice_the_blocks(tiny):
+    hf, path, prompts, _ = tiny
+    budget = dict(cpu_kv_cache_bytes=1 << 20, max_num_seqs=1024)
+    llm, exact = cpu_llm(path, kv_cache_dtype="fp8", **budget), cpu_llm(path, **budget)
+    assert llm.engine.runner.num_blocks == 4 * exact.engine.runner.num_blocks  # 1 byte a value against fp32's 4
+    assert llm.engine.runner.k_caches[0].dtype == torch.float8_e4m3fn
+    prompt = prompts[1]
+    with torch.no_grad():
+        ref = torch.log_softmax(hf(torch.tensor([prompt])).logits[0].float(), -1)
+    out = llm.generate(prompt, SamplingParams(max_tokens=1, prompt_logprobs=0))[0].prompt_logprobs
+    errors = [abs(out[p][prompt[p]] - float(ref[p - 1, prompt[p]])) for p in range(1, len(prompt))]
+    assert 1e-6 < max(errors) < 0.05  # e4m3 rounding is visible but small
+    greedy = llm.generate(prompts, GREEDY)
+    assert all(len(o.outputs[0].token_ids) == STEPS for o in greedy)
+    with pytest.raises(ValueError, match="kv_cache_dtype"):
+        EngineConfig(kv_cache_dtype="int8")
+
+
 def test_n_samples_share_the_prompt(tiny):
     _, path, prompts, reference = tiny
     llm = cpu_llm(path)

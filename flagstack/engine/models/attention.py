@@ -12,7 +12,8 @@ class PagedAttention(nn.Module):
     """Attention of packed q/k/v [T, heads, head_dim] over this layer's paged KV cache.
 
     The runner assigns `k_cache` / `v_cache` ([num_blocks, block_size, Hkv, D]) after it sizes the
-    block pool; a layer without a cache cannot run.
+    block pool; a layer without a cache cannot run. An fp8 cache is written and read with the per-tensor
+    `k_scale` / `v_scale` (1.0 unless calibrated scales are set).
     """
 
     def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, scale: float,
@@ -22,6 +23,7 @@ class PagedAttention(nn.Module):
         self.scale, self.sliding_window, self.softcap = scale, sliding_window, softcap
         self.k_cache: torch.Tensor | None = None
         self.v_cache: torch.Tensor | None = None
+        self.k_scale = self.v_scale = 1.0
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Store every new k/v row; attend q's rows: all the step's new tokens, or fewer rows, each the
@@ -29,13 +31,14 @@ class PagedAttention(nn.Module):
         meta = get_context()
         if self.k_cache is None or self.v_cache is None:
             raise RuntimeError("PagedAttention has no KV cache: the runner must allocate it first")
-        attn_ops.store_kv(k, v, self.k_cache, self.v_cache, meta.slot_mapping)
+        scales = dict(k_scale=self.k_scale, v_scale=self.v_scale)
+        attn_ops.store_kv(k, v, self.k_cache, self.v_cache, meta.slot_mapping, **scales)
         if q.shape[0] != k.shape[0]:
             if meta.rows_meta is None:
                 raise RuntimeError("attention of a subset of rows needs the step's rows_meta")
             meta = meta.rows_meta
         if meta.is_decode:
-            return attn_ops.paged_decode(q, self.k_cache, self.v_cache, meta.seq_lens,
-                                         meta.block_tables, self.scale, self.sliding_window, self.softcap)
+            return attn_ops.paged_decode(q, self.k_cache, self.v_cache, meta.seq_lens, meta.block_tables,
+                                         self.scale, self.sliding_window, self.softcap, **scales)
         return attn_ops.varlen_attention(q, self.k_cache, self.v_cache, meta.cu_seqlens_q, meta.seq_lens,
-                                         meta.block_tables, self.scale, self.sliding_window, self.softcap)
+                                         meta.block_tables, self.scale, self.sliding_window, self.softcap, **scales)

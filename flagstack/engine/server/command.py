@@ -14,6 +14,8 @@ def add_engine_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-num-seqs", type=int, default=256, help="sequences per step")
     p.add_argument("--max-num-batched-tokens", type=int, default=4096, help="new tokens per step")
     p.add_argument("--block-size", type=int, default=16)
+    p.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "fp8", "fp8_e4m3"],
+                   help="fp8: e4m3 KV cache, half the bytes (default auto: the model's dtype)")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     p.add_argument("--num-kv-blocks", type=int, default=None, help="fixed KV pool size in blocks")
     p.add_argument("--no-prefix-caching", action="store_true")
@@ -26,7 +28,7 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
     """The EngineConfig keyword arguments named by add_engine_flags."""
     return dict(dtype=args.dtype, device=args.device, load_format=args.load_format, max_model_len=args.max_model_len,
                 max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
-                block_size=args.block_size, gpu_memory_utilization=args.gpu_memory_utilization,
+                block_size=args.block_size, kv_cache_dtype=args.kv_cache_dtype, gpu_memory_utilization=args.gpu_memory_utilization,
                 num_kv_blocks=args.num_kv_blocks, enable_prefix_caching=not args.no_prefix_caching,
                 enable_chunked_prefill=not args.no_chunked_prefill, enforce_eager=args.enforce_eager,
                 seed=args.seed)

@@ -16,6 +16,9 @@ from flagstack.ops.checks import check_same_device, check_tensor
 LOG2E = math.log2(math.e)
 INDEX_DTYPES = (torch.int32, torch.int64)
 HALF_DTYPES = (torch.float16, torch.bfloat16)
+FP8_KV = torch.float8_e4m3fn  # the fp8 KV cache format: stored value = clamp(x / scale, +-FP8_MAX)
+FP8_MAX = 448.0
+CACHE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, FP8_KV)
 
 
 def upcast_for_interpreter(dtype: torch.dtype) -> bool:
@@ -30,8 +33,8 @@ def dot_precision(dtype: torch.dtype) -> str:
 
 def check_cache(k_cache: object, v_cache: object) -> tuple[int, int, int]:
     """Validate the paged K/V caches; returns (block_size, num_kv_heads, head_dim)."""
-    check_tensor("k_cache", k_cache, min_dim=4, max_dim=4)
-    check_tensor("v_cache", v_cache, min_dim=4, max_dim=4)
+    check_tensor("k_cache", k_cache, dtypes=CACHE_DTYPES, min_dim=4, max_dim=4)
+    check_tensor("v_cache", v_cache, dtypes=CACHE_DTYPES, min_dim=4, max_dim=4)
     if k_cache.shape != v_cache.shape or k_cache.dtype != v_cache.dtype:
         raise ValueError(f"v_cache must match k_cache's shape and dtype, got {tuple(v_cache.shape)} "
                          f"{v_cache.dtype} vs {tuple(k_cache.shape)} {k_cache.dtype}")
@@ -43,9 +46,30 @@ def check_cache(k_cache: object, v_cache: object) -> tuple[int, int, int]:
     return block_size, kv_heads, head_dim
 
 
+def check_kv_scales(k_cache: torch.Tensor, k_scale: object, v_scale: object) -> None:
+    """k_scale / v_scale: positive finite numbers, other than 1 only for an fp8 cache."""
+    for name, value in (("k_scale", k_scale), ("v_scale", v_scale)):
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+        if value != 1 and k_cache.dtype != FP8_KV:
+            raise ValueError(f"{name} must be 1 for a {k_cache.dtype} cache (scales apply to an fp8 cache), "
+                             f"got {value!r}")
+
+
+def gather_pages(cache: torch.Tensor, pages: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """cache[pages] (into `out` if given); an fp8 cache moves as bytes, for CPU torch has no fp8 index_select."""
+    if cache.dtype != FP8_KV:
+        return torch.index_select(cache, 0, pages, out=out) if out is not None else cache.index_select(0, pages)
+    raw = cache.view(torch.uint8)
+    if out is None:
+        return raw.index_select(0, pages).view(FP8_KV)
+    torch.index_select(raw, 0, pages, out=out.view(torch.uint8))
+    return out
+
+
 def check_attention_args(q: object, k_cache: object, v_cache: object, seq_lens: object,
                          block_tables: object, scale: float, sliding_window: int | None,
-                         softcap: float | None) -> int:
+                         softcap: float | None, k_scale: float = 1.0, v_scale: float = 1.0) -> int:
     """Validate the arguments shared by paged_decode and varlen_attention; returns the GQA group size."""
     check_tensor("q", q, min_dim=3, max_dim=3)
     _, kv_heads, head_dim = check_cache(k_cache, v_cache)
@@ -64,6 +88,7 @@ def check_attention_args(q: object, k_cache: object, v_cache: object, seq_lens: 
         raise ValueError(f"sliding_window must be None or an int >= 1, got {sliding_window!r}")
     if softcap is not None and not (isinstance(softcap, (int, float)) and softcap > 0):
         raise ValueError(f"softcap must be None or a positive number, got {softcap!r}")
+    check_kv_scales(k_cache, k_scale, v_scale)
     check_same_device(q=q, k_cache=k_cache, v_cache=v_cache, seq_lens=seq_lens, block_tables=block_tables)
     return q.shape[1] // kv_heads
 

@@ -10,6 +10,8 @@ and walks its share of the context BLOCK_N tokens at a time, looking up each tok
 than one split, programs write unnormalized partial outputs plus their row max and sum, and a
 second kernel merges the splits. Splits are chosen from the batch size alone, so the launch needs
 no host sync and is CUDA-graph safe; each sequence is cut into `num_splits` equal spans at run time.
+An fp8 cache (see kv_write) is read at half the bytes and widened to q's dtype after the load; k_scale
+folds into the score scale and v_scale into the output.
 """
 from __future__ import annotations
 
@@ -21,8 +23,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from flagstack.ops.attention.common import (check_attention_args, dot_precision, upcast_for_interpreter,
-                                            score_scale, softmax_tile_step)
+from flagstack.ops.attention.common import (check_attention_args, dot_precision, gather_pages,
+                                            upcast_for_interpreter, score_scale, softmax_tile_step)
 from flagstack.ops.attention.varlen import attend
 from flagstack.ops.host import cdiv, next_power_of_2, sm_count
 from flagstack.ops.launch_cache import launch
@@ -84,8 +86,8 @@ def _decode_tile(acc, m_i, l_i, q, start, hi, first, table, k_head, v_head, kc_s
     k_rows = page * kc_stride_b + offset * kc_stride_t
     v_rows = page * vc_stride_b + offset * vc_stride_t
     dims = tl.arange(0, HEAD_DIM)
-    k = tl.load(k_head + k_rows[:, None] + dims[None, :], mask=ok[:, None], other=0.0)
-    v = tl.load(v_head + v_rows[:, None] + dims[None, :], mask=ok[:, None], other=0.0)
+    k = tl.load(k_head + k_rows[:, None] + dims[None, :], mask=ok[:, None], other=0.0).to(q.dtype)
+    v = tl.load(v_head + v_rows[:, None] + dims[None, :], mask=ok[:, None], other=0.0).to(q.dtype)
     keep = ok
     if USE_WINDOW:
         keep = keep & (tokens >= first)
@@ -98,7 +100,7 @@ def _paged_decode_kernel(q_ptr, k_cache_ptr, v_cache_ptr, seq_lens_ptr, block_ta
                          part_out_ptr, part_max_ptr, part_sum_ptr,
                          q_stride_s, q_stride_h, kc_stride_b, kc_stride_t, kc_stride_h,
                          vc_stride_b, vc_stride_t, vc_stride_h, bt_stride_s, out_stride_s, out_stride_h,
-                         num_q_heads, num_splits, qk_scale, softcap, window,
+                         num_q_heads, num_splits, qk_scale, softcap, window, v_scale,
                          GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr,
                          BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr,
                          USE_WINDOW: tl.constexpr, USE_SOFTCAP: tl.constexpr, UPCAST: tl.constexpr,
@@ -133,6 +135,7 @@ def _paged_decode_kernel(q_ptr, k_cache_ptr, v_cache_ptr, seq_lens_ptr, block_ta
                                      kc_stride_b, kc_stride_t, vc_stride_b, vc_stride_t, qk_scale, softcap,
                                      HEAD_DIM, BLOCK_SIZE, BLOCK_N, USE_WINDOW, USE_SOFTCAP, UPCAST, PRECISION,
                                      SPLIT_P)
+    acc = acc * v_scale
     if SPLIT:
         part = (seq * num_q_heads + heads) * num_splits + split  # [S, Hq, splits] flattened
         tl.store(part_out_ptr + part[:, None] * HEAD_DIM + dims[None, :], acc, mask=row_ok[:, None])
@@ -169,6 +172,7 @@ def _merge_splits_kernel(part_out_ptr, part_max_ptr, part_sum_ptr, out_ptr, out_
 def paged_decode_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                         seq_lens: torch.Tensor, block_tables: torch.Tensor, scale: float,
                         sliding_window: int | None = None, softcap: float | None = None, *,
+                        k_scale: float = 1.0, v_scale: float = 1.0,
                         config: DecodeConfig | None = None) -> torch.Tensor:
     """Decode attention with the split-K Triton kernel; `config` overrides the launch heuristic."""
     num_seqs, q_heads, head_dim = q.shape
@@ -188,13 +192,13 @@ def paged_decode_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
     part_out = torch.empty(*parts, head_dim if split else 1, dtype=torch.float32, device=q.device)
     part_max = torch.empty(parts, dtype=torch.float32, device=q.device)
     part_sum = torch.empty(parts, dtype=torch.float32, device=q.device)
-    qk_scale, cap = score_scale(scale, softcap)
+    qk_scale, cap = score_scale(scale * k_scale, softcap)
     pdl = pdl_launch(q.device)
     launch(_paged_decode_kernel, (num_seqs, kv_heads, cfg.num_splits),
            q, k_cache, v_cache, seq_lens, block_tables, out, part_out, part_max, part_sum,
            q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
            v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0),
-           out.stride(0), out.stride(1), q_heads, cfg.num_splits, qk_scale, cap, sliding_window or 0,
+           out.stride(0), out.stride(1), q_heads, cfg.num_splits, qk_scale, cap, sliding_window or 0, v_scale,
            GROUP=group, BLOCK_G=max(16, next_power_of_2(group)), HEAD_DIM=head_dim,
            BLOCK_SIZE=block_size, BLOCK_N=cfg.block_n, SPLIT=split, USE_WINDOW=sliding_window is not None,
            USE_SOFTCAP=softcap is not None, UPCAST=upcast_for_interpreter(q.dtype),
@@ -209,12 +213,18 @@ def paged_decode_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
 
 def paged_decode_reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                            seq_lens: torch.Tensor, block_tables: torch.Tensor, scale: float,
-                           sliding_window: int | None = None,
-                           softcap: float | None = None) -> torch.Tensor:
+                           sliding_window: int | None = None, softcap: float | None = None, *,
+                           k_scale: float = 1.0, v_scale: float = 1.0) -> torch.Tensor:
     """Decode attention: the batch's pages gathered and padded to the longest context in one shot, or,
-    when padding would be over a third of the work (mixed lengths), in groups of similar lengths."""
+    when padding would be over a third of the work (mixed lengths), in groups of similar lengths.
+    An fp8 cache's scales: k_scale multiplies the score scale, v_scale the output."""
     if q.shape[0] == 0:
         return torch.empty_like(q)
+    if v_scale != 1:
+        out = paged_decode_reference(q.float(), k_cache, v_cache, seq_lens, block_tables, scale, sliding_window,
+                                     softcap, k_scale=k_scale)
+        return (out * v_scale).to(q.dtype)
+    scale = scale * k_scale
     lens = seq_lens.tolist()  # one host copy; the per-layer small ops below cost more than the maths at batch 1
     if 3 * len(lens) * max(lens) <= 4 * sum(lens):
         return _decode_padded(q, k_cache, v_cache, lens, block_tables, scale, sliding_window, softcap)
@@ -286,8 +296,8 @@ def _decode_grouped(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         index = torch.tensor(group, device=q.device)
         pages = block_tables[index, :n].flatten()
         shape = (size, n * block_size, kv_heads, head_dim)
-        k = torch.index_select(k_cache, 0, pages, out=k_buf[:size * n]).view(shape)[:, :longest].transpose(1, 2)
-        v = torch.index_select(v_cache, 0, pages, out=v_buf[:size * n]).view(shape)[:, :longest].transpose(1, 2)
+        k = gather_pages(k_cache, pages, k_buf[:size * n]).view(shape)[:, :longest].transpose(1, 2)
+        v = gather_pages(v_cache, pages, v_buf[:size * n]).view(shape)[:, :longest].transpose(1, 2)
         mask = None
         if lens[group[0]] != longest:
             group_lens = torch.tensor([lens[s] for s in group], device=q.device)
@@ -307,8 +317,8 @@ def _decode_padded(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor
     # index_select gathers whole pages about 2x faster than advanced indexing on CPU (measured on the
     # embedded model's decode step, where this gather was ~18% of the step)
     n_pages = pages.shape[0]
-    k = torch.index_select(k_cache, 0, pages, out=gather_buffer(k_cache, n_pages, "k")).view(shape)[:, :max_len]
-    v = torch.index_select(v_cache, 0, pages, out=gather_buffer(v_cache, n_pages, "v")).view(shape)[:, :max_len]
+    k = gather_pages(k_cache, pages, gather_buffer(k_cache, n_pages, "k")).view(shape)[:, :max_len]
+    v = gather_pages(v_cache, pages, gather_buffer(v_cache, n_pages, "v")).view(shape)[:, :max_len]
     mask = None  # every sequence as long as the longest and no window: every key counts
     if sliding_window is not None or min(lens) != max_len:
         k_pos = torch.arange(max_len, device=q.device)[None, :]
@@ -323,8 +333,9 @@ def _decode_padded(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor
 
 def _validate(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, seq_lens: torch.Tensor,
               block_tables: torch.Tensor, scale: float, sliding_window: int | None = None,
-              softcap: float | None = None) -> None:
-    check_attention_args(q, k_cache, v_cache, seq_lens, block_tables, scale, sliding_window, softcap)
+              softcap: float | None = None, *, k_scale: float = 1.0, v_scale: float = 1.0) -> None:
+    check_attention_args(q, k_cache, v_cache, seq_lens, block_tables, scale, sliding_window, softcap, k_scale,
+                         v_scale)
     if q.shape[0] != seq_lens.shape[0]:
         raise ValueError(f"q must have one token per sequence ({seq_lens.shape[0]}), got shape {tuple(q.shape)}")
 

@@ -14,6 +14,7 @@ sequence s owns tiles cu_seqlens_q[s] // BLOCK_Q + s onward (one more than it ma
 exit at once), and each program finds its sequence by binary search over cu_seqlens_q. Keys a tile
 sees in full (below its first query position) run without masks; only the diagonal tiles mask.
 Compute: 4 * sum(n_new * kv_visible) * Hq * D flops; K/V reads are once per tile per kv head.
+An fp8 cache is widened to q's dtype after each load, its scales applied as in paged_decode.
 """
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from flagstack.ops.attention.common import (check_attention_args, dot_precision, upcast_for_interpreter,
-                                            score_scale, softmax_tile_step)
+from flagstack.ops.attention.common import (check_attention_args, dot_precision, gather_pages,
+                                            upcast_for_interpreter, score_scale, softmax_tile_step)
 from flagstack.ops.checks import check_tensor
 from flagstack.ops.host import cdiv, next_power_of_2
 from flagstack.ops.launch_cache import launch
@@ -37,7 +38,7 @@ def gather_kv(cache: torch.Tensor, block_table: torch.Tensor, length: int) -> to
     """The first `length` tokens of one sequence's pages, as a contiguous [length, Hkv, D] tensor."""
     block_size = cache.shape[1]
     n_blocks = (length + block_size - 1) // block_size
-    return cache.index_select(0, block_table[:n_blocks].long()).reshape(-1, *cache.shape[2:])[:length]
+    return gather_pages(cache, block_table[:n_blocks].long()).reshape(-1, *cache.shape[2:])[:length]
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float,
@@ -142,12 +143,12 @@ def _varlen_tile(acc, m_i, l_i, q, q_pos, start, hi, table, k_head, v_head, kc_s
     k_ptrs = k_head + (page * kc_stride_b + offset * kc_stride_t)[:, None] + dims[None, :]
     v_ptrs = v_head + (page * vc_stride_b + offset * vc_stride_t)[:, None] + dims[None, :]
     if DIAGONAL:
-        k = tl.load(k_ptrs, mask=ok[:, None], other=0.0)
-        v = tl.load(v_ptrs, mask=ok[:, None], other=0.0)
+        k = tl.load(k_ptrs, mask=ok[:, None], other=0.0).to(q.dtype)
+        v = tl.load(v_ptrs, mask=ok[:, None], other=0.0).to(q.dtype)
         keep = tokens[None, :] <= q_pos[:, None]
     else:
-        k = tl.load(k_ptrs)
-        v = tl.load(v_ptrs)
+        k = tl.load(k_ptrs).to(q.dtype)
+        v = tl.load(v_ptrs).to(q.dtype)
         keep = tokens[None, :] >= 0
     if USE_WINDOW:
         keep = keep & (tokens[None, :] > q_pos[:, None] - window)
@@ -159,7 +160,7 @@ def _varlen_tile(acc, m_i, l_i, q, q_pos, start, hi, table, k_head, v_head, kc_s
 def _varlen_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, cu_seqlens_q_ptr, seq_lens_ptr,
                    block_tables_ptr, q_stride_t, q_stride_h, kc_stride_b, kc_stride_t, kc_stride_h,
                    vc_stride_b, vc_stride_t, vc_stride_h, bt_stride_s, out_stride_t, out_stride_h,
-                   num_seqs, qk_scale, softcap, window,
+                   num_seqs, qk_scale, softcap, window, v_scale,
                    GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr,
                    HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
                    USE_WINDOW: tl.constexpr, USE_SOFTCAP: tl.constexpr, UPCAST: tl.constexpr,
@@ -205,7 +206,7 @@ def _varlen_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, cu_seqlens_q_ptr, s
                                          kc_stride_b, kc_stride_t, vc_stride_b, vc_stride_t, qk_scale,
                                          softcap, window, HEAD_DIM, BLOCK_SIZE, BLOCK_N, True,
                                          USE_WINDOW, USE_SOFTCAP, UPCAST, PRECISION, SPLIT_P)
-        out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+        out = acc * v_scale / tl.where(l_i > 0, l_i, 1.0)[:, None]
         tl.store(out_ptr + q_tokens[:, None] * out_stride_t + heads[:, None] * out_stride_h + dims[None, :],
                  out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
 
@@ -213,7 +214,7 @@ def _varlen_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, cu_seqlens_q_ptr, s
 def varlen_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                             cu_seqlens_q: torch.Tensor, seq_lens: torch.Tensor,
                             block_tables: torch.Tensor, scale: float, sliding_window: int | None = None,
-                            softcap: float | None = None, *,
+                            softcap: float | None = None, *, k_scale: float = 1.0, v_scale: float = 1.0,
                             config: VarlenConfig | None = None) -> torch.Tensor:
     """Causal attention of packed new queries over the paged cache with one Triton launch."""
     num_tokens, q_heads, head_dim = q.shape
@@ -229,13 +230,13 @@ def varlen_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
     if cfg.block_m < group:
         raise ValueError(f"config.block_m must be >= the GQA group size ({group}), got {cfg.block_m}")
     block_q = cfg.block_m // group
-    qk_scale, cap = score_scale(scale, softcap)
+    qk_scale, cap = score_scale(scale * k_scale, softcap)
     grid = (num_tokens // block_q + num_seqs, kv_heads)
     launch(_varlen_kernel, grid,
            q, k_cache, v_cache, out, cu_seqlens_q, seq_lens, block_tables,
            q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
            v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0),
-           out.stride(0), out.stride(1), num_seqs, qk_scale, cap, sliding_window or 0,
+           out.stride(0), out.stride(1), num_seqs, qk_scale, cap, sliding_window or 0, v_scale,
            GROUP=group, BLOCK_M=cfg.block_m, BLOCK_Q=block_q, HEAD_DIM=head_dim, BLOCK_SIZE=block_size,
            BLOCK_N=cfg.block_n, USE_WINDOW=sliding_window is not None, USE_SOFTCAP=softcap is not None,
            UPCAST=upcast_for_interpreter(q.dtype), PRECISION=dot_precision(q.dtype),
@@ -247,9 +248,15 @@ def varlen_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
 def varlen_attention_reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                                cu_seqlens_q: torch.Tensor, seq_lens: torch.Tensor,
                                block_tables: torch.Tensor, scale: float,
-                               sliding_window: int | None = None,
-                               softcap: float | None = None) -> torch.Tensor:
-    """Causal attention of packed new queries over each sequence's cached K/V; returns [T, Hq, D]."""
+                               sliding_window: int | None = None, softcap: float | None = None, *,
+                               k_scale: float = 1.0, v_scale: float = 1.0) -> torch.Tensor:
+    """Causal attention of packed new queries over each sequence's cached K/V; returns [T, Hq, D].
+    An fp8 cache's scales: k_scale multiplies the score scale, v_scale the output."""
+    if v_scale != 1:
+        out = varlen_attention_reference(q.float(), k_cache, v_cache, cu_seqlens_q, seq_lens, block_tables, scale,
+                                         sliding_window, softcap, k_scale=k_scale)
+        return (out * v_scale).to(q.dtype)
+    scale = scale * k_scale
     out = torch.empty_like(q)
     starts, lens = cu_seqlens_q.tolist(), seq_lens.tolist()
     for s, kv_len in enumerate(lens):
@@ -282,8 +289,10 @@ def varlen_attention_reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: 
 
 def _validate(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cu_seqlens_q: torch.Tensor,
               seq_lens: torch.Tensor, block_tables: torch.Tensor, scale: float,
-              sliding_window: int | None = None, softcap: float | None = None) -> None:
-    check_attention_args(q, k_cache, v_cache, seq_lens, block_tables, scale, sliding_window, softcap)
+              sliding_window: int | None = None, softcap: float | None = None, *, k_scale: float = 1.0,
+              v_scale: float = 1.0) -> None:
+    check_attention_args(q, k_cache, v_cache, seq_lens, block_tables, scale, sliding_window, softcap, k_scale,
+                         v_scale)
     check_tensor("cu_seqlens_q", cu_seqlens_q, dtypes=(torch.int32, torch.int64), min_dim=1, max_dim=1)
     if cu_seqlens_q.shape[0] != seq_lens.shape[0] + 1:
         raise ValueError(f"cu_seqlens_q must have num_seqs + 1 ({seq_lens.shape[0] + 1}) entries, "
