@@ -5,7 +5,8 @@ Times, interleaved over rounds (medians, GPU time in CUDA graphs, L2 flushed): t
 on 16-token pages in allocation order (page lookups kept, scattered reads removed); and SDPA.
 `python3 scripts/decode_gap_probe.py [ROUNDS [BLOCK_N:WARPS:STAGES:SPLITS[:SPLIT_P] ...]]` (configs replace CONFIGS;
 SPLIT_P 0 rounds P to the cache dtype once, as SDPA does, instead of the exact two-product P.V);
-PROBE_SHAPES="1x8192,64x1024" replaces the batch x context shapes.
+PROBE_SHAPES="1x8192,64x1024" replaces the batch x context shapes; PROBE_FP8=1 stores every paged variant's
+cache in fp8 (e4m3) and adds the bf16 default as "default-bf16" (SDPA stays bf16).
 """
 import os
 import sys
@@ -34,7 +35,12 @@ def probe(batch: int, context: int, rounds: int, configs: list[DecodeConfig]) ->
     kc, vc, tc = contiguous_pages(batch, context, q)
     ks, vs = kc.transpose(1, 2), vc.transpose(1, 2)  # [seq, kv_head, token, dim] for SDPA: the same bytes
     ordered = torch.arange(table.numel(), dtype=table.dtype, device=table.device).view_as(table)
-    variants = {"default": lambda: paged_decode_triton(q, k, v, lens, table, scale),
+    variants = {}
+    if os.environ.get("PROBE_FP8") == "1":
+        kb, vb = k, v
+        variants["default-bf16"] = lambda: paged_decode_triton(q, kb, vb, lens, table, scale)
+        k, v, kc, vc = (t.to(torch.float8_e4m3fn) for t in (k, v, kc, vc))
+    variants |= {"default": lambda: paged_decode_triton(q, k, v, lens, table, scale),
                 "ordered": lambda: paged_decode_triton(q, k, v, lens, ordered, scale),
                 "one-page": lambda: paged_decode_triton(q, kc, vc, lens, tc, scale),
                 "sdpa": lambda: F.scaled_dot_product_attention(q[:, :, None], ks, vs, scale=scale, enable_gqa=True)}

@@ -10,8 +10,9 @@ and walks its share of the context BLOCK_N tokens at a time, looking up each tok
 than one split, programs write unnormalized partial outputs plus their row max and sum, and a
 second kernel merges the splits. Splits are chosen from the batch size alone, so the launch needs
 no host sync and is CUDA-graph safe; each sequence is cut into `num_splits` equal spans at run time.
-An fp8 cache (see kv_write) is read at half the bytes and widened to q's dtype after the load; k_scale
-folds into the score scale and v_scale into the output.
+An fp8 cache (see kv_write) is read at half the bytes and widened after the load: under a bf16/fp16 q to
+fp16, the one type Hopper converts e4m3 to in one instruction (q too: its values sit far inside fp16's
+range), under an fp32 q to fp32; k_scale folds into the score scale and v_scale into the output.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from flagstack.ops.attention.common import (check_attention_args, dot_precision, gather_pages,
+from flagstack.ops.attention.common import (FP8_KV, HALF_DTYPES, check_attention_args, dot_precision, gather_pages,
                                             upcast_for_interpreter, score_scale, softmax_tile_step)
 from flagstack.ops.attention.varlen import attend
 from flagstack.ops.host import cdiv, next_power_of_2, sm_count
@@ -52,10 +53,13 @@ class DecodeConfig:
 # scripts/decode_gap_probe.py (bench/results/decode-gap-probe-*): against 128-token tiles at 4 warps and
 # 2 stages, 0.96-0.97x SDPA instead of 0.90-0.92x on an H200, 0.975-0.981x instead of 0.963-0.970x on an H100.
 UNSPLIT = DecodeConfig(block_n=64, num_splits=1, num_warps=2, num_stages=4)
+# The same over an fp8 cache: half the bytes a tile, so 6 stages fit and hide more of the latency; on an H200
+# 1.32-1.40x SDPA over bf16 K/V against 1.20-1.26x with 4 stages (bench/results/decode-fp8-probe-*).
+UNSPLIT_FP8 = DecodeConfig(block_n=64, num_splits=1, num_warps=2, num_stages=6)
 
 
 def decode_config(batch: int, kv_heads: int, max_tokens: int, head_dim: int,
-                  device: torch.device) -> DecodeConfig:
+                  device: torch.device, fp8: bool = False) -> DecodeConfig:
     """Unsplit when batch x kv heads fills the SMs; else split toward 4 programs per SM, >= 32 tokens each.
 
     From the H100 sweep (bench/results/attention-sweep-*): batch 1 x 8192 is fastest with 64 splits
@@ -68,7 +72,9 @@ def decode_config(batch: int, kv_heads: int, max_tokens: int, head_dim: int,
     if splits > 1:
         return DecodeConfig(block_n=32, num_splits=splits, num_stages=3)
     # 4 stages of 64 rows of a wider head would not fit in shared memory
-    return UNSPLIT if head_dim <= 128 else DecodeConfig(block_n=64, num_splits=1)
+    if head_dim > 128:
+        return DecodeConfig(block_n=64, num_splits=1)
+    return UNSPLIT_FP8 if fp8 else UNSPLIT
 
 
 @triton.jit
@@ -104,7 +110,8 @@ def _paged_decode_kernel(q_ptr, k_cache_ptr, v_cache_ptr, seq_lens_ptr, block_ta
                          GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr,
                          BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr,
                          USE_WINDOW: tl.constexpr, USE_SOFTCAP: tl.constexpr, UPCAST: tl.constexpr,
-                         PRECISION: tl.constexpr, SPLIT_P: tl.constexpr, USE_PDL: tl.constexpr):
+                         PRECISION: tl.constexpr, SPLIT_P: tl.constexpr, FP16_TILES: tl.constexpr,
+                         USE_PDL: tl.constexpr):
     pdl_wait(USE_PDL)
     seq = tl.program_id(0).to(tl.int64)
     kv_head = tl.program_id(1)
@@ -124,6 +131,8 @@ def _paged_decode_kernel(q_ptr, k_cache_ptr, v_cache_ptr, seq_lens_ptr, block_ta
     dims = tl.arange(0, HEAD_DIM)
     q = tl.load(q_ptr + seq * q_stride_s + heads[:, None] * q_stride_h + dims[None, :],
                 mask=row_ok[:, None], other=0.0)
+    if FP16_TILES:  # fp8 pages under a half-precision q: products in fp16, which e4m3 widens to cheaply
+        q = q.to(tl.float16)
     m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_G], tl.float32)
     acc = tl.zeros([BLOCK_G, HEAD_DIM], tl.float32)
@@ -186,7 +195,7 @@ def paged_decode_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
     max_tokens = block_tables.shape[1] * block_size
     if sliding_window is not None:
         max_tokens = min(max_tokens, sliding_window + 64)
-    cfg = config or decode_config(num_seqs, kv_heads, max_tokens, head_dim, q.device)
+    cfg = config or decode_config(num_seqs, kv_heads, max_tokens, head_dim, q.device, k_cache.dtype == FP8_KV)
     split = cfg.num_splits > 1
     parts = (num_seqs, q_heads, cfg.num_splits) if split else (1,)
     part_out = torch.empty(*parts, head_dim if split else 1, dtype=torch.float32, device=q.device)
@@ -203,7 +212,7 @@ def paged_decode_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
            BLOCK_SIZE=block_size, BLOCK_N=cfg.block_n, SPLIT=split, USE_WINDOW=sliding_window is not None,
            USE_SOFTCAP=softcap is not None, UPCAST=upcast_for_interpreter(q.dtype),
            PRECISION=dot_precision(q.dtype), SPLIT_P=cfg.split_p and q.dtype != torch.float32,
-           num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl)
+           FP16_TILES=k_cache.dtype == FP8_KV and q.dtype in HALF_DTYPES, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl)
     if split:
         launch(_merge_splits_kernel, (num_seqs, q_heads),
                part_out, part_max, part_sum, out, out.stride(0), out.stride(1), q_heads, cfg.num_splits,

@@ -14,7 +14,7 @@ sequence s owns tiles cu_seqlens_q[s] // BLOCK_Q + s onward (one more than it ma
 exit at once), and each program finds its sequence by binary search over cu_seqlens_q. Keys a tile
 sees in full (below its first query position) run without masks; only the diagonal tiles mask.
 Compute: 4 * sum(n_new * kv_visible) * Hq * D flops; K/V reads are once per tile per kv head.
-An fp8 cache is widened to q's dtype after each load, its scales applied as in paged_decode.
+An fp8 cache is widened after each load and its scales applied as in paged_decode.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from flagstack.ops.attention.common import (check_attention_args, dot_precision, gather_pages,
+from flagstack.ops.attention.common import (FP8_KV, HALF_DTYPES, check_attention_args, dot_precision, gather_pages,
                                             upcast_for_interpreter, score_scale, softmax_tile_step)
 from flagstack.ops.checks import check_tensor
 from flagstack.ops.host import cdiv, next_power_of_2
@@ -164,7 +164,7 @@ def _varlen_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, cu_seqlens_q_ptr, s
                    GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr,
                    HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
                    USE_WINDOW: tl.constexpr, USE_SOFTCAP: tl.constexpr, UPCAST: tl.constexpr,
-                   PRECISION: tl.constexpr, SPLIT_P: tl.constexpr):
+                   PRECISION: tl.constexpr, SPLIT_P: tl.constexpr, FP16_TILES: tl.constexpr):
     # Highest tile index first: the last tiles of a causal sequence see the most keys, so they start
     # early and the short ones fill the tail.
     tile = tl.num_programs(0) - 1 - tl.program_id(0)
@@ -184,6 +184,8 @@ def _varlen_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, cu_seqlens_q_ptr, s
         q_tokens = (q_begin + q_idx).to(tl.int64)
         q = tl.load(q_ptr + q_tokens[:, None] * q_stride_t + heads[:, None] * q_stride_h + dims[None, :],
                     mask=row_ok[:, None], other=0.0)
+        if FP16_TILES:  # as in paged_decode: fp16 products, the cheap widening of fp8 pages
+            q = q.to(tl.float16)
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
@@ -240,7 +242,7 @@ def varlen_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
            GROUP=group, BLOCK_M=cfg.block_m, BLOCK_Q=block_q, HEAD_DIM=head_dim, BLOCK_SIZE=block_size,
            BLOCK_N=cfg.block_n, USE_WINDOW=sliding_window is not None, USE_SOFTCAP=softcap is not None,
            UPCAST=upcast_for_interpreter(q.dtype), PRECISION=dot_precision(q.dtype),
-           SPLIT_P=cfg.split_p and q.dtype != torch.float32,
+           SPLIT_P=cfg.split_p and q.dtype != torch.float32, FP16_TILES=k_cache.dtype == FP8_KV and q.dtype in HALF_DTYPES,
            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return out
 

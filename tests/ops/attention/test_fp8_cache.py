@@ -23,13 +23,13 @@ def by_hand(x, scale):
     return (x.double() / scale).clamp(-448, 448).float().to(FP8_KV)
 
 
-def fp8_batch(lens, kv_heads, head_dim, group, shared_blocks=0):
+def fp8_batch(lens, kv_heads, head_dim, group, shared_blocks=0, q_dtype=torch.float32):
     """Paged fp8 caches (K and V scaled by K_SCALE / V_SCALE), q, and per-sequence dequantized K/V."""
     batch = build_paged(lens, kv_heads, head_dim, 16, torch.float32, shared_blocks)
     k_cache, v_cache = by_hand(batch.k_cache, K_SCALE), by_hand(batch.v_cache, V_SCALE)
     keys = [by_hand(k, K_SCALE).double() * K_SCALE for k in batch.keys]
     values = [by_hand(v, V_SCALE).double() * V_SCALE for v in batch.values]
-    q = torch.randn(len(lens), kv_heads * group, head_dim, device=DEVICE)
+    q = torch.randn(len(lens), kv_heads * group, head_dim, device=DEVICE).to(q_dtype)
     return batch, k_cache, v_cache, keys, values, q
 
 
@@ -80,6 +80,21 @@ def test_decode_reads_fp8_pages(group):
     for config in (DecodeConfig(block_n=16), DecodeConfig(block_n=16, num_splits=3)):
         ours = paged_decode_triton(*args, k_scale=K_SCALE, v_scale=V_SCALE, config=config)
         assert_close(ours, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_q_over_fp8_pages(dtype):
+    # the kernels' products then run in fp16 (q rounded to it): within the half-precision tolerance
+    lens = [1, 17, 45]
+    batch, k_cache, v_cache, _, _, q = fp8_batch(lens, 2, 64, 4, q_dtype=dtype)
+    args = (q, k_cache, v_cache, batch.seq_lens, batch.block_tables, 0.125)
+    ref = paged_decode_reference(*args, k_scale=K_SCALE, v_scale=V_SCALE)
+    assert ref.dtype == dtype
+    assert_close(paged_decode_triton(*args, k_scale=K_SCALE, v_scale=V_SCALE, config=DecodeConfig(block_n=16)), ref)
+    cu = torch.arange(len(lens) + 1, dtype=torch.int32, device=DEVICE)  # one new token each, as decode rows
+    varlen = varlen_attention_triton(q, k_cache, v_cache, cu, batch.seq_lens, batch.block_tables, 0.125,
+                                     k_scale=K_SCALE, v_scale=V_SCALE)
+    assert_close(varlen, ref)
 
 
 def test_varlen_reads_fp8_pages_with_a_shared_prefix():

@@ -56,6 +56,7 @@ def test_default_config_splits_small_batches_only():
     assert decode_config(1, 1, 100, 128, cpu).num_splits == 3  # 32 tokens a split at least
     assert decode_config(64, 8, 8192, 128, cpu).num_splits == 1
     assert decode_config(1, 1, 1 << 20, 128, cpu).num_splits == 32
+    assert decode_config(64, 8, 8192, 128, cpu, fp8=True).num_stages == 6  # an fp8 tile is half the bytes
 
 
 def test_empty_batch_and_dispatch():
