@@ -179,6 +179,7 @@ def engine_argv(args: argparse.Namespace) -> list[str]:
     """The engine flags of this command, to start `flagstack serve` with the same engine."""
     argv = ["--load-format", args.load_format, "--max-num-seqs", str(args.max_num_seqs),
             "--max-num-batched-tokens", str(args.max_num_batched_tokens), "--block-size", str(args.block_size),
+            "--kv-cache-dtype", args.kv_cache_dtype,
             "--gpu-memory-utilization", str(args.gpu_memory_utilization), "--seed", str(args.seed)]
     for flag, value in (("--dtype", args.dtype), ("--device", args.device), ("--max-model-len", args.max_model_len),
                         ("--num-kv-blocks", args.num_kv_blocks)):

@@ -39,7 +39,7 @@ def test_engine_flags_round_trip_to_the_server_command():
     parser = argparse.ArgumentParser()
     serve.add_arguments(parser)
     args = parser.parse_args(["qwen3-4b", "--load-format", "dummy", "--max-model-len", "2048", "--enforce-eager",
-                              "--rates", "1,inf", "--input-len", "10,20"])
+                              "--kv-cache-dtype", "fp8", "--rates", "1,inf", "--input-len", "10,20"])
     assert args.rates == [1.0, math.inf] and args.input_len == [10, 20]
     again = argparse.ArgumentParser()
     add_engine_flags(again)
