@@ -28,7 +28,8 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
     """The EngineConfig keyword arguments named by add_engine_flags."""
     return dict(dtype=args.dtype, device=args.device, load_format=args.load_format, max_model_len=args.max_model_len,
                 max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
-                block_size=args.block_size, kv_cache_dtype=args.kv_cache_dtype, gpu_memory_utilization=args.gpu_memory_utilization,
+                block_size=args.block_size, kv_cache_dtype=args.kv_cache_dtype,
+                gpu_memory_utilization=args.gpu_memory_utilization,
                 num_kv_blocks=args.num_kv_blocks, enable_prefix_caching=not args.no_prefix_caching,
                 enable_chunked_prefill=not args.no_chunked_prefill, enforce_eager=args.enforce_eager,
                 seed=args.seed)

@@ -24,8 +24,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from flagstack.ops.attention.common import (FP8_KV, HALF_DTYPES, check_attention_args, dot_precision, gather_pages,
-                                            upcast_for_interpreter, score_scale, softmax_tile_step)
+from flagstack.ops.attention.common import (FP8_KV, HALF_DTYPES, check_attention_args, dot_precision,
+                                            gather_pages, upcast_for_interpreter, score_scale, softmax_tile_step)
 from flagstack.ops.attention.varlen import attend
 from flagstack.ops.host import cdiv, next_power_of_2, sm_count
 from flagstack.ops.launch_cache import launch
@@ -212,7 +212,8 @@ def paged_decode_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
            BLOCK_SIZE=block_size, BLOCK_N=cfg.block_n, SPLIT=split, USE_WINDOW=sliding_window is not None,
            USE_SOFTCAP=softcap is not None, UPCAST=upcast_for_interpreter(q.dtype),
            PRECISION=dot_precision(q.dtype), SPLIT_P=cfg.split_p and q.dtype != torch.float32,
-           FP16_TILES=k_cache.dtype == FP8_KV and q.dtype in HALF_DTYPES, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl)
+           FP16_TILES=k_cache.dtype == FP8_KV and q.dtype in HALF_DTYPES, num_warps=cfg.num_warps,
+           num_stages=cfg.num_stages, **pdl)
     if split:
         launch(_merge_splits_kernel, (num_seqs, q_heads),
                part_out, part_max, part_sum, out, out.stride(0), out.stride(1), q_heads, cfg.num_splits,

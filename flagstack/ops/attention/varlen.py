@@ -26,8 +26,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from flagstack.ops.attention.common import (FP8_KV, HALF_DTYPES, check_attention_args, dot_precision, gather_pages,
-                                            upcast_for_interpreter, score_scale, softmax_tile_step)
+from flagstack.ops.attention.common import (FP8_KV, HALF_DTYPES, check_attention_args, dot_precision,
+                                            gather_pages, upcast_for_interpreter, score_scale, softmax_tile_step)
 from flagstack.ops.checks import check_tensor
 from flagstack.ops.host import cdiv, next_power_of_2
 from flagstack.ops.launch_cache import launch
@@ -242,7 +242,8 @@ def varlen_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
            GROUP=group, BLOCK_M=cfg.block_m, BLOCK_Q=block_q, HEAD_DIM=head_dim, BLOCK_SIZE=block_size,
            BLOCK_N=cfg.block_n, USE_WINDOW=sliding_window is not None, USE_SOFTCAP=softcap is not None,
            UPCAST=upcast_for_interpreter(q.dtype), PRECISION=dot_precision(q.dtype),
-           SPLIT_P=cfg.split_p and q.dtype != torch.float32, FP16_TILES=k_cache.dtype == FP8_KV and q.dtype in HALF_DTYPES,
+           SPLIT_P=cfg.split_p and q.dtype != torch.float32,
+           FP16_TILES=k_cache.dtype == FP8_KV and q.dtype in HALF_DTYPES,
            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return out
 
