@@ -12,7 +12,7 @@ def add_engine_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--load-format", default="auto", choices=["auto", "safetensors", "gguf", "dummy"])
     p.add_argument("--max-model-len", type=int, default=None, help="context length (default: the model's)")
     p.add_argument("--max-num-seqs", type=int, default=256, help="sequences per step")
-    p.add_argument("--max-num-batched-tokens", type=int, default=4096, help="new tokens per step")
+    p.add_argument("--max-num-batched-tokens", type=int, default=8192, help="new tokens per step")
     p.add_argument("--block-size", type=int, default=16)
     p.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "fp8", "fp8_e4m3"],
                    help="fp8: e4m3 KV cache, half the bytes (default auto: the model's dtype)")
