@@ -29,9 +29,10 @@ from flagstack.ops.launch_cache import launch
 from flagstack.ops.pdl import pdl_launch, pdl_wait
 from flagstack.ops.registry import BenchCase, register
 
-# From sweep() on an H100 (cold L2, CUDA graphs, bf16): 8 rows x 1024 columns, 4 warps, 2 stages was
-# best summed over the four Qwen3-4B shapes, 87.9 us against cuBLAS's 103.4 us (2026-11-27).
-CONFIG = {"BLOCK_N": 8, "BLOCK_K": 1024, "num_warps": 4, "num_stages": 2}
+# From sweep() (cold L2, CUDA graphs, bf16), summed over the four Qwen3-4B shapes: on an H100 4 or 8 rows x
+# 1024 columns, 4 warps, 2 stages tied for best, 87.9 us against cuBLAS's 103.4 us (2026-11-27); on an H200
+# 4 rows read 70.6 us against 74.3 for 8 and cuBLAS's 83.0 (bench/results/gemv-sweep-nvidia-h200-*).
+CONFIG = {"BLOCK_N": 4, "BLOCK_K": 1024, "num_warps": 4, "num_stages": 2}
 # A program's weight stream is latency-bound: bandwidth comes from many programs per SM. Short weights
 # (N < 8 rows x 2 programs x SMs) get fewer rows per program so that every SM still holds two or more.
 PROGRAMS_PER_SM = 2
