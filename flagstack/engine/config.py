@@ -19,8 +19,8 @@ class EngineConfig:
     load_format: str = "auto"
     max_model_len: int | None = None  # None: the model's own limit
     max_num_seqs: int = 256  # sequences in one step (also the largest CUDA-graph batch)
-    # new tokens in one step (decode tokens + prefill chunks); 8192 over 4096: on an H200 the 64-request case
-    # 7,198 -> 8,597 output tok/s, offline 12,245 -> 12,478; 16384 about the same (engine-step-tokens-*)
+    # new tokens in one step (decode tokens + prefill chunks); 8192 over 4096 on an H200, alternated runs:
+    # +1% output tok/s for 64 requests, +0.7% offline (bench/results/engine-step-tokens-abba-*)
     max_num_batched_tokens: int = 8192
     block_size: int = 16
     # "auto": the model's dtype; "fp8" / "fp8_e4m3": e4m3 K/V at half the bytes of bf16, per-tensor scale 1.0
