@@ -346,6 +346,11 @@ def test_cli_generate_and_chat(tiny, capsys, monkeypatch):
     assert main(["chat", *common]) == 0
     assert capsys.readouterr().out == one_shot
     assert main(["generate", "w1", *common, "--temperature", "-1"]) == 2  # bad input: exit 2
+    assert main(["generate", "w20 w21", *common, "--kv-cache-dtype", "fp8"]) == 0
+    assert capsys.readouterr().out.startswith("w20 w21w")
+    with pytest.raises(SystemExit) as exit_info:  # argparse: a bad choice names the flag
+        main(["generate", "w1", *common, "--kv-cache-dtype", "int8"])
+    assert exit_info.value.code == 2 and "--kv-cache-dtype" in capsys.readouterr().err
 
 
 @gpu_only
