@@ -60,7 +60,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     CPU: 2+ rows in fp32, or any rows in bf16, without autograd: oneDNN's GEMM on a packed copy of the
     weight; a single fp32 row, or 2..DECODE_ROWS rows that cannot be packed, (W @ x^T)^T. In bf16 (2 threads,
     AVX512-BF16) the packed GEMM ran 2-5x faster than F.linear or (W @ x^T)^T at 1-8 rows, 1.1-1.6x at 32,
-    and a batch-1 engine decode 1.45x faster (bench/results/engine-bf16-cpu-*). Measured on the
+    and a batch-1 engine decode 1.35-1.5x faster (bench/results/engine-bf16-cpu-*). Measured on the
     2-core AMD EPYC CI machine (2 threads, SmolLM2's four projections of a layer): packed oneDNN ran
     120-130 GFLOP/s against MKL F.linear's 95-108 at 512-2048 rows, and 35-80 against 21-54 at 8-64 rows;
     whole engine prefill steps, interleaved in one process, 404 vs 364 tok/s at 512 tokens and 343 vs 313
