@@ -20,11 +20,24 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from flagstack.ops.attention.common import dot_precision, score_scale, softmax_tile_step, upcast_for_interpreter
+from flagstack.ops.attention.common import dot_precision, score_scale, upcast_for_interpreter
 from flagstack.ops.attention.paged_decode import _decode_tile, paged_decode_reference, paged_decode_triton
 from flagstack.ops.host import next_power_of_2, sm_count
 
 BLOCK_N = 64
+
+
+@triton.jit
+def _item(item, kv_heads, q_ptr, k_cache_ptr, v_cache_ptr, seq_lens_ptr, block_tables_ptr, q_stride_s, q_stride_h,
+          kc_stride_h, vc_stride_h, bt_stride_s, rows, row_ok, dims, GROUP: tl.constexpr):
+    """Work item (sequence, kv head): its sequence, length, q heads, q rows, page-table row and K/V head bases."""
+    seq = (item // kv_heads).to(tl.int64)
+    kv_head = item % kv_heads
+    heads = kv_head * GROUP + rows
+    q = tl.load(q_ptr + seq * q_stride_s + heads[:, None] * q_stride_h + dims[None, :], mask=row_ok[:, None],
+                other=0.0)
+    return (seq, tl.load(seq_lens_ptr + seq), heads, q, block_tables_ptr + seq * bt_stride_s,
+            k_cache_ptr + kv_head * kc_stride_h, v_cache_ptr + kv_head * vc_stride_h)
 
 
 @triton.jit
@@ -34,85 +47,53 @@ def _persistent_decode_kernel(q_ptr, k_cache_ptr, v_cache_ptr, seq_lens_ptr, blo
                               num_items, kv_heads, qk_scale,
                               GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr,
                               BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, UPCAST: tl.constexpr,
-                              PRECISION: tl.constexpr):
+                              PRECISION: tl.constexpr, FLATTEN: tl.constexpr):
     pid = tl.program_id(0)
     programs = tl.num_programs(0)
-    # first pass: how many K/V tiles this program's items hold (a few scalar loads)
-    total = 0
-    for item in range(pid, num_items, programs):
-        total += tl.cdiv(tl.load(seq_lens_ptr + item // kv_heads), BLOCK_N)
-
     rows = tl.arange(0, BLOCK_G)
     row_ok = rows < GROUP
     dims = tl.arange(0, HEAD_DIM)
-    item = pid
-    tile = 0
-    m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_G], tl.float32)
-    acc = tl.zeros([BLOCK_G, HEAD_DIM], tl.float32)
-    for _ in range(total):
-        seq = (item // kv_heads).to(tl.int64)
-        kv_head = item % kv_heads
-        seq_len = tl.load(seq_lens_ptr + seq)
-        heads = kv_head * GROUP + rows
-        q = tl.load(q_ptr + seq * q_stride_s + heads[:, None] * q_stride_h + dims[None, :],
-                    mask=row_ok[:, None], other=0.0)
-        tokens = tile * BLOCK_N + tl.arange(0, BLOCK_N)
-        ok = tokens < seq_len
-        page = tl.load(block_tables_ptr + seq * bt_stride_s + tokens // BLOCK_SIZE, mask=ok, other=0).to(tl.int64)
-        offset = tokens % BLOCK_SIZE
-        k = tl.load(k_cache_ptr + kv_head * kc_stride_h + (page * kc_stride_b + offset * kc_stride_t)[:, None]
-                    + dims[None, :], mask=ok[:, None], other=0.0)
-        v = tl.load(v_cache_ptr + kv_head * vc_stride_h + (page * vc_stride_b + offset * vc_stride_t)[:, None]
-                    + dims[None, :], mask=ok[:, None], other=0.0)
-        acc, m_i, l_i = softmax_tile_step(acc, m_i, l_i, q, k, v, ok[None, :], qk_scale, 0.0,
-                                          True, False, UPCAST, PRECISION, True)
-        tile += 1
-        if tile * BLOCK_N >= seq_len:  # the item's last tile: write it, move on to the next item
-            out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
-            tl.store(out_ptr + seq * out_stride_s + heads[:, None] * out_stride_h + dims[None, :],
-                     out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
-            item += programs
-            tile = 0
+    if FLATTEN:  # nested loops, fused into one pipelined loop by Triton's loop-nest flattening
+        for item in tl.range(pid, num_items, programs, flatten=True):
+            seq, seq_len, heads, q, table, k_head, v_head = _item(
+                item, kv_heads, q_ptr, k_cache_ptr, v_cache_ptr, seq_lens_ptr, block_tables_ptr, q_stride_s,
+                q_stride_h, kc_stride_h, vc_stride_h, bt_stride_s, rows, row_ok, dims, GROUP)
             m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
             l_i = tl.zeros([BLOCK_G], tl.float32)
             acc = tl.zeros([BLOCK_G, HEAD_DIM], tl.float32)
-
-
-@triton.jit
-def _flat_decode_kernel(q_ptr, k_cache_ptr, v_cache_ptr, seq_lens_ptr, block_tables_ptr, out_ptr,
-                        q_stride_s, q_stride_h, kc_stride_b, kc_stride_t, kc_stride_h,
-                        vc_stride_b, vc_stride_t, vc_stride_h, bt_stride_s, out_stride_s, out_stride_h,
-                        num_items, kv_heads, qk_scale,
-                        GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr,
-                        BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, UPCAST: tl.constexpr,
-                        PRECISION: tl.constexpr):
-    # The same walk written as two nested loops that Triton's loop-nest flattening fuses into one
-    # pipelined loop (tl.range(..., flatten=True)).
-    pid = tl.program_id(0)
-    programs = tl.num_programs(0)
-    rows = tl.arange(0, BLOCK_G)
-    row_ok = rows < GROUP
-    dims = tl.arange(0, HEAD_DIM)
-    for item in tl.range(pid, num_items, programs, flatten=True):
-        seq = (item // kv_heads).to(tl.int64)
-        kv_head = item % kv_heads
-        seq_len = tl.load(seq_lens_ptr + seq)
-        heads = kv_head * GROUP + rows
-        q = tl.load(q_ptr + seq * q_stride_s + heads[:, None] * q_stride_h + dims[None, :],
-                    mask=row_ok[:, None], other=0.0)
+            for start in range(0, seq_len, BLOCK_N):
+                acc, m_i, l_i = _decode_tile(acc, m_i, l_i, q, start, seq_len, 0, table, k_head, v_head,
+                                             kc_stride_b, kc_stride_t, vc_stride_b, vc_stride_t, qk_scale, 0.0,
+                                             HEAD_DIM, BLOCK_SIZE, BLOCK_N, False, False, UPCAST, PRECISION, True)
+            out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+            tl.store(out_ptr + seq * out_stride_s + heads[:, None] * out_stride_h + dims[None, :],
+                     out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
+    else:  # one hand-written loop over all the program's tiles, (item, tile) carried from step to step
+        total = 0  # first pass: how many K/V tiles this program's items hold (a few scalar loads)
+        for item in range(pid, num_items, programs):
+            total += tl.cdiv(tl.load(seq_lens_ptr + item // kv_heads), BLOCK_N)
+        item = pid
+        tile = 0
         m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_G], tl.float32)
         acc = tl.zeros([BLOCK_G, HEAD_DIM], tl.float32)
-        table = block_tables_ptr + seq * bt_stride_s
-        for start in range(0, seq_len, BLOCK_N):
-            acc, m_i, l_i = _decode_tile(acc, m_i, l_i, q, start, seq_len, 0, table, k_cache_ptr + kv_head * kc_stride_h,
-                                         v_cache_ptr + kv_head * vc_stride_h, kc_stride_b, kc_stride_t, vc_stride_b,
-                                         vc_stride_t, qk_scale, 0.0, HEAD_DIM, BLOCK_SIZE, BLOCK_N, False, False,
-                                         UPCAST, PRECISION, True)
-        out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
-        tl.store(out_ptr + seq * out_stride_s + heads[:, None] * out_stride_h + dims[None, :],
-                 out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
+        for _ in range(total):
+            seq, seq_len, heads, q, table, k_head, v_head = _item(
+                item, kv_heads, q_ptr, k_cache_ptr, v_cache_ptr, seq_lens_ptr, block_tables_ptr, q_stride_s,
+                q_stride_h, kc_stride_h, vc_stride_h, bt_stride_s, rows, row_ok, dims, GROUP)
+            acc, m_i, l_i = _decode_tile(acc, m_i, l_i, q, tile * BLOCK_N, seq_len, 0, table, k_head, v_head,
+                                         kc_stride_b, kc_stride_t, vc_stride_b, vc_stride_t, qk_scale, 0.0,
+                                         HEAD_DIM, BLOCK_SIZE, BLOCK_N, False, False, UPCAST, PRECISION, True)
+            tile += 1
+            if tile * BLOCK_N >= seq_len:  # the item's last tile: write it, move on to the next item
+                out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+                tl.store(out_ptr + seq * out_stride_s + heads[:, None] * out_stride_h + dims[None, :],
+                         out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
+                item += programs
+                tile = 0
+                m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
+                l_i = tl.zeros([BLOCK_G], tl.float32)
+                acc = tl.zeros([BLOCK_G, HEAD_DIM], tl.float32)
 
 
 def persistent_decode(q, k_cache, v_cache, seq_lens, block_tables, scale, per_sm=1, num_warps=2, num_stages=4,
@@ -125,15 +106,14 @@ def persistent_decode(q, k_cache, v_cache, seq_lens, block_tables, scale, per_sm
     items = num_seqs * kv_heads
     programs = min(items, per_sm * sm_count(q.device, cpu=8))
     qk_scale, _ = score_scale(scale, None)
-    kernel = _flat_decode_kernel if flat else _persistent_decode_kernel
-    kernel[(programs,)](
+    _persistent_decode_kernel[(programs,)](
         q, k_cache, v_cache, seq_lens, block_tables, out,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0),
         out.stride(0), out.stride(1), items, kv_heads, qk_scale,
         GROUP=group, BLOCK_G=max(16, next_power_of_2(group)), HEAD_DIM=head_dim, BLOCK_SIZE=block_size,
         BLOCK_N=BLOCK_N, UPCAST=upcast_for_interpreter(q.dtype), PRECISION=dot_precision(q.dtype),
-        num_warps=num_warps, num_stages=num_stages)
+        FLATTEN=flat, num_warps=num_warps, num_stages=num_stages)
     return out
 
 
