@@ -5,6 +5,7 @@
 # Stages: ops-tests challenge-tests challenge-new engine-tests attention attn-sweep annotate serve engine
 # engine-nohf ops-llm ops-1 ops-challenge score score-speed profile gemv-sweep gdr-sweep decode-short kv-layout decode-gap b1-pdl new-tests ops-256 challenge-profile conv-probe ctc-probe conv-ctc-tests host-vs-gpu ops-graph grid-tests
 # rotary-probe gemv-probe bench-tests conv-score ops-graph-short host-profile profile-b1 alloc-probe l2-prefetch gemv-bulk embedding-probe
+# decode-tma: scripts/decode_tma_probe.py (per-page TMA loads against the default decode and SDPA)
 # engine-fp8: engine-nohf with an fp8 KV cache, into fp8/; fp8-tests: the attention, engine-model and engine-bench tests
 # launch-cache-tests: the tests of every wrapper that launches by key (ops/launch_cache.py), over 14 processes
 # score-part: `ops score` with tests on the ops in $SCORE_OPS (default all; $SCORE_FLAGS added, $SCORE_NOTE as --note),
@@ -49,6 +50,7 @@ for spec in "$@"; do
     decode-short) run_stage $name $secs python3 scripts/decode_short_sweep.py ;;
     kv-layout) run_stage $name $secs python3 scripts/kv_layout_ab.py ;;
     decode-gap) run_stage $name $secs python3 scripts/decode_gap_probe.py ;;
+    decode-tma) run_stage $name $secs python3 scripts/decode_tma_probe.py ;;
     b1-pdl) run_stage $name $secs python3 scripts/b1_decode_ab.py FLAGSTACK_PDL=0 FLAGSTACK_PDL=1 ;;
     new-tests) run_stage $name $secs python3 -m pytest -q -p no:cacheprovider tests/ops/test_gemv.py \
       tests/ops/test_qk_norm_rope.py tests/ops/attention tests/ops/test_registry.py ;;
