@@ -22,6 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
+from flagstack.ops.attention.common import FP8_KV
 from flagstack.ops.attention.kv_write import store_kv, store_kv_reference
 from flagstack.ops.checks import check_same_device, check_tensor
 from flagstack.ops.host import cdiv, next_power_of_2
@@ -172,6 +173,8 @@ def _validate_store_kv(k: torch.Tensor, v: object, k_cache: object, v_cache: obj
         raise ValueError(f"v must be shaped and typed like k ({tuple(k.shape)}, {k.dtype}) with a unit-stride last "
                          f"dim, got {tuple(v.shape)}, {v.dtype}")
     store_kv.entry.validate(kh, vh, k_cache, v_cache, slot_mapping)
+    if k_cache.dtype == FP8_KV:  # the fused write casts without store_kv's scaling and rounding
+        raise ValueError("k_cache: the fused KV write takes fp16/bf16/fp32 caches; store an fp8 cache with store_kv")
 
 
 def _validate(q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor, k_weight: torch.Tensor,

@@ -198,7 +198,9 @@ def test_store_kv_form_errors():
            (dict(store, k_cache=caches[0][:1, :1].expand(2, 4, 2, 16), v_cache=caches[1][:1, :1].expand(2, 4, 2, 16)),
             "to match the cache"),
            (dict(store, slot_mapping=slots[:2]), "one slot per token"),
-           (dict(store, slot_mapping=slots.float()), "slot_mapping must have dtype")]
+           (dict(store, slot_mapping=slots.float()), "slot_mapping must have dtype"),
+           (dict(store, k_cache=caches[0].to(torch.float8_e4m3fn), v_cache=caches[1].to(torch.float8_e4m3fn)),
+            "fused KV write takes fp16/bf16/fp32 caches")]
     for kwargs, match in bad:
         with pytest.raises(ValueError, match=match):
             qk_norm_rope(*args, **kwargs)
