@@ -29,6 +29,7 @@ for spec in "$@"; do
     engine-tests) run_stage $name $secs python3 -m pytest -q -p no:cacheprovider tests/engine tests/annotate ;;
     attention) run_stage $name $secs python3 -m flagstack.cli bench ops --suite attention --out-dir "$RES" ;;
     attn-sweep) run_stage $name $secs python3 -m flagstack.bench.attention --sweep --quick ;;
+    attn-sweep-fp8) run_stage $name $secs python3 -m flagstack.bench.attention --sweep --quick --fp8 ;;
     annotate) run_stage $name $secs python3 -m flagstack.bench.annotate --out-dir "$RES" long ;;
     serve) run_stage $name $secs python3 -m flagstack.cli bench serve qwen3-4b --load-format dummy \
       --max-model-len 4096 --num-requests 100 --rates 4,16,inf --out-dir "$RES" ;;

@@ -4,8 +4,8 @@ Decode: batch x context with Qwen3-4B heads (32 q / 8 kv, head_dim 128), our pag
 (enable_gqa) and FlexAttention over contiguous K/V; GB/s of K/V read and % of a device copy of the
 same bytes, all timed as GPU time inside CUDA graphs with L2 flushed before each call (the engine
 replays decode from CUDA graphs, so Python launch overhead is not part of a decode step).
-Decode-fp8: the same points over an fp8 (e4m3) cache, half the bytes; GB/s and % copy of those bytes,
-vs_sdpa against SDPA over bf16 K/V (what an fp8 cache saves a decode step).
+Decode-fp8 / prefill-fp8 / extend-fp8: the same points over an fp8 (e4m3) cache (half the bytes; decode GB/s
+and % copy of those bytes), against the same anchors over bf16 K/V: what an fp8 cache saves or costs a step.
 Prefill: one causal sequence of 1k/4k/16k tokens, and 16 sequences of 1024 new tokens
 over 4096 cached; TFLOP/s against SDPA's flash backend (causal cases) and FlexAttention (all).
 `python -m flagstack.bench.attention --sweep` times launch configs instead, to tune the defaults.
@@ -76,16 +76,20 @@ def decode_inputs(batch: int, context: int, block_size: int = BLOCK_SIZE) -> tup
     return q, k_cache, v_cache, seq_lens, table, HEAD_DIM ** -0.5
 
 
+def fp8_caches(args: tuple) -> tuple:
+    """decode_inputs / prefill_inputs arguments with the K and V caches (items 1 and 2) cast to fp8 e4m3."""
+    return (args[0], args[1].to(FP8_KV), args[2].to(FP8_KV), *args[3:])
+
+
 def bench_decode(batch: int, context: int, timing: dict, fp8: bool = False) -> dict:
     """One decode point: our kernel over shuffled pages (bf16, or fp8 with `fp8`) vs SDPA / Flex over
     contiguous bf16 K/V (Flex left out for fp8)."""
     graph = {**timing, "cold_graph": True}
-    q, k_cache, v_cache, *rest = decode_inputs(batch, context)
-    if fp8:
-        k_cache, v_cache = k_cache.to(FP8_KV), v_cache.to(FP8_KV)
-    args = (q, k_cache, v_cache, *rest)
+    args = decode_inputs(batch, context)
+    args = fp8_caches(args) if fp8 else args
+    q = args[0]
     ours = time_us(lambda: paged_decode_triton(*args), **graph)
-    del args, k_cache, v_cache
+    del args
     nbytes = decode_bytes(batch, context, 1 if fp8 else 2)
     row = {"case": "decode-fp8" if fp8 else "decode", "batch": batch, "new": 1, "ctx": context,
            "block_size": BLOCK_SIZE, "triton_us": ours, "GB/s": gbps(nbytes, ours)}
@@ -137,14 +141,17 @@ def _sdpa_flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, notes: list[s
         return lambda: call(k_all, v_all, False)
 
 
-def bench_prefill(seqs: int, new: int, cached: int, timing: dict) -> dict:
-    """One prefill/extend point: our varlen kernel over pages vs SDPA flash / Flex on contiguous tensors."""
+def bench_prefill(seqs: int, new: int, cached: int, timing: dict, fp8: bool = False) -> dict:
+    """One prefill/extend point: our varlen kernel over pages (bf16, or fp8 with `fp8`) vs SDPA flash / Flex on
+    contiguous bf16 tensors."""
     args = prefill_inputs(seqs, new, cached)
+    args = fp8_caches(args) if fp8 else args
     q = args[0]
     ours = time_us(lambda: varlen_attention_triton(*args), **timing)
     del args
     flops = attention_flops(seqs, new, cached)
-    row = {"case": "prefill" if cached == 0 else "extend", "batch": seqs, "new": new, "ctx": cached + new,
+    case = ("prefill" if cached == 0 else "extend") + ("-fp8" if fp8 else "")
+    row = {"case": case, "batch": seqs, "new": new, "ctx": cached + new,
            "block_size": BLOCK_SIZE, "triton_us": ours, "TFLOP/s": flops / ours / 1e6}
     notes: list[str] = []
     qc = q.view(seqs, new, Q_HEADS, HEAD_DIM).transpose(1, 2)
@@ -198,6 +205,8 @@ def run(args: argparse.Namespace) -> list[dict]:
     points = [(case, b, 1, c) for case in ("decode", "decode-fp8")
               for b, c in itertools.product(DECODE_BATCHES, DECODE_CONTEXTS)]
     points += [("prefill" if cached == 0 else "extend", s, n, n + cached) for s, n, cached in PREFILL_CASES]
+    points += [("prefill-fp8" if cached == 0 else "extend-fp8", s, n, n + cached) for s, n, cached in PREFILL_CASES
+               if n + cached >= 4096]
     rows = []
     for case, batch, new, ctx in points:
         key = {"case": case, "batch": batch, "new": new, "ctx": ctx, "block_size": BLOCK_SIZE}
@@ -207,7 +216,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         if case.startswith("decode"):
             row = bench_decode(batch, ctx, timing, fp8=case == "decode-fp8")
         else:
-            row = bench_prefill(batch, new, ctx - new, timing)
+            row = bench_prefill(batch, new, ctx - new, timing, fp8=case.endswith("-fp8"))
         print(f"  {case} batch={batch} new={new} ctx={ctx}: {row['triton_us']:.1f} us", flush=True)
         results.add(row)
         rows.append(row)
@@ -229,38 +238,41 @@ def _sweep_one(label: dict, fn: Callable[[], Any], timing: dict, nbytes: int = 0
     return row
 
 
-def sweep(timing: dict) -> list[dict]:
-    """Time launch configs and block sizes on a few shapes (no anchors): the data behind the defaults."""
+def sweep(timing: dict, fp8: bool = False) -> list[dict]:
+    """Time launch configs and block sizes on a few shapes (no anchors): the data behind the defaults;
+    with `fp8`, over fp8 (e4m3) caches."""
+    cast = fp8_caches if fp8 else (lambda args: args)
+    suffix, elem = ("-fp8", 1) if fp8 else ("", 2)
     rows, graph = [], {**timing, "cold_graph": True}  # decode: GPU time in graphs, as in bench_decode
     splits_for = {1: (0, 8, 16, 32, 64), 64: (0, 1, 2, 4), 256: (0, 1, 2)}  # 0: the default heuristic
     tiles = [(bn, 4, st) for bn in (32, 64, 128) for st in (2, 3, 4)] + [(64, 8, 3)]  # (block_n, warps, stages)
     for batch, context in ((1, 8192), (64, 2048), (256, 2048)):
-        args = decode_inputs(batch, context)
-        nbytes = decode_bytes(batch, context)
+        args = cast(decode_inputs(batch, context))
+        nbytes = decode_bytes(batch, context, elem)
         for splits in splits_for[batch]:
             for block_n, warps, stages in tiles if splits else [(0, 0, 0)]:
                 cfg = DecodeConfig(block_n, splits, warps, stages) if splits else None
-                label = {"case": "decode", "batch": batch, "ctx": context, "block_size": BLOCK_SIZE,
+                label = {"case": "decode" + suffix, "batch": batch, "ctx": context, "block_size": BLOCK_SIZE,
                          "config": str(cfg) if cfg else "default"}
                 rows.append(_sweep_one(label, lambda: paged_decode_triton(*args, config=cfg), graph, nbytes))
         del args
         torch.cuda.empty_cache()
     for block_size in (16, 64, 256):
-        args = decode_inputs(64, 2048, block_size)
-        rows.append(_sweep_one({"case": "decode", "batch": 64, "ctx": 2048, "block_size": block_size,
+        args = cast(decode_inputs(64, 2048, block_size))
+        rows.append(_sweep_one({"case": "decode" + suffix, "batch": 64, "ctx": 2048, "block_size": block_size,
                                 "config": "default"}, lambda: paged_decode_triton(*args),
-                               graph, decode_bytes(64, 2048)))
-        args = prefill_inputs(1, 4096, 0, block_size)
-        rows.append(_sweep_one({"case": "prefill", "batch": 1, "ctx": 4096, "block_size": block_size,
+                               graph, decode_bytes(64, 2048, elem)))
+        args = cast(prefill_inputs(1, 4096, 0, block_size))
+        rows.append(_sweep_one({"case": "prefill" + suffix, "batch": 1, "ctx": 4096, "block_size": block_size,
                                 "config": "default"}, lambda: varlen_attention_triton(*args), timing,
                                flops=attention_flops(1, 4096, 0)))
         del args
     vl_configs = [VarlenConfig(bm, bn, 8 if bm == 128 else 4, st, split_p)
                   for bm in (64, 128) for bn in (64, 128) for st in (2, 3, 4) for split_p in (True, False)]
     for seqs, new, cached in ((1, 4096, 0), (16, 1024, 4096)):
-        args = prefill_inputs(seqs, new, cached)
+        args = cast(prefill_inputs(seqs, new, cached))
         for cfg in vl_configs:
-            label = {"case": "prefill" if cached == 0 else "extend", "batch": seqs, "ctx": new + cached,
+            label = {"case": ("prefill" if cached == 0 else "extend") + suffix, "batch": seqs, "ctx": new + cached,
                      "block_size": BLOCK_SIZE, "config": str(cfg)}
             rows.append(_sweep_one(label, lambda: varlen_attention_triton(*args, config=cfg), timing,
                                    flops=attention_flops(seqs, new, cached)))
@@ -273,11 +285,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sweep", action="store_true", help="time launch configs instead of the anchors")
     parser.add_argument("--quick", action="store_true", help="shorter timing")
+    parser.add_argument("--fp8", action="store_true", help="sweep over fp8 (e4m3) caches")
     parser.add_argument("--fresh", action="store_true", help="re-time rows already in today's results")
     parser.add_argument("--out-dir", default="bench/results")
     args = parser.parse_args()
     if args.sweep:
-        rows = sweep({"warmup_ms": 5, "rep_ms": 20} if args.quick else {})
+        rows = sweep({"warmup_ms": 5, "rep_ms": 20} if args.quick else {}, fp8=args.fp8)
         print(markdown_table(rows, ("case", "batch", "new", "ctx", "block_size", "config", "triton_us", "GB/s",
                                     "TFLOP/s", "notes")))
     else:

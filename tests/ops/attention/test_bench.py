@@ -2,6 +2,7 @@
 import argparse
 
 import pytest
+import torch
 
 from flagstack.bench import attention as bench
 from tests.ops.helpers import ON_GPU
@@ -29,3 +30,11 @@ def test_shortfalls_flags_only_missed_targets():
 @pytest.mark.skipif(ON_GPU, reason="on a GPU run() times everything")
 def test_run_without_gpu_skips(tmp_path):
     assert bench.run(argparse.Namespace(quick=True, fresh=False, out_dir=str(tmp_path))) == []
+
+
+def test_fp8_caches_casts_only_the_two_caches():
+    q, k, v, lens = torch.ones(2, 4, 8), torch.full((3, 16, 1, 8), 1.5), torch.full((3, 16, 1, 8), -2.0), [5, 6]
+    out = bench.fp8_caches((q, k, v, lens, 0.5))
+    assert out[0] is q and out[3] is lens and out[4] == 0.5
+    assert out[1].dtype == out[2].dtype == torch.float8_e4m3fn
+    assert out[1].float().eq(1.5).all() and out[2].float().eq(-2.0).all()  # both exact in e4m3
