@@ -16,12 +16,11 @@ import os
 import sys
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 
 from flagstack.ops.attention.common import dot_precision, score_scale, upcast_for_interpreter
-from flagstack.ops.attention.paged_decode import _decode_tile, paged_decode_reference, paged_decode_triton
+from flagstack.ops.attention.paged_decode import _decode_tile, paged_decode_reference
 from flagstack.ops.host import next_power_of_2, sm_count
 
 BLOCK_N = 64
@@ -138,31 +137,21 @@ def main() -> None:
         check("cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda",
               torch.float32 if os.environ.get("TRITON_INTERPRET") == "1" else torch.bfloat16)
         return
-    from flagstack.bench.attention import decode_inputs
-    from flagstack.bench.common import interleaved_medians
+    from flagstack.bench.attention import probe_against_sdpa
     check("cuda", torch.bfloat16)
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 3
     specs = sys.argv[2:] or ["f1:2:4", "f2:2:3", "f1:4:4", "f2:4:2", "4:2:3"]
-    shapes = os.environ.get("PROBE_SHAPES", "64x1024,64x2048,256x1024,256x2048,64x8192")
-    for batch, context in (map(int, shape.split("x")) for shape in shapes.split(",")):
-        q, k, v, lens, table, scale = decode_inputs(batch, context)
-        ks = torch.randn(batch, 8, context, 128, dtype=q.dtype, device=q.device)
-        vs = torch.randn_like(ks)
-        variants = {"default": lambda: paged_decode_triton(q, k, v, lens, table, scale),
-                    "sdpa": lambda: F.scaled_dot_product_attention(q[:, :, None], ks, vs, scale=scale,
-                                                                   enable_gqa=True)}
-        for spec in specs:
-            flat = spec.startswith("f")
-            per_sm, warps, stages = map(int, spec.removeprefix("f").split(":"))
-            variants[f"persistent {spec}"] = (lambda p=per_sm, w=warps, s=stages, f=flat:
-                                              persistent_decode(q, k, v, lens, table, scale, p, w, s, f))
-        row = interleaved_medians(variants, rounds, warmup_ms=5, rep_ms=40, cold_graph=True)
-        sdpa = row["sdpa"]
-        print(f"batch {batch} ctx {context}: " + ", ".join(f"{n} {t:.1f} us ({sdpa / t:.3f}x sdpa)"
-                                                           for n, t in row.items()), flush=True)
-        del q, k, v, ks, vs
-        torch.cuda.empty_cache()
 
+    def variants(args: tuple) -> dict:
+        out = {}
+        for spec in specs:
+            per_sm, warps, stages = map(int, spec.removeprefix("f").split(":"))
+            out[f"persistent {spec}"] = (lambda p=per_sm, w=warps, s=stages, f=spec.startswith("f"):
+                                         persistent_decode(*args, p, w, s, f))
+        return out
+
+    probe_against_sdpa(os.environ.get("PROBE_SHAPES", "64x1024,64x2048,256x1024,256x2048,64x8192"), rounds,
+                       variants)
 
 if __name__ == "__main__":
     main()

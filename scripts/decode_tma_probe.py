@@ -15,12 +15,11 @@ import os
 import sys
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 
 from flagstack.ops.attention.common import dot_precision, score_scale, softmax_tile_step, upcast_for_interpreter
-from flagstack.ops.attention.paged_decode import paged_decode_reference, paged_decode_triton, random_paged_kv
+from flagstack.ops.attention.paged_decode import paged_decode_reference, random_paged_kv
 from flagstack.ops.host import next_power_of_2
 
 
@@ -104,30 +103,19 @@ def main() -> None:
     if "--check" in sys.argv:
         check("cpu" if interpreted else "cuda", torch.float32 if interpreted else torch.bfloat16)
         return
-    from flagstack.bench.attention import decode_inputs
-    from flagstack.bench.common import interleaved_medians
+    from flagstack.bench.attention import probe_against_sdpa
     check("cuda", torch.bfloat16)
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 3
     specs = sys.argv[2:] or ["4:4:3", "4:4:4", "4:2:4", "2:4:4", "8:4:3", "4:8:3"]
-    shapes = os.environ.get("PROBE_SHAPES", "64x1024,256x2048,64x8192")
-    for batch, context in (map(int, shape.split("x")) for shape in shapes.split(",")):
-        q, k, v, lens, table, scale = decode_inputs(batch, context)
-        ks = torch.randn(batch, 8, context, 128, dtype=q.dtype, device=q.device)
-        vs = torch.randn_like(ks)
-        variants = {"default": lambda: paged_decode_triton(q, k, v, lens, table, scale),
-                    "sdpa": lambda: F.scaled_dot_product_attention(q[:, :, None], ks, vs, scale=scale,
-                                                                   enable_gqa=True)}
+
+    def variants(args: tuple) -> dict:
+        out = {}
         for spec in specs:
             pages, warps, stages = map(int, spec.split(":"))
-            variants[f"tma {spec}"] = (lambda p=pages, w=warps, s=stages:
-                                       tma_decode(q, k, v, lens, table, scale, p, w, s))
-        row = interleaved_medians(variants, rounds, warmup_ms=5, rep_ms=40, cold_graph=True)
-        sdpa = row["sdpa"]
-        print(f"batch {batch} ctx {context}: " + ", ".join(f"{n} {t:.1f} us ({sdpa / t:.3f}x sdpa)"
-                                                           for n, t in row.items()), flush=True)
-        del q, k, v, ks, vs
-        torch.cuda.empty_cache()
+            out[f"tma {spec}"] = lambda p=pages, w=warps, s=stages: tma_decode(*args, p, w, s)
+        return out
 
+    probe_against_sdpa(os.environ.get("PROBE_SHAPES", "64x1024,256x2048,64x8192"), rounds, variants)
 
 if __name__ == "__main__":
     main()

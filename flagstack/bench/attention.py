@@ -76,6 +76,28 @@ def decode_inputs(batch: int, context: int, block_size: int = BLOCK_SIZE) -> tup
     return q, k_cache, v_cache, seq_lens, table, HEAD_DIM ** -0.5
 
 
+def probe_against_sdpa(shapes: str, rounds: int, variants_for: Callable[[tuple], dict]) -> None:
+    """For probe scripts: at each "BATCHxCONTEXT" shape, time the default kernel, SDPA over contiguous bf16 K/V
+    and the variants `variants_for(decode_inputs)` gives, interleaved over rounds (medians, GPU time in CUDA
+    graphs, L2 flushed); prints each time and its ratio to SDPA (above 1: faster)."""
+    from flagstack.bench.common import interleaved_medians
+
+    for batch, context in (map(int, shape.split("x")) for shape in shapes.split(",")):
+        args = decode_inputs(batch, context)
+        q = args[0]
+        ks = torch.randn(batch, KV_HEADS, context, HEAD_DIM, dtype=q.dtype, device=q.device)
+        vs = torch.randn_like(ks)
+        variants = {"default": lambda: paged_decode_triton(*args),
+                    "sdpa": lambda: F.scaled_dot_product_attention(q[:, :, None], ks, vs, scale=args[-1],
+                                                                   enable_gqa=True),
+                    **variants_for(args)}
+        row = interleaved_medians(variants, rounds, warmup_ms=5, rep_ms=40, cold_graph=True)
+        print(f"batch {batch} ctx {context}: " + ", ".join(f"{n} {t:.1f} us ({row['sdpa'] / t:.3f}x sdpa)"
+                                                           for n, t in row.items()), flush=True)
+        del args, q, ks, vs, variants
+        torch.cuda.empty_cache()
+
+
 def fp8_caches(args: tuple) -> tuple:
     """decode_inputs / prefill_inputs arguments with the K and V caches (items 1 and 2) cast to fp8 e4m3."""
     return (args[0], args[1].to(FP8_KV), args[2].to(FP8_KV), *args[3:])
