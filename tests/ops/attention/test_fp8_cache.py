@@ -10,7 +10,7 @@ from flagstack.ops import attention
 from flagstack.ops.attention.common import FP8_KV
 from flagstack.ops.attention.kv_write import store_kv_reference, store_kv_triton
 from flagstack.ops.attention.paged_decode import DecodeConfig, paged_decode_reference, paged_decode_triton
-from flagstack.ops.attention.varlen import varlen_attention_reference, varlen_attention_triton
+from flagstack.ops.attention.varlen import varlen_attention_reference, varlen_attention_triton, varlen_config
 from tests.ops.attention.paging import build_paged
 from tests.ops.attention.test_references import manual_attention
 from tests.ops.helpers import DEVICE, assert_close
@@ -110,6 +110,24 @@ def test_varlen_reads_fp8_pages_with_a_shared_prefix():
         assert_close(ref[start:start + new], expected.float(), atol=1e-5)
         start += new
     assert_close(varlen_attention_triton(*args, k_scale=K_SCALE, v_scale=V_SCALE), ref, atol=1e-5)
+
+
+def test_fp8_prefill_config_rounds_p_once_within_half_precision():
+    # prefill over fp8 pages defaults to a single fp16-rounded P.V (no exact split): P's rounding,
+    # 2^-11 relative, stays far under the fp8 values' own 2^-4 -- here within 2e-3 of exact attention
+    lens = [72, 130]
+    batch, k_cache, v_cache, keys, values, _ = fp8_batch(lens, 1, 64, 2)
+    cfg = varlen_config(sum(lens), len(lens), 2, 64, fp8=True)
+    assert (cfg.block_m, cfg.block_n, cfg.split_p) == (128, 128, False)
+    q = torch.randn(sum(lens), 2, 64, device=DEVICE).half()
+    cu = torch.tensor([0] + lens, device=DEVICE).cumsum(0).to(torch.int32)
+    ours = varlen_attention_triton(q, k_cache, v_cache, cu, batch.seq_lens, batch.block_tables, 0.125,
+                                   k_scale=K_SCALE, v_scale=V_SCALE)
+    start = 0
+    for s, n in enumerate(lens):
+        expected = manual_attention(q[start:start + n].float(), keys[s], values[s], list(range(n)), 0.125)
+        assert_close(ours[start:start + n].float(), expected.float(), atol=2e-3)
+        start += n
 
 
 def test_fp8_error_against_the_unquantized_cache_is_small():
