@@ -57,7 +57,9 @@ def main() -> None:
             decode_run(llm, batch, args.steps + prefill_steps + 4, args.prompt_len, seed=4)
             runner.launch = launch
         events = prof.key_averages()
-        gpu_us = sum(e.self_device_time_total for e in events if e.device_type.name == "CUDA")
+        # ProfilerStep rows carry their steps' kernel time again: count the kernels only
+        gpu_us = sum(e.self_device_time_total for e in events
+                     if e.device_type.name == "CUDA" and not e.key.startswith("ProfilerStep"))
         print(f"\n== batch {batch}: {step_ms:.2f} ms per decode step unprofiled ({batch / step_ms * 1e3:.0f} tok/s); "
               f"GPU kernel time {gpu_us / 1e3 / args.steps:.2f} ms per decode step")
         print(events.table(sort_by="self_device_time_total", row_limit=args.top, max_name_column_width=70))
