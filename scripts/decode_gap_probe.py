@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from flagstack.bench.attention import HEAD_DIM, KV_HEADS, decode_inputs
 from flagstack.bench.common import interleaved_medians
+from flagstack.ops.attention.common import FP8_KV
 from flagstack.ops.attention.paged_decode import DecodeConfig, paged_decode_triton
 
 CONFIGS = [DecodeConfig(64, 1, 2, 4), DecodeConfig(64, 1, 2, 3), DecodeConfig(32, 1, 2, 4)]
@@ -39,7 +40,7 @@ def probe(batch: int, context: int, rounds: int, configs: list[DecodeConfig]) ->
     if os.environ.get("PROBE_FP8") == "1":
         kb, vb = k, v
         variants["default-bf16"] = lambda: paged_decode_triton(q, kb, vb, lens, table, scale)
-        k, v, kc, vc = (t.to(torch.float8_e4m3fn) for t in (k, v, kc, vc))
+        k, v, kc, vc = (t.to(FP8_KV) for t in (k, v, kc, vc))
     variants |= {"default": lambda: paged_decode_triton(q, k, v, lens, table, scale),
                 "ordered": lambda: paged_decode_triton(q, k, v, lens, ordered, scale),
                 "one-page": lambda: paged_decode_triton(q, kc, vc, lens, tc, scale),

@@ -7,14 +7,15 @@ from __future__ import annotations
 import argparse
 import sys
 
+from flagstack.engine.server.command import add_kv_cache_dtype_flag
+
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="HF directory or .gguf file (default: embedded SmolLM2-135M)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
     p.add_argument("--max-model-len", type=int, default=4096)
-    p.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "fp8", "fp8_e4m3"],
-                   help="fp8: e4m3 KV cache, half the bytes (default auto: the model's dtype)")
+    add_kv_cache_dtype_flag(p)
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--top-p", type=float, default=1.0)

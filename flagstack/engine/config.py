@@ -5,6 +5,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 
+KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3")  # EngineConfig.kv_cache_dtype's values
+
+
 def _require(ok: bool, name: str, expected: str, value: object) -> None:
     if not ok:
         raise ValueError(f"{name} must be {expected}, got {value!r}")
@@ -39,7 +42,7 @@ class EngineConfig:
     def __post_init__(self) -> None:
         _require(self.dtype in (None, "float32", "float16", "bfloat16"), "dtype",
                  "None, 'float32', 'float16' or 'bfloat16'", self.dtype)
-        _require(self.kv_cache_dtype in ("auto", "fp8", "fp8_e4m3"), "kv_cache_dtype",
+        _require(self.kv_cache_dtype in KV_CACHE_DTYPES, "kv_cache_dtype",
                  "'auto', 'fp8' or 'fp8_e4m3'", self.kv_cache_dtype)
         _require(self.load_format in ("auto", "safetensors", "gguf", "dummy"), "load_format",
                  "'auto', 'safetensors', 'gguf' or 'dummy'", self.load_format)

@@ -79,8 +79,7 @@ class ModelRunner:
     @property
     def block_bytes(self) -> int:
         lm = self.loaded
-        elem = torch.empty(0, dtype=self.cache_dtype).element_size()
-        return 2 * lm.num_layers * self.block_size * lm.num_kv_heads * lm.head_dim * elem
+        return 2 * lm.num_layers * self.block_size * lm.num_kv_heads * lm.head_dim * self.cache_dtype.itemsize
 
     def _allocate_cache(self, num_blocks: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         lm = self.loaded

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from flagstack.engine.config import KV_CACHE_DTYPES, EngineConfig
+
 
 def add_engine_flags(p: argparse.ArgumentParser) -> None:
     """EngineConfig fields as command-line flags (defaults: EngineConfig's)."""
@@ -12,16 +14,22 @@ def add_engine_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--load-format", default="auto", choices=["auto", "safetensors", "gguf", "dummy"])
     p.add_argument("--max-model-len", type=int, default=None, help="context length (default: the model's)")
     p.add_argument("--max-num-seqs", type=int, default=256, help="sequences per step")
-    p.add_argument("--max-num-batched-tokens", type=int, default=8192, help="new tokens per step")
+    p.add_argument("--max-num-batched-tokens", type=int, default=EngineConfig.max_num_batched_tokens,
+                   help="new tokens per step")
     p.add_argument("--block-size", type=int, default=16)
-    p.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "fp8", "fp8_e4m3"],
-                   help="fp8: e4m3 KV cache, half the bytes (default auto: the model's dtype)")
+    add_kv_cache_dtype_flag(p)
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     p.add_argument("--num-kv-blocks", type=int, default=None, help="fixed KV pool size in blocks")
     p.add_argument("--no-prefix-caching", action="store_true")
     p.add_argument("--no-chunked-prefill", action="store_true")
     p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
     p.add_argument("--seed", type=int, default=0)
+
+
+def add_kv_cache_dtype_flag(p: argparse.ArgumentParser) -> None:
+    """--kv-cache-dtype, shared by `serve` and `generate` / `chat`."""
+    p.add_argument("--kv-cache-dtype", default="auto", choices=KV_CACHE_DTYPES,
+                   help="fp8: e4m3 KV cache, half the bytes (default auto: the model's dtype)")
 
 
 def engine_kwargs(args: argparse.Namespace) -> dict:
